@@ -1,0 +1,3 @@
+from modelprove.cli.main import main
+
+main()

@@ -1,0 +1,24 @@
+"""Conventions shared by every layer: errors, seeding, progress and safe file I/O."""
+
+from modelprove.core.errors import (
+    DataError,
+    ModelFileError,
+    ModelproveError,
+    ProtectionError,
+    SuspectError,
+)
+from modelprove.core.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from modelprove.core.seeding import seed_everything
+
+__all__ = [
+    "DataError",
+    "ModelFileError",
+    "ModelproveError",
+    "ProtectionError",
+    "SuspectError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_json",
+    "seed_everything",
+    "sha256_file",
+]
