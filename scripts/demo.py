@@ -1,0 +1,165 @@
+"""`make demo`: protect a Fashion-MNIST classifier with MOVE, steal it, verify three suspects.
+
+Suspects: a direct copy, the copy fine-tuned on the attacker's data, and an independent model
+trained from scratch on the attacker's part of the training set without the style. Writes the
+protection, the suspects, each verdict as JSON and a Markdown summary to ``runs/demo/``; a second
+run reuses what is already there (``--fresh`` redoes everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from modelprove.attacks import get_attack
+from modelprove.core.errors import ModelproveError
+from modelprove.core.progress import console
+from modelprove.core.verdict import format_p, verdict_table
+from modelprove.data import load_splits
+from modelprove.methods import move
+from modelprove.models import build_model, card_for, load_model, save_model
+from modelprove.training import TrainConfig, agreement, evaluate, train
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--defender-limit", type=int, default=None, help="cap the defender's images")
+    parser.add_argument("--attacker-limit", type=int, default=None, help="cap the attacker's images")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--m", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing runs/demo")
+    parser.add_argument("--set", dest="pairs", action="append", default=[], help="MOVE parameter key=value")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(2)
+    out: Path = args.out
+    if args.fresh and out.exists():
+        console.print(f"--fresh: removing the previous demo run in {out}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    splits = load_splits(args.data, data=args.data_dir, attacker_fraction=0.5, seed=args.seed,
+                         defender_limit=args.defender_limit, attacker_limit=args.attacker_limit)
+    timings["load data"] = time.perf_counter() - start
+    console.print(f"data: defender {len(splits.defender)}, attacker {len(splits.attacker)}, test {len(splits.test)} "
+                  f"({args.data}; disjoint defender/attacker split, seed {args.seed})")
+
+    from modelprove.core.config import config_from_pairs
+
+    config = config_from_pairs(move.MoveConfig, args.pairs, seed=args.seed, epochs=args.epochs, m=args.m)
+    protection_dir = out / "protection"
+    start = time.perf_counter()
+    try:
+        opened = move.open_protection(protection_dir)
+        console.print(f"reusing the protection in {protection_dir} (pass --fresh to redo it)")
+    except ModelproveError:
+        if protection_dir.exists():
+            shutil.rmtree(protection_dir)  # an incomplete demo protection of our own: redo it
+        move.protect(splits.defender, splits.test, protection_dir, config)
+        opened = move.open_protection(protection_dir)
+    timings["protect (style transfer, victim, benign, meta-classifier)"] = time.perf_counter() - start
+    victim, victim_card = load_model(protection_dir / "victim.safetensors")
+    results = opened.protection.manifest["results"]
+
+    suspects: dict[str, Path] = {}
+
+    def make_suspect(name: str, build) -> None:
+        path = out / "suspects" / f"{name}.safetensors"
+        suspects[name] = path
+        if path.exists() and path.with_suffix(".json").exists():
+            return
+        begin = time.perf_counter()
+        model, lineage = build()
+        lineage["test_accuracy"] = evaluate(model, splits.test)
+        lineage["fidelity"] = agreement(model, victim, splits.test)
+        card = card_for(model, splits.defender.classes, training=lineage.get("training"), lineage=lineage)
+        save_model(model, card, path, overwrite=True)
+        timings[f"make suspect: {name}"] = time.perf_counter() - begin
+
+    make_suspect("direct-copy", lambda: get_attack("copy").steal(victim, None))
+    finetune = get_attack("finetune")
+    make_suspect("fine-tuned", lambda: finetune.steal(victim, splits.attacker, finetune.config(seed=args.seed)))
+
+    def independent():
+        channels, height, width = splits.attacker.input_shape
+        torch.manual_seed(args.seed + 1000)
+        model = build_model(config.arch, channels, splits.attacker.num_classes, (height, width),
+                            mean=victim_card.mean, std=victim_card.std)
+        record = train(model, splits.attacker, TrainConfig(epochs=config.epochs, seed=args.seed + 1000),
+                       description="independent model (attacker data)")
+        return model, {"attack": "independent", "data": splits.attacker.name, "training": record.to_dict()}
+
+    make_suspect("independent", independent)
+
+    verdicts, rows = [], {}
+    for name, path in suspects.items():
+        begin = time.perf_counter()
+        model, card = load_model(path)
+        verdict = move.verify(opened, model, card, suspect_name=name, suspect_path=path, m=args.m, seed=args.seed)
+        verdict.save(out / "verdicts" / f"{name}.json")
+        timings[f"verify: {name}"] = time.perf_counter() - begin
+        verdicts.append(verdict)
+        rows[name] = {"test acc": f"{card.lineage['test_accuracy']:.4f}", "fidelity": f"{card.lineage['fidelity']:.4f}"}
+
+    console.print(verdict_table(verdicts, title="MOVE white-box verification (Fashion-MNIST)", extra=rows))
+    console.print(
+        f"victim test accuracy {results['victim_test_accuracy']:.4f} vs benign model "
+        f"{results['benign_test_accuracy']:.4f} (harmlessness); meta-classifier train accuracy "
+        f"{results['meta_classifier']['train_accuracy']:.3f} on {results['feature_dimension']} gradient-sign features"
+    )
+    summary = render_summary(args, splits, results, verdicts, rows, timings)
+    (out / "summary.md").write_text(summary)
+    (out / "summary.json").write_text(json.dumps({"results": results, "verdicts": [v.to_dict() for v in verdicts],
+                                                 "timings": timings}, indent=2))
+    for stage, seconds in timings.items():
+        console.print(f"  {seconds:7.1f} s  {stage}")
+    console.print(f"summary written to {out / 'summary.md'}")
+    expected = {"direct-copy": True, "fine-tuned": True, "independent": False}
+    wrong = [v.suspect for v in verdicts if v.suspect in expected and v.stolen != expected[v.suspect]]
+    if wrong:
+        console.print(f"[bold red]unexpected verdicts for: {', '.join(wrong)}[/]")
+    return 0
+
+
+def render_summary(args, splits, results, verdicts, rows, timings) -> str:
+    lines = [
+        "| suspect | test acc | fidelity to victim | delta_mu | p-value | decision (alpha 0.01) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        lines.append(f"| {v.suspect} | {rows[v.suspect]['test acc']} | {rows[v.suspect]['fidelity']} | "
+                     f"{v.effect:+.3f} | {format_p(v.p_value)} | {v.decision} |")
+    lines += [
+        "",
+        f"Victim test accuracy {results['victim_test_accuracy']:.4f}, benign model {results['benign_test_accuracy']:.4f}; "
+        f"defender {len(splits.defender)} / attacker {len(splits.attacker)} / test {len(splits.test)} images; "
+        f"m = {args.m}, seed {args.seed}.",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ModelproveError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        sys.exit(2)

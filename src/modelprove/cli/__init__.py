@@ -1,0 +1,1 @@
+"""The user's surface: the `modelprove` command line."""

@@ -1,0 +1,138 @@
+"""The ``modelprove`` command line: protect, verify, and listings of what is registered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelprove.core.config import config_from_pairs, describe_fields
+from modelprove.core.errors import ModelproveError
+from modelprove.core.fileio import sha256_file
+from modelprove.core.verdict import Verdict, verdict_table
+
+app = typer.Typer(
+    help="Prove that a suspect image classifier was stolen from yours.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+
+
+def _fail(error: Exception) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def protect(
+    out_dir: Annotated[Path, typer.Option("--out", help="Protection directory to create.")],
+    method: Annotated[str, typer.Option(help="Ownership method (see `modelprove methods`).")] = "move",
+    data: Annotated[str, typer.Option(help="Dataset name (fashion-mnist, mnist, cifar10) or a path.")] = "fashion-mnist",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where the named dataset's files are.")] = None,
+    attacker_fraction: Annotated[float, typer.Option(help="Share of the training set kept out for attackers.")] = 0.5,
+    defender_limit: Annotated[Optional[int], typer.Option(help="Use at most this many defender images.")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Use at most this many test images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter key=value (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing protection (kept as NAME.replaced-<time>).")] = False,
+) -> None:
+    """Train a victim with the method's protection and write everything `verify` needs to --out."""
+    from modelprove.data import load_splits
+    from modelprove.methods import get_method
+    from modelprove.methods.protection import ensure_writable
+
+    try:
+        spec = get_method(method)
+        config = config_from_pairs(spec.config, set_, seed=seed)
+        ensure_writable(out_dir, force)
+        splits = load_splits(
+            data, data=data_dir, attacker_fraction=attacker_fraction, seed=seed,
+            defender_limit=defender_limit, test_limit=test_limit,
+        )
+        result = spec.protect(splits.defender, splits.test, out_dir, config, force=force)
+    except ModelproveError as error:
+        _fail(error)
+    results = result.results
+    table = Table(title=f"protection written to {out_dir}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("victim test accuracy", f"{results['victim_test_accuracy']:.4f}")
+    table.add_row("benign test accuracy", f"{results['benign_test_accuracy']:.4f}")
+    for key, value in results.get("seconds", {}).items():
+        table.add_row(f"seconds: {key}", f"{value:.1f}")
+    out.print(table)
+
+
+@app.command()
+def verify(
+    protection: Annotated[Path, typer.Option(help="Protection directory made by `modelprove protect`.")],
+    suspect: Annotated[Path, typer.Option(help="Suspect model file (NAME.safetensors + NAME.json).")],
+    m: Annotated[Optional[int], typer.Option(help="Transformed images per test (default: the protection's).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Significance level (default: the protection's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled verification images.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the verdict as JSON here.")] = None,
+) -> None:
+    """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
+    verdict = run_verify(protection, suspect, m=m, alpha=alpha, seed=seed, json_out=json_out)
+    out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
+
+
+def run_verify(
+    protection: Path, suspect: Path, *, m: int | None = None, alpha: float | None = None, seed: int = 0,
+    json_out: Path | None = None, name: str | None = None,
+) -> Verdict:
+    from modelprove.methods import get_method
+    from modelprove.methods.protection import Protection
+    from modelprove.models import load_model, model_paths
+
+    try:
+        spec = get_method(Protection.open(protection).method)
+        opened = spec.open(protection)
+        model, card = load_model(suspect)
+        verdict = spec.verify(
+            opened, model, card, suspect_name=name or Path(suspect).stem, suspect_path=suspect,
+            m=m, alpha=alpha, seed=seed,
+        )
+        verdict.hashes["suspect_weights"] = sha256_file(model_paths(suspect)[0])
+        if json_out is not None:
+            verdict.save(json_out)
+    except ModelproveError as error:
+        _fail(error)
+    return verdict
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List ownership methods, the suspect access they need, and their parameters."""
+    from modelprove.methods import METHODS
+
+    for spec in METHODS.values():
+        out.print(f"[bold]{spec.name}[/] ({spec.access}): {spec.description}")
+        for name, kind, default in describe_fields(spec.config):
+            out.print(f"    --set {name}=<{kind}>  (default {default})", highlight=False)
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered architectures."""
+    from modelprove.models import ARCHITECTURES
+
+    for name, spec in ARCHITECTURES.items():
+        out.print(f"[bold]{name}[/]: {spec.description}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except ModelproveError as error:
+        _fail(error)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

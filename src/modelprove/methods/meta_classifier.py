@@ -1,0 +1,89 @@
+"""The ownership meta-classifier C (MOVE Sec. 5.3): victim-like (+1) vs benign (-1) feature vectors.
+
+A small MLP with two output logits; the victim probability is one softmax of them (the public
+reference applied softmax twice, which squashes every probability towards 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modelprove.core.errors import ModelproveError
+from modelprove.core.seeding import generator
+
+VICTIM = 1  # class index of "contains the external feature"
+
+
+@dataclass
+class MetaClassifierConfig:
+    hidden: int = 64
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ModelproveError(f"invalid meta-classifier config: {asdict(self)}.")
+
+
+class MetaClassifier(nn.Module):
+    def __init__(self, in_features: int, hidden: int = 64, dropout: float = 0.2):
+        super().__init__()
+        self.in_features = in_features
+        self.hidden = hidden
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.float())
+
+    @torch.no_grad()
+    def victim_probability(self, features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """P[C(features) = victim] for each row."""
+        if features.ndim != 2 or features.shape[1] != self.in_features:
+            raise ModelproveError(
+                f"the meta-classifier takes {self.in_features} features per sample, got shape {tuple(features.shape)}."
+            )
+        self.eval()
+        out = [
+            F.softmax(self(features[i : i + batch_size]), dim=1)[:, VICTIM]
+            for i in range(0, len(features), batch_size)
+        ]
+        return torch.cat(out)
+
+
+def train_meta_classifier(
+    victim_features: torch.Tensor, benign_features: torch.Tensor, config: MetaClassifierConfig
+) -> tuple[MetaClassifier, dict]:
+    """Fit C on {(g_V, +1)} ∪ {(g_B, -1)}; returns C and its training accuracy record."""
+    if victim_features.shape[1] != benign_features.shape[1]:
+        raise ModelproveError("victim and benign features differ in length.")
+    features = torch.cat([victim_features, benign_features])
+    targets = torch.cat(
+        [torch.full((len(victim_features),), VICTIM), torch.full((len(benign_features),), 1 - VICTIM)]
+    ).long()
+    rng = generator(config.seed)
+    torch.manual_seed(config.seed)
+    model = MetaClassifier(features.shape[1], config.hidden, config.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(features), generator=rng)
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            loss = F.cross_entropy(model(features[index]), targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    probability = model.victim_probability(features)
+    accuracy = ((probability > 0.5).long() == targets).float().mean().item()
+    return model, {"train_accuracy": accuracy, "train_samples": len(features), "in_features": features.shape[1]}

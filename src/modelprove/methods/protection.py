@@ -1,0 +1,152 @@
+"""A protection directory: everything ``verify`` needs, with a manifest of hashes (DESIGN.md).
+
+It is staged in a hidden sibling directory and renamed into place only when complete, so a crash
+never leaves a half-written protection; an existing protection is never overwritten silently (with
+``force`` it is kept beside the new one as ``NAME.replaced-<time>``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import modelprove
+from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.core.fileio import atomic_write_json, read_json, sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = "modelprove-protection/1"
+
+
+class Protection:
+    """An opened protection: ``method``, ``manifest`` and ``path(name)`` of its files."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]):
+        self.directory = directory
+        self.manifest = manifest
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    def path(self, name: str) -> Path:
+        if name not in self.manifest.get("files", {}):
+            raise ProtectionError(
+                f"the manifest lists no file {name!r} (method {self.method}).",
+                path=self.directory / MANIFEST,
+                fix="re-create the protection with `modelprove protect`.",
+            )
+        return self.directory / name
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Protection":
+        """Open and check a protection: the manifest's format, and every file's presence and sha256."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ProtectionError(
+                "protection directory not found.", path=directory, fix="pass the --out directory of `modelprove protect`."
+            )
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise ProtectionError(
+                f"no {MANIFEST}: this is not a protection directory, or it is incomplete.", path=directory
+            )
+        try:
+            manifest = read_json(manifest_path, what="protection manifest")
+        except ModelproveError as exc:
+            raise ProtectionError(str(exc)) from None
+        for field, kind in (("format", str), ("method", str), ("files", dict)):
+            if not isinstance(manifest.get(field), kind):
+                raise ProtectionError(
+                    f"field {field!r} is missing or not a {kind.__name__}.",
+                    path=manifest_path,
+                    fix="re-create the protection with `modelprove protect`.",
+                )
+        if manifest["format"] != FORMAT:
+            raise ProtectionError(
+                f"field 'format' is {manifest['format']!r}; this modelprove reads {FORMAT!r}.", path=manifest_path
+            )
+        for name, expected in manifest["files"].items():
+            file = directory / name
+            if not file.is_file():
+                raise ProtectionError(
+                    f"file {name!r} listed in the manifest is missing: the protection is incomplete.",
+                    path=directory,
+                    fix="restore it from your backup of the protection.",
+                )
+            actual = sha256_file(file)
+            if actual != expected:
+                raise ProtectionError(
+                    f"file {name!r} does not match its sha256 in the manifest (expected {expected[:12]}…, "
+                    f"found {actual[:12]}…): the protection was modified after it was made.",
+                    path=directory,
+                    fix="restore the original file from your backup; a tampered protection proves nothing.",
+                )
+        return cls(directory, manifest)
+
+
+def ensure_writable(directory: str | Path, force: bool = False) -> None:
+    """Fail early, before hours of training, if ``directory`` would overwrite a protection."""
+    directory = Path(directory)
+    if directory.exists() and not force:
+        raise ProtectionError(
+            "already exists; refusing to overwrite a protection.",
+            path=directory,
+            fix="choose another --out, or pass --force (the old one is kept as NAME.replaced-<time>).",
+        )
+
+
+@contextmanager
+def create_protection(
+    directory: str | Path, method: str, config: dict[str, Any], force: bool = False
+) -> Iterator["ProtectionWriter"]:
+    """Stage a new protection; on success hash every file, write the manifest, and move it into place."""
+    directory = Path(directory)
+    ensure_writable(directory, force)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    writer = ProtectionWriter(staging)
+    try:
+        yield writer
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = {
+            "format": FORMAT,
+            "method": method,
+            "modelprove_version": modelprove.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config,
+            "files": files,
+            **writer.extra,
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        if directory.exists():
+            directory.rename(directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+        staging.rename(directory)
+        writer.directory = directory
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+class ProtectionWriter:
+    """Where a method writes its files while the protection is being made."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.extra: dict[str, Any] = {}
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def record(self, **fields: Any) -> None:
+        """Add top-level manifest fields (results, dataset description, ...)."""
+        self.extra.update(fields)

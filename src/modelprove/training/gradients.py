@@ -1,0 +1,114 @@
+"""Per-sample gradients of the loss w.r.t. a model's weights, reduced to a bounded feature vector.
+
+Used by MOVE's white-box features g_M(x') = sign(grad_theta L(M(x'), y)) (MOVE Sec. 5.3, Eq. 5).
+Computed with ``torch.func`` (functional_call + vmap(grad)) in chunks, in eval mode (BatchNorm uses
+its running statistics, so one sample's gradient never depends on its batch-mates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from modelprove.core.errors import ModelproveError
+
+# How a weight tensor's per-sample gradient becomes features:
+# - "spatial_max": conv kernels (out, in, kh, kw) are max-pooled over (kh, kw), as the public MOVE
+#   reference does, so features grow with channels, not kernel area; other weights are kept whole.
+# - "none": every element of every kept weight.
+Reduction = Literal["spatial_max", "none"]
+REDUCTIONS: tuple[str, ...] = ("spatial_max", "none")
+
+
+@dataclass(frozen=True)
+class GradientFeatureSpec:
+    """Which weights feed the features and how they are reduced (documented MOVE parameters)."""
+
+    reduction: Reduction = "spatial_max"
+    min_ndim: int = 2  # keep multi-dimensional weights only (conv kernels, linear matrices), as the reference
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS:
+            raise ModelproveError(f"unknown gradient reduction {self.reduction!r}; known: {', '.join(REDUCTIONS)}.")
+
+    def selected(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: p for name, p in model.named_parameters() if p.ndim >= self.min_ndim}
+
+    def reduce(self, name: str, per_sample: torch.Tensor) -> torch.Tensor:
+        """(B, *weight_shape) -> (B, features)."""
+        if self.reduction == "spatial_max" and per_sample.ndim == 5:
+            per_sample = per_sample.amax(dim=(3, 4))
+        return per_sample.flatten(start_dim=1)
+
+    def dimension(self, model: nn.Module) -> int:
+        total = 0
+        for name, p in self.selected(model).items():
+            shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
+            total += int(torch.tensor(shape).prod())
+        return total
+
+    def layout(self, model: nn.Module) -> list[tuple[str, int]]:
+        """(parameter name, feature count) in feature order: the contract between victim and suspect."""
+        out = []
+        for name, p in self.selected(model).items():
+            shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
+            out.append((name, int(torch.tensor(shape).prod())))
+        return out
+
+
+def per_sample_gradient_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: GradientFeatureSpec = GradientFeatureSpec(),
+    chunk_size: int = 32,
+) -> Iterator[torch.Tensor]:
+    """Yield (chunk, features) float tensors of reduced per-sample gradients, chunk by chunk.
+
+    ``images`` are floats in [0, 1]; memory stays bounded by ``chunk_size`` times the weight count.
+    """
+    if len(images) != len(labels):
+        raise ModelproveError(f"{len(images)} images but {len(labels)} labels.")
+    was_training = model.training
+    model.eval()
+    weights = {k: v.detach() for k, v in spec.selected(model).items()}
+    if not weights:
+        raise ModelproveError("the model has no multi-dimensional weights to take gradients of.")
+    others = {
+        k: v.detach() for k, v in list(model.named_parameters()) + list(model.named_buffers()) if k not in weights
+    }
+
+    def sample_loss(w: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, {**w, **others}, (x.unsqueeze(0),))
+        return F.cross_entropy(logits, y.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    try:
+        for start in range(0, len(images), chunk_size):
+            x = images[start : start + chunk_size].float()
+            y = labels[start : start + chunk_size].long()
+            grads = per_sample(weights, x, y)
+            yield torch.cat([spec.reduce(name, grads[name]) for name in weights], dim=1)
+    finally:
+        model.train(was_training)
+
+
+def gradient_sign_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: GradientFeatureSpec = GradientFeatureSpec(),
+    signed: bool = True,
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """g_M(x') for every image: int8 signs (MOVE's default) or float32 raw gradients (its ablation)."""
+    parts = []
+    for features in per_sample_gradient_features(model, images, labels, spec, chunk_size):
+        parts.append(torch.sign(features).to(torch.int8) if signed else features.float())
+    return torch.cat(parts)

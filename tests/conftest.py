@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny synthetic image task the tests make themselves (no downloads, no Debian data)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modelprove.data.dataset import ImageDataset
+
+
+def make_bars(n: int, seed: int, size: int = 28, classes: int = 4, name: str = "bars") -> ImageDataset:
+    """Class k is a bright bar at angle k*180/classes degrees, randomly shifted, on a noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=g)]
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    images = torch.empty(n, 1, size, size)
+    for i, k in enumerate(labels.tolist()):
+        angle = math.pi * k / classes
+        cx, cy = (size / 2 + torch.randint(-4, 5, (2,), generator=g)).tolist()
+        distance = ((xs - cx) * math.sin(angle) - (ys - cy) * math.cos(angle)).abs()
+        along = ((xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)).abs()
+        bar = ((distance < 2.0) & (along < size / 3)).float()
+        images[i, 0] = (0.8 * bar + 0.15 * torch.rand(size, size, generator=g)).clamp(0, 1)
+    return ImageDataset(
+        images=(images * 255).round().to(torch.uint8),
+        labels=labels.long(),
+        classes=[f"bar{k}" for k in range(classes)],
+        name=name,
+        indices=torch.arange(n),
+    )
+
+
+@pytest.fixture(scope="session")
+def bars_task():
+    """(defender, attacker, test): disjoint draws of the bars task."""
+    return make_bars(800, 0, name="bars-defender"), make_bars(800, 1, name="bars-attacker"), make_bars(400, 2, name="bars-test")

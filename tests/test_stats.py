@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from modelprove.core.errors import ModelproveError
+from modelprove.stats import paired_ttest_greater
+
+
+def test_matches_scipy_one_sided_paired():
+    rng = np.random.default_rng(0)
+    benign = rng.uniform(0, 0.3, size=10)
+    suspect = benign + rng.normal(0.2, 0.1, size=10)
+    result = paired_ttest_greater(suspect, benign)
+    expected = stats.ttest_rel(suspect, benign, alternative="greater")
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.delta_mu == pytest.approx(np.mean(suspect - benign))
+    assert not result.degenerate
+
+
+def test_hand_computed_t_statistic():
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt(3)) = 3.4641; one-sided p from t(2)
+    suspect, benign = np.array([1.0, 2.0, 3.0]), np.zeros(3)
+    result = paired_ttest_greater(suspect, benign)
+    assert result.statistic == pytest.approx(2 * np.sqrt(3))
+    assert result.p_value == pytest.approx(stats.t.sf(2 * np.sqrt(3), df=2))
+    assert result.p_value == pytest.approx(0.03709, abs=1e-4)
+
+
+def test_direction_is_one_sided():
+    rng = np.random.default_rng(1)
+    benign = rng.uniform(0.5, 1.0, size=20)
+    lower = benign - 0.3 + rng.normal(0, 0.05, size=20)
+    assert paired_ttest_greater(lower, benign).p_value > 0.99
+    assert paired_ttest_greater(benign, lower).p_value < 1e-6
+
+
+def test_equal_samples_are_never_flagged():
+    x = np.linspace(0, 1, 10)
+    result = paired_ttest_greater(x, x)
+    assert result.p_value == 1.0 and result.delta_mu == 0.0 and result.degenerate
+
+
+def test_constant_positive_difference_is_the_limit_p_zero():
+    result = paired_ttest_greater(np.ones(10), np.zeros(10))
+    assert result.p_value == 0.0 and result.delta_mu == 1.0 and result.degenerate
+
+
+@pytest.mark.parametrize(
+    "suspect, benign",
+    [(np.ones(3), np.ones(4)), (np.ones(1), np.ones(1)), (np.array([np.nan, 1.0]), np.ones(2))],
+)
+def test_rejects_bad_samples(suspect, benign):
+    with pytest.raises(ModelproveError):
+        paired_ttest_greater(suspect, benign)
