@@ -1,0 +1,51 @@
+"""Datasets: sources (named datasets and user files), defender/attacker/test splits, augmentations."""
+
+from modelprove.data.augment import (
+    AUGMENTATIONS,
+    crop_padding,
+    hflip,
+    random_crop,
+    random_hflip,
+    translate,
+)
+from modelprove.data.dataset import ImageDataset
+from modelprove.data.sources import (
+    CIFAR10_CLASSES,
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    cache_dir,
+    dataset_candidates,
+    fashion_mnist_candidates,
+    load_cifar10,
+    load_dataset,
+    load_idx_folder,
+    load_image_folder,
+    load_npz,
+    read_idx,
+)
+from modelprove.data.splits import DataSplits, load_splits, make_splits
+
+__all__ = [
+    "AUGMENTATIONS",
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "DataSplits",
+    "ImageDataset",
+    "cache_dir",
+    "crop_padding",
+    "dataset_candidates",
+    "fashion_mnist_candidates",
+    "hflip",
+    "load_cifar10",
+    "load_dataset",
+    "load_idx_folder",
+    "load_image_folder",
+    "load_npz",
+    "load_splits",
+    "make_splits",
+    "random_crop",
+    "random_hflip",
+    "read_idx",
+    "translate",
+]
