@@ -1,0 +1,38 @@
+"""Models layer: the architecture registry, the normalising ``Classifier``, model cards and the
+one model-file format (``NAME.safetensors`` + ``NAME.json``)."""
+
+from modelprove.models.architectures import (
+    ARCHITECTURES,
+    ArchitectureError,
+    ArchSpec,
+    build_architecture,
+    register_architecture,
+)
+from modelprove.models.card import CARD_FORMAT, ModelCard, card_for
+from modelprove.models.classifier import (
+    Classifier,
+    build_model,
+    predict_labels,
+    predict_logits,
+    predict_proba,
+)
+from modelprove.models.modelfile import load_model, model_paths, save_model
+
+__all__ = [
+    "ARCHITECTURES",
+    "CARD_FORMAT",
+    "ArchSpec",
+    "ArchitectureError",
+    "Classifier",
+    "ModelCard",
+    "build_architecture",
+    "build_model",
+    "card_for",
+    "load_model",
+    "model_paths",
+    "predict_labels",
+    "predict_logits",
+    "predict_proba",
+    "register_architecture",
+    "save_model",
+]
