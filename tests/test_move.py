@@ -13,7 +13,7 @@ from modelprove.core.errors import ProtectionError, SuspectError
 from modelprove.methods import METHODS, move
 from modelprove.models import build_model, card_for, load_model
 from modelprove.training import TrainConfig, train
-from modelprove.training.gradients import GradientFeatureSpec, gradient_sign_features
+from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
 
 @pytest.fixture(scope="module")
@@ -90,20 +90,52 @@ def test_registry_finds_move():
     assert spec.access == "white-box" and spec.config is move.MoveConfig
 
 
-def test_gradient_sign_features_match_autograd(bars_task):
+def test_gradient_features_match_autograd(bars_task):
     defender = bars_task[0]
     torch.manual_seed(0)
     model = build_model("lenet5", 1, defender.num_classes, (28, 28))
     model.eval()
     images, labels = defender.as_float(torch.arange(3)), defender.labels[:3]
-    spec = GradientFeatureSpec("none")
-    features = gradient_sign_features(model, images, labels, spec, signed=False)
+    spec = GradientFeatureSpec("none", signed=False)
+    features = gradient_features(model, images, labels, spec)
     assert features.shape == (3, spec.dimension(model))
     for i in range(3):
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(images[i : i + 1]), labels[i : i + 1]).backward()
         expected = torch.cat([p.grad.flatten() for p in spec.selected(model).values()])
         assert torch.allclose(features[i], expected, atol=1e-5)
-    signs = gradient_sign_features(model, images, labels, GradientFeatureSpec("spatial_max"))
+    signs = gradient_features(model, images, labels, GradientFeatureSpec("spatial_max"))
     assert signs.dtype == torch.int8 and set(signs.unique().tolist()) <= {-1, 0, 1}
     assert signs.shape[1] == GradientFeatureSpec("spatial_max").dimension(model) < spec.dimension(model)
+    # layer_sign_stats: per weight, the fractions of positive and of zero signs of the pooled gradient
+    stats = gradient_features(model, images, labels, GradientFeatureSpec("layer_sign_stats"))
+    assert stats.shape == (3, 2 * len(spec.selected(model)))
+    start = 0
+    for k, (_, count) in enumerate(GradientFeatureSpec("spatial_max").layout(model)):
+        block = signs[:, start : start + count].float()
+        assert torch.allclose(stats[:, 2 * k], (block > 0).float().mean(dim=1))
+        assert torch.allclose(stats[:, 2 * k + 1], (block == 0).float().mean(dim=1))
+        start += count
+
+
+def test_layer_sign_stats_ignore_the_order_of_hidden_units(bars_task):
+    """Permuting a hidden layer's units leaves the function and the sign statistics unchanged."""
+    defender = bars_task[0]
+    torch.manual_seed(1)
+    model = build_model("cnn_small", 1, defender.num_classes, (28, 28)).eval()
+    hidden, head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-2:]
+    permuted = copy.deepcopy(model)
+    p_hidden, p_head = [m for m in permuted.modules() if isinstance(m, torch.nn.Linear)][-2:]
+    order = torch.randperm(hidden.out_features)
+    with torch.no_grad():
+        p_hidden.weight.copy_(hidden.weight[order])
+        p_hidden.bias.copy_(hidden.bias[order])
+        p_head.weight.copy_(head.weight[:, order])
+    images, labels = defender.as_float(torch.arange(6)), defender.labels[:6]
+    assert torch.allclose(model(images), permuted(images), atol=1e-5)
+    stats = GradientFeatureSpec("layer_sign_stats")
+    assert torch.allclose(gradient_features(model, images, labels, stats),
+                          gradient_features(permuted, images, labels, stats), atol=1e-6)
+    layout = GradientFeatureSpec("spatial_max")
+    assert not torch.equal(gradient_features(model, images, labels, layout),
+                           gradient_features(permuted, images, labels, layout))

@@ -38,12 +38,16 @@ class MetaClassifier(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.hidden = hidden
+        # Features are standardised with the training set's statistics (saved with the weights):
+        # per-layer sign fractions differ between models by a few hundredths.
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_std", torch.ones(in_features))
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2)
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features.float())
+        return self.net((features.float() - self.feature_mean) / self.feature_std)
 
     @torch.no_grad()
     def victim_probability(self, features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -73,13 +77,22 @@ def train_meta_classifier(
     rng = generator(config.seed)
     torch.manual_seed(config.seed)
     model = MetaClassifier(features.shape[1], config.hidden, config.dropout)
+    as_float = features.float()
+    model.feature_mean.copy_(as_float.mean(dim=0))
+    std = as_float.std(dim=0)
+    # A feature constant in training is centred but not scaled, so a suspect that differs there
+    # cannot produce an arbitrarily large input.
+    model.feature_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Balance the two classes: several benign models may contribute negatives.
+    counts = torch.bincount(targets, minlength=2).float()
+    class_weight = counts.sum() / (2 * counts)
     model.train()
     for _ in range(config.epochs):
         order = torch.randperm(len(features), generator=rng)
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
-            loss = F.cross_entropy(model(features[index]), targets[index])
+            loss = F.cross_entropy(model(features[index]), targets[index], weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

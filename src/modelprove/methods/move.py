@@ -36,7 +36,7 @@ from modelprove.methods.protection import Protection, create_protection, ensure_
 from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, save_model
 from modelprove.stats import paired_ttest_greater
 from modelprove.training import TrainConfig, evaluate, train
-from modelprove.training.gradients import GradientFeatureSpec, gradient_sign_features
+from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
 METHOD = "move"
 ACCESS = "white-box"
@@ -51,7 +51,11 @@ class MoveConfig:
     style_image: str = "scream"  # a path, or the name of a bundled image
     tile_scale: float = 2.0  # see MagentaStyleTransformer
     feature: Literal["sign", "gradient"] = "sign"  # the paper's ablation (Sec. 7.2.2): sign beats raw
-    reduction: str = "spatial_max"  # per-sample gradient reduction, see training.gradients
+    # Per-sample gradient reduction (training.gradients). The public reference's per-weight layout
+    # ("spatial_max") lets C tell models apart by the order of their hidden units, and it accused
+    # every independent model we trained (docs/results/move-false-accusations.md); the per-layer
+    # sign statistics did not.
+    reduction: str = "layer_sign_stats"
     meta_fraction: float = 0.5  # share of transformed images that train C; the rest are for verification
     meta_samples: int = 1000  # at most this many transformed images train C (bounds memory and time)
     meta_hidden: int = 64
@@ -64,6 +68,9 @@ class MoveConfig:
     augmentation: str = "crop"
     seed: int = 0
     benign_seed: int | None = None  # seed of B's training; None: the same seed as V (see protect docstring)
+    # Benign models whose features are C's negatives (the paper: 1); the first is B, the t-test's
+    # reference. More negatives keep C's output near 0 on models it never saw (same docs page).
+    benign_models: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.transformation_rate < 1.0:
@@ -74,9 +81,14 @@ class MoveConfig:
             raise ModelproveError(f"meta_fraction must be in (0, 1), got {self.meta_fraction}.")
         if self.m < 2:
             raise ModelproveError(f"m must be at least 2 for a paired t-test, got {self.m}.")
+        if self.benign_models < 1:
+            raise ModelproveError(f"benign_models must be at least 1, got {self.benign_models}.")
         if not 0.0 < self.alpha < 1.0:
             raise ModelproveError(f"alpha must be in (0, 1), got {self.alpha}.")
-        GradientFeatureSpec(self.reduction)  # validates the name
+        self.feature_spec()  # validates the reduction and its combination with the feature
+
+    def feature_spec(self) -> GradientFeatureSpec:
+        return GradientFeatureSpec(self.reduction, signed=self.feature == "sign")  # type: ignore[arg-type]
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -117,8 +129,7 @@ def embed_external_features(
 
 
 def _features(model: Classifier, images: torch.Tensor, labels: torch.Tensor, config: MoveConfig) -> torch.Tensor:
-    spec = GradientFeatureSpec(config.reduction)  # type: ignore[arg-type]
-    return gradient_sign_features(model, images.float().div(255), labels, spec, signed=config.feature == "sign")
+    return gradient_features(model, images.float().div(255), labels, config.feature_spec())
 
 
 def protect(
@@ -168,7 +179,6 @@ def protect(
     start = time.perf_counter()
     benign = new_model(benign_seed)
     benign_record = train(benign, defender, config.train_config(benign_seed), description="benign model (D)")
-    timings["train_benign"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
     order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
@@ -180,12 +190,20 @@ def protect(
             fix="raise transformation_rate, lower meta_fraction, or use a larger defender set.",
         )
 
-    start = time.perf_counter()
     meta_images, meta_labels = d_t.images[meta_rows], d_t.labels[meta_rows]
     victim_features = _features(victim, meta_images, meta_labels, config)
-    benign_features = _features(benign, meta_images, meta_labels, config)
+    benign_features = [_features(benign, meta_images, meta_labels, config)]
+    # Extra benign models (another seed each) show C more than one model without the external
+    # feature, so it cannot separate V from B by B's particular weights alone.
+    for extra in range(1, config.benign_models):
+        seed = benign_seed + 7919 * extra
+        other = new_model(seed)
+        train(other, defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
+        benign_features.append(_features(other, meta_images, meta_labels, config))
+    timings["train_benign"] = time.perf_counter() - start
     meta_config = MetaClassifierConfig(hidden=config.meta_hidden, epochs=config.meta_epochs, seed=config.seed)
-    meta, meta_record = train_meta_classifier(victim_features, benign_features, meta_config)
+    start = time.perf_counter()
+    meta, meta_record = train_meta_classifier(victim_features, torch.cat(benign_features), meta_config)
     timings["meta_classifier"] = time.perf_counter() - start
 
     victim_accuracy, benign_accuracy = evaluate(victim, test), evaluate(benign, test)

@@ -21,9 +21,14 @@ from modelprove.core.errors import ModelproveError
 # How a weight tensor's per-sample gradient becomes features:
 # - "spatial_max": conv kernels (out, in, kh, kw) are max-pooled over (kh, kw), as the public MOVE
 #   reference does, so features grow with channels, not kernel area; other weights are kept whole.
+#   One feature per (pooled) weight: the features are tied to the order of the model's hidden units.
 # - "none": every element of every kept weight.
-Reduction = Literal["spatial_max", "none"]
-REDUCTIONS: tuple[str, ...] = ("spatial_max", "none")
+# - "layer_sign_stats": after spatial_max, each weight tensor contributes two numbers, the fraction
+#   of its gradient signs that are positive and the fraction that are zero. They do not change when
+#   hidden units are permuted, so a meta-classifier cannot separate models by the arbitrary order of
+#   their units; docs/results/move-false-accusations.md measures why that matters.
+Reduction = Literal["layer_sign_stats", "spatial_max", "none"]
+REDUCTIONS: tuple[str, ...] = ("layer_sign_stats", "spatial_max", "none")
 
 
 @dataclass(frozen=True)
@@ -31,35 +36,41 @@ class GradientFeatureSpec:
     """Which weights feed the features and how they are reduced (documented MOVE parameters)."""
 
     reduction: Reduction = "spatial_max"
+    signed: bool = True  # MOVE's g = sign(grad); False keeps raw gradients (the paper's ablation)
     min_ndim: int = 2  # keep multi-dimensional weights only (conv kernels, linear matrices), as the reference
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise ModelproveError(f"unknown gradient reduction {self.reduction!r}; known: {', '.join(REDUCTIONS)}.")
+        if self.reduction == "layer_sign_stats" and not self.signed:
+            raise ModelproveError("the 'layer_sign_stats' reduction summarises gradient signs; it needs signed features.")
 
     def selected(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {name: p for name, p in model.named_parameters() if p.ndim >= self.min_ndim}
 
-    def reduce(self, name: str, per_sample: torch.Tensor) -> torch.Tensor:
-        """(B, *weight_shape) -> (B, features)."""
-        if self.reduction == "spatial_max" and per_sample.ndim == 5:
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """One weight's per-sample gradients (B, *weight_shape) -> features (B, n): signs or values."""
+        if self.reduction != "none" and per_sample.ndim == 5:
             per_sample = per_sample.amax(dim=(3, 4))
-        return per_sample.flatten(start_dim=1)
-
-    def dimension(self, model: nn.Module) -> int:
-        total = 0
-        for name, p in self.selected(model).items():
-            shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
-            total += int(torch.tensor(shape).prod())
-        return total
+        flat = per_sample.flatten(start_dim=1)
+        if self.reduction == "layer_sign_stats":
+            return torch.stack([(flat > 0).float().mean(dim=1), (flat == 0).float().mean(dim=1)], dim=1)
+        return torch.sign(flat) if self.signed else flat
 
     def layout(self, model: nn.Module) -> list[tuple[str, int]]:
         """(parameter name, feature count) in feature order: the contract between victim and suspect."""
         out = []
         for name, p in self.selected(model).items():
-            shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
-            out.append((name, int(torch.tensor(shape).prod())))
+            if self.reduction == "layer_sign_stats":
+                count = 2
+            else:
+                shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
+                count = int(torch.tensor(shape).prod())
+            out.append((name, count))
         return out
+
+    def dimension(self, model: nn.Module) -> int:
+        return sum(count for _, count in self.layout(model))
 
 
 def per_sample_gradient_features(
@@ -69,7 +80,7 @@ def per_sample_gradient_features(
     spec: GradientFeatureSpec = GradientFeatureSpec(),
     chunk_size: int = 32,
 ) -> Iterator[torch.Tensor]:
-    """Yield (chunk, features) float tensors of reduced per-sample gradients, chunk by chunk.
+    """Yield the features of each chunk of images: per-sample gradients reduced by ``spec``.
 
     ``images`` are floats in [0, 1]; memory stays bounded by ``chunk_size`` times the weight count.
     """
@@ -94,21 +105,22 @@ def per_sample_gradient_features(
             x = images[start : start + chunk_size].float()
             y = labels[start : start + chunk_size].long()
             grads = per_sample(weights, x, y)
-            yield torch.cat([spec.reduce(name, grads[name]) for name in weights], dim=1)
+            yield torch.cat([spec.reduce(grads[name]) for name in weights], dim=1)
     finally:
         model.train(was_training)
 
 
-def gradient_sign_features(
+def gradient_features(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     spec: GradientFeatureSpec = GradientFeatureSpec(),
-    signed: bool = True,
     chunk_size: int = 32,
 ) -> torch.Tensor:
-    """g_M(x') for every image: int8 signs (MOVE's default) or float32 raw gradients (its ablation)."""
-    parts = []
-    for features in per_sample_gradient_features(model, images, labels, spec, chunk_size):
-        parts.append(torch.sign(features).to(torch.int8) if signed else features.float())
+    """g_M(x') for every image; per-weight signs are stored as int8 (a quarter of float32's memory)."""
+    compact = spec.signed and spec.reduction != "layer_sign_stats"
+    parts = [
+        f.to(torch.int8) if compact else f.float()
+        for f in per_sample_gradient_features(model, images, labels, spec, chunk_size)
+    ]
     return torch.cat(parts)

@@ -1,0 +1,93 @@
+"""The command line on a tiny protection: verdicts, JSON, and one-line errors for people."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from modelprove.cli.main import app
+from modelprove.methods import move
+from modelprove.models import build_model, card_for, load_model, save_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, bars_task):
+    defender, _, test = bars_task
+    root = tmp_path_factory.mktemp("cli")
+    # The CLI's protect reads a dataset path: the bars task saved as npz files.
+    for part, name in ((defender, "bars_train.npz"), (test, "bars_test.npz")):
+        np.savez(root / name, x=part.images.numpy(), y=part.labels.numpy())
+    result = runner.invoke(app, [
+        "protect", "--method", "move", "--data", str(root / "bars_train.npz"), "--out", str(root / "prot"),
+        "--attacker-fraction", "0.5", "--set", "arch=lenet5", "--set", "epochs=12",
+        "--set", "meta_samples=30", "--set", "m=8",
+    ])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_protect_prints_accuracies(workspace):
+    manifest = json.loads((workspace / "prot" / "manifest.json").read_text())
+    assert manifest["config"]["m"] == 8 and manifest["config"]["arch"] == "lenet5"
+    assert manifest["dataset"]["defender_size"] == 400
+
+
+def test_verify_copy_writes_json(workspace):
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
+                                 "--suspect", str(workspace / "prot" / "victim.safetensors"),
+                                 "--json", str(workspace / "v.json")])
+    assert result.exit_code == 0, result.output
+    assert "STOLEN" in result.output
+    verdict = json.loads((workspace / "v.json").read_text())
+    assert verdict["stolen"] is True and verdict["samples"] == 8 and verdict["p_value"] < 0.01
+    assert len(verdict["hashes"]["suspect_weights"]) == 64
+
+
+def test_verify_benign_is_cleared(workspace):
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
+                                 "--suspect", str(workspace / "prot" / "benign.json"), "--m", "5"])
+    assert result.exit_code == 0, result.output
+    assert "not stolen" in result.output
+
+
+def test_refuses_to_overwrite_protection(workspace):
+    result = runner.invoke(app, ["protect", "--data", str(workspace / "bars_train.npz"), "--out", str(workspace / "prot")])
+    assert result.exit_code == 2
+    assert "already exists" in result.output and "--force" in result.output
+
+
+def test_wrong_architecture_suspect_is_one_line_error(workspace, bars_task):
+    other = build_model("cnn_small", 1, 4, (28, 28))
+    save_model(other, card_for(other, bars_task[0].classes), workspace / "other.safetensors")
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
+                                 "--suspect", str(workspace / "other.safetensors")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "arch=cnn_small" in result.output and "Traceback" not in result.output
+
+
+def test_missing_suspect_and_incomplete_protection(workspace, tmp_path):
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"), "--suspect", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "error:" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["verify", "--protection", str(tmp_path / "empty"),
+                                 "--suspect", str(workspace / "prot" / "victim.safetensors")])
+    assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+def test_unknown_method_parameter(workspace, tmp_path):
+    result = runner.invoke(app, ["protect", "--data", str(workspace / "bars_train.npz"), "--out", str(tmp_path / "p"),
+                                 "--set", "gama=0.2"])
+    assert result.exit_code == 2 and "no field 'gama'" in result.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_listings():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0 and "move" in result.output and "transformation_rate" in result.output
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and all(a in result.output for a in ("cnn_small", "lenet5", "resnet20"))
