@@ -34,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--defender-limit", type=int, default=None, help="cap the defender's images")
     parser.add_argument("--attacker-limit", type=int, default=None, help="cap the attacker's images")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--m", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing runs/demo")
@@ -67,14 +67,18 @@ def main() -> int:
     try:
         opened = move.open_protection(protection_dir)
         console.print(f"reusing the protection in {protection_dir} (pass --fresh to redo it)")
+        reused = " (reused)"
     except ModelproveError:
         if protection_dir.exists():
             shutil.rmtree(protection_dir)  # an incomplete demo protection of our own: redo it
         move.protect(splits.defender, splits.test, protection_dir, config)
         opened = move.open_protection(protection_dir)
-    timings["protect (style transfer, victim, benign, meta-classifier)"] = time.perf_counter() - start
+        reused = ""
+    timings[f"protect, in all{reused}"] = time.perf_counter() - start
     victim, victim_card = load_model(protection_dir / "victim.safetensors")
     results = opened.protection.manifest["results"]
+    for stage, seconds in results["seconds"].items():
+        timings[f"protect: {stage.replace('_', ' ')}{reused and ' (when made)'}"] = seconds
 
     suspects: dict[str, Path] = {}
 
@@ -82,6 +86,7 @@ def main() -> int:
         path = out / "suspects" / f"{name}.safetensors"
         suspects[name] = path
         if path.exists() and path.with_suffix(".json").exists():
+            console.print(f"reusing suspect {path}")
             return
         begin = time.perf_counter()
         model, lineage = build()
@@ -127,7 +132,7 @@ def main() -> int:
     (out / "summary.json").write_text(json.dumps({"results": results, "verdicts": [v.to_dict() for v in verdicts],
                                                  "timings": timings}, indent=2))
     for stage, seconds in timings.items():
-        console.print(f"  {seconds:7.1f} s  {stage}")
+        console.print(f"  {seconds:8.2f} s  {stage}")
     console.print(f"summary written to {out / 'summary.md'}")
     expected = {"direct-copy": True, "fine-tuned": True, "independent": False}
     wrong = [v.suspect for v in verdicts if v.suspect in expected and v.stolen != expected[v.suspect]]
@@ -152,7 +157,7 @@ def render_summary(args, splits, results, verdicts, rows, timings) -> str:
         "",
         "| stage | seconds |",
         "|---|---|",
-        *[f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()],
+        *[f"| {stage} | {seconds:.2f} |" for stage, seconds in timings.items()],
     ]
     return "\n".join(lines) + "\n"
 

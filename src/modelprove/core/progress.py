@@ -19,7 +19,8 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+# Logs and CI have no terminal to measure; give tables room rather than rich's 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def make_progress(enabled: bool = True) -> Progress:

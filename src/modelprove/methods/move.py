@@ -164,8 +164,8 @@ def protect(
     timings["style_transfer"] = time.perf_counter() - start
 
     channels, height, width = defender.input_shape
-    mean = defender.as_float(torch.arange(min(len(defender), 10000))).mean(dim=(0, 2, 3)).tolist()
-    std = defender.as_float(torch.arange(min(len(defender), 10000))).std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    sample = defender.as_float(torch.arange(min(len(defender), 10000)))  # normalisation statistics
+    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
     def new_model(seed: int) -> Classifier:
         torch.manual_seed(seed)
@@ -179,6 +179,14 @@ def protect(
     start = time.perf_counter()
     benign = new_model(benign_seed)
     benign_record = train(benign, defender, config.train_config(benign_seed), description="benign model (D)")
+    # Extra benign models (another seed each) show C more than one model without the external
+    # feature, so it cannot separate V from B by B's particular weights alone.
+    extra_benign = []
+    for extra in range(1, config.benign_models):
+        seed = benign_seed + 7919 * extra
+        extra_benign.append(new_model(seed))
+        train(extra_benign[-1], defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
+    timings[f"train_benign_models_x{config.benign_models}"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
     order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
@@ -190,20 +198,14 @@ def protect(
             fix="raise transformation_rate, lower meta_fraction, or use a larger defender set.",
         )
 
+    start = time.perf_counter()
     meta_images, meta_labels = d_t.images[meta_rows], d_t.labels[meta_rows]
     victim_features = _features(victim, meta_images, meta_labels, config)
-    benign_features = [_features(benign, meta_images, meta_labels, config)]
-    # Extra benign models (another seed each) show C more than one model without the external
-    # feature, so it cannot separate V from B by B's particular weights alone.
-    for extra in range(1, config.benign_models):
-        seed = benign_seed + 7919 * extra
-        other = new_model(seed)
-        train(other, defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
-        benign_features.append(_features(other, meta_images, meta_labels, config))
-    timings["train_benign"] = time.perf_counter() - start
+    benign_features = torch.cat([_features(b, meta_images, meta_labels, config) for b in [benign, *extra_benign]])
+    timings["gradient_features"] = time.perf_counter() - start
     meta_config = MetaClassifierConfig(hidden=config.meta_hidden, epochs=config.meta_epochs, seed=config.seed)
     start = time.perf_counter()
-    meta, meta_record = train_meta_classifier(victim_features, torch.cat(benign_features), meta_config)
+    meta, meta_record = train_meta_classifier(victim_features, benign_features, meta_config)
     timings["meta_classifier"] = time.perf_counter() - start
 
     victim_accuracy, benign_accuracy = evaluate(victim, test), evaluate(benign, test)
