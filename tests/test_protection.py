@@ -80,8 +80,12 @@ def test_failure_leaves_nothing(tmp_path):
 
 
 def test_config_from_pairs_types_and_errors():
-    config = config_from_pairs(MoveConfig, ["m=20", "transformation_rate=0.2", "feature=gradient", "benign_seed=none"])
+    config = config_from_pairs(
+        MoveConfig, ["m=20", "transformation_rate=0.2", "feature=gradient", "reduction=spatial_max", "benign_seed=none"]
+    )
     assert (config.m, config.transformation_rate, config.feature, config.benign_seed) == (20, 0.2, "gradient", None)
+    with pytest.raises(ModelproveError, match="layer_sign_stats.*needs signed"):
+        config_from_pairs(MoveConfig, ["feature=gradient"])
     with pytest.raises(ModelproveError, match="no field 'mm'"):
         config_from_pairs(MoveConfig, ["mm=3"])
     with pytest.raises(ModelproveError, match="expects int"):
