@@ -45,7 +45,8 @@ def test_verify_copy_writes_json(workspace):
     assert "STOLEN" in result.output
     verdict = json.loads((workspace / "v.json").read_text())
     assert verdict["stolen"] is True and verdict["samples"] == 8 and verdict["p_value"] < 0.01
-    assert len(verdict["hashes"]["suspect_weights"]) == 64
+    assert verdict["hashes"]["suspect_weights"] == verdict["hashes"]["victim_weights"]  # the victim itself
+    assert len(verdict["hashes"]["protection_manifest"]) == 64
 
 
 def test_verify_benign_is_cleared(workspace):

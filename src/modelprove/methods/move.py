@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modelprove.core.errors import ModelproveError, ProtectionError, SuspectError
+from modelprove.core.fileio import sha256_file
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
@@ -361,7 +362,10 @@ def verify(
         samples=m,
         queries=None,
         seconds=round(time.perf_counter() - start, 3),
-        hashes={"protection_manifest": opened.protection.manifest["files"].get("victim.safetensors", "")},
+        hashes={
+            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
+            "victim_weights": opened.protection.manifest["files"]["victim.safetensors"],
+        },
         details={
             "mu_suspect": float(p_suspect.mean()),
             "mu_benign": float(p_benign.mean()),
