@@ -139,3 +139,29 @@ def test_layer_sign_stats_ignore_the_order_of_hidden_units(bars_task):
     layout = GradientFeatureSpec("spatial_max")
     assert not torch.equal(gradient_features(model, images, labels, layout),
                            gradient_features(permuted, images, labels, layout))
+
+
+class _Invert:
+    """A user's own transformer: anything with a name that maps images in [0, 1] to images in [0, 1]."""
+
+    name = "invert"
+
+    def __call__(self, images):
+        return 1.0 - images
+
+
+def test_a_users_own_transformer_plugs_in(tmp_path, bars_task):
+    defender, _, test = bars_task
+    config = move.MoveConfig(arch="lenet5", epochs=6, benign_models=1, meta_samples=30, meta_epochs=10, m=5)
+    made = move.protect(defender, test, tmp_path / "p", config, transformer=_Invert())
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["config"]["transformer_used"] == {"transformer": "invert"}
+    assert not any(name.startswith("style") for name in manifest["files"])
+    # the transformed images stored are exactly T(x) of the chosen defender images, labels unchanged
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "p" / "transformed.safetensors"))
+    rows = [int((defender.indices == i).nonzero()) for i in stored["indices"].tolist()]
+    assert torch.equal(stored["images"], 255 - defender.images[rows])
+    assert torch.equal(stored["labels"], defender.labels[rows])
+    assert made.results["victim_accuracy_on_transformed"] > made.results["benign_accuracy_on_transformed"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -197,6 +197,24 @@ class MagentaStyleTransformer:
             "gutter": self.gutter,
             "strength": self.strength,
         }
+
+
+# Style transformers by name, so a config (and `--set transformer=NAME`) can choose one. A factory
+# takes the style image and the tile scale; register another with ``STYLE_TRANSFORMERS[name] = f``.
+STYLE_TRANSFORMERS: dict[str, Callable[..., StyleTransformer]] = {
+    "magenta": lambda style_image=DEFAULT_STYLE, tile_scale=1.0: MagentaStyleTransformer(
+        style_image=style_image, tile_scale=tile_scale
+    ),
+}
+
+
+def make_style_transformer(name: str, **options) -> StyleTransformer:
+    if name not in STYLE_TRANSFORMERS:
+        raise ModelproveError(
+            f"unknown style transformer {name!r}; known: {', '.join(sorted(STYLE_TRANSFORMERS))}.",
+            fix="register yours in modelprove.data.style.STYLE_TRANSFORMERS, or pass transformer= to protect().",
+        )
+    return STYLE_TRANSFORMERS[name](**options)
 
 
 def mosaic_capacity(height: int, width: int, tile_scale: float = 1.0, gutter: int = 2) -> int:

@@ -31,7 +31,7 @@ from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
-from modelprove.data.style import MagentaStyleTransformer, StyleTransformer, load_style_image
+from modelprove.data.style import StyleTransformer, bundled_style_path, make_style_transformer
 from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, save_model
@@ -49,6 +49,7 @@ class MoveConfig:
 
     arch: str = "cnn_small"
     transformation_rate: float = 0.1  # gamma
+    transformer: str = "magenta"  # T, by name in data.style.STYLE_TRANSFORMERS
     style_image: str = "scream"  # a path, or the name of a bundled image
     tile_scale: float = 2.0  # see MagentaStyleTransformer
     feature: Literal["sign", "gradient"] = "sign"  # the paper's ablation (Sec. 7.2.2): sign beats raw
@@ -157,7 +158,9 @@ def protect(
         )
     out = Path(out)
     ensure_writable(out, force)
-    transformer = transformer or MagentaStyleTransformer(style_image=config.style_image, tile_scale=config.tile_scale)
+    transformer = transformer or make_style_transformer(
+        config.transformer, style_image=config.style_image, tile_scale=config.tile_scale
+    )
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -228,7 +231,7 @@ def protect(
         "transformed": len(d_t),
         "verification_pool": len(verify_rows),
     }
-    full_config = {**asdict(config), "transformer": _describe(transformer), "meta_classifier": asdict(meta_config)}
+    full_config = {**asdict(config), "transformer_used": _describe(transformer), "meta_classifier": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": victim_accuracy, **victim_record.to_dict()}
         save_model(victim, card_for(victim, defender.classes, training, {"kind": "victim", "method": METHOD}),
@@ -250,8 +253,6 @@ def protect(
         if style_source is not None:
             style_path = Path(style_source)
             if not style_path.is_file():
-                from modelprove.data.style import bundled_style_path
-
                 style_path = bundled_style_path(str(style_source))
             shutil.copyfile(style_path, writer.path("style" + style_path.suffix.lower()))
         writer.record(dataset=dataset_info, results=results, access=ACCESS)
