@@ -8,7 +8,7 @@ from modelprove.core.errors import (
     SuspectError,
 )
 from modelprove.core.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from modelprove.core.seeding import seed_everything
+from modelprove.core.seeding import generator
 
 __all__ = [
     "DataError",
@@ -18,7 +18,7 @@ __all__ = [
     "SuspectError",
     "atomic_write_bytes",
     "atomic_write_json",
+    "generator",
     "read_json",
-    "seed_everything",
     "sha256_file",
 ]

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch globally; return a torch generator for explicit use."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def generator(seed: int) -> torch.Generator:
