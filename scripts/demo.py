@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from modelprove.attacks import get_attack
+from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import console
 from modelprove.core.verdict import format_p, verdict_table
@@ -58,8 +59,6 @@ def main() -> int:
     timings["load data"] = time.perf_counter() - start
     console.print(f"data: defender {len(splits.defender)}, attacker {len(splits.attacker)}, test {len(splits.test)} "
                   f"({args.data}; disjoint defender/attacker split, seed {args.seed})")
-
-    from modelprove.core.config import config_from_pairs
 
     config = config_from_pairs(move.MoveConfig, args.pairs, seed=args.seed, epochs=args.epochs, m=args.m)
     protection_dir = out / "protection"

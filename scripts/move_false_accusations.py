@@ -46,7 +46,7 @@ def main() -> None:
     splits = load_splits(args.data, attacker_fraction=0.5, seed=0,
                          defender_limit=args.defender_limit, attacker_limit=args.attacker_limit)
     rows: list[str] = []
-    independents: dict[int, torch.nn.Module] = {}
+    independents: dict[tuple[str, int], torch.nn.Module] = {}
     for variant in variants:
         name, _, pairs = variant.partition(":")
         config = config_from_pairs(move.MoveConfig, [p for p in pairs.split(",") if p], epochs=args.epochs, m=args.m)
@@ -65,11 +65,12 @@ def main() -> None:
         }
         for k in range(args.independent):
             seed = 1000 + k
-            key = hash((config.arch, seed, args.epochs))
+            key = (config.arch, seed)
             if key not in independents:
                 torch.manual_seed(seed)
-                model = build_model(config.arch, *splits.attacker.input_shape[:1], splits.attacker.num_classes,
-                                    splits.attacker.input_shape[1:], mean=card.mean, std=card.std)
+                channels, height, width = splits.attacker.input_shape
+                model = build_model(config.arch, channels, splits.attacker.num_classes, (height, width),
+                                    mean=card.mean, std=card.std)
                 train(model, splits.attacker, TrainConfig(epochs=args.epochs, seed=seed),
                       description=f"independent {k}")
                 independents[key] = model

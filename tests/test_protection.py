@@ -86,6 +86,9 @@ def test_config_from_pairs_types_and_errors():
     assert (config.m, config.transformation_rate, config.feature, config.benign_seed) == (20, 0.2, "gradient", None)
     with pytest.raises(ModelproveError, match="layer_sign_stats.*needs signed"):
         config_from_pairs(MoveConfig, ["feature=gradient"])
+    # an override of None (the CLI's --seed when not given) keeps what --set said
+    assert config_from_pairs(MoveConfig, ["seed=5"], seed=None).seed == 5
+    assert config_from_pairs(MoveConfig, ["seed=5"], seed=7).seed == 7
     with pytest.raises(ModelproveError, match="no field 'mm'"):
         config_from_pairs(MoveConfig, ["mm=3"])
     with pytest.raises(ModelproveError, match="expects int"):

@@ -38,7 +38,7 @@ def protect(
     attacker_fraction: Annotated[float, typer.Option(help="Share of the training set kept out for attackers.")] = 0.5,
     defender_limit: Annotated[Optional[int], typer.Option(help="Use at most this many defender images.")] = None,
     test_limit: Annotated[Optional[int], typer.Option(help="Use at most this many test images.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (default: the method's).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter key=value (repeatable).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing protection (kept as NAME.replaced-<time>).")] = False,
 ) -> None:
@@ -49,10 +49,10 @@ def protect(
 
     try:
         spec = get_method(method)
-        config = config_from_pairs(spec.config, set_, seed=seed)
+        config = config_from_pairs(spec.config, set_, seed=seed)  # --seed wins over --set seed=, None keeps it
         ensure_writable(out_dir, force)
         splits = load_splits(
-            data, data=data_dir, attacker_fraction=attacker_fraction, seed=seed,
+            data, data=data_dir, attacker_fraction=attacker_fraction, seed=config.seed,
             defender_limit=defender_limit, test_limit=test_limit,
         )
         result = spec.protect(splits.defender, splits.test, out_dir, config, force=force)
@@ -92,8 +92,9 @@ def run_verify(
     from modelprove.models import load_model, model_paths
 
     try:
-        spec = get_method(Protection.open(protection).method)
-        opened = spec.open(protection)
+        checked = Protection.open(protection)  # hashes every file once
+        spec = get_method(checked.method)
+        opened = spec.open(checked)
         model, card = load_model(suspect)
         verdict = spec.verify(
             opened, model, card, suspect_name=name or Path(suspect).stem, suspect_path=suspect,

@@ -5,7 +5,8 @@ White-box setting (MOVE Sec. 5):
    style-transferred, x' = T(x, x_style), labels unchanged; the victim V trains on D_b ∪ D_t, a
    benign model B of the same architecture on the untouched D.
 2. Meta-classifier (Sec. 5.3, Eq. 5-6): C learns g_V(x') = sign(∇_θ L(V(x'), y)) as +1 and
-   g_B(x') as -1, over transformed images x'.
+   g_B(x') as -1, over transformed images x'. By default each weight's signs are summarised per
+   layer (``reduction``) and C sees several benign models; see MoveConfig for why.
 3. Verification (Sec. 5.4, Eq. 9): for m transformed images, p_S = P[C(g_S(x')) = victim] and
    p_B = P[C(g_B(x')) = victim]; a one-sided paired t-test of H0: mu_S <= mu_B; stolen iff p < alpha,
    with delta_mu = mu_S − mu_B as the confidence.
@@ -145,10 +146,8 @@ def protect(
 ) -> MoveProtection:
     """Make a MOVE protection of a new victim trained on ``defender`` data; write it to ``out``.
 
-    V and B are trained with the same seed by default (``benign_seed=None``): they then share
-    their initialisation and data order, so what separates their gradients is the external feature
-    V learned from D_t rather than two unrelated random starts. Set ``benign_seed`` to study the
-    alternative.
+    B is trained with V's seed by default (``benign_seed=None``: the same initialisation and data
+    order); ``benign_models - 1`` further benign models use other seeds.
     """
     config = config or MoveConfig()
     if defender.input_shape != test.input_shape or defender.classes != test.classes:
@@ -291,8 +290,10 @@ class OpenedMove:
     config: MoveConfig
 
 
-def open_protection(directory: str | Path) -> OpenedMove:
-    protection = Protection.open(directory)
+def open_protection(directory: str | Path | Protection) -> OpenedMove:
+    """Load a MOVE protection for verification (a path is opened and hash-checked first)."""
+    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
+    directory = protection.directory
     if protection.method != METHOD:
         raise ProtectionError(
             f"this protection was made with method {protection.method!r}, not {METHOD!r}.", path=directory
