@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from modelprove.attacks import get_attack
+from modelprove.attacks import run_attack
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import console
@@ -89,15 +89,14 @@ def main() -> int:
             return
         begin = time.perf_counter()
         model, lineage = build()
-        lineage["test_accuracy"] = evaluate(model, splits.test)
-        lineage["fidelity"] = agreement(model, victim, splits.test)
+        lineage.setdefault("test_accuracy", evaluate(model, splits.test))
+        lineage.setdefault("fidelity", agreement(model, victim, splits.test))
         card = card_for(model, splits.defender.classes, training=lineage.get("training"), lineage=lineage)
         save_model(model, card, path, overwrite=True)
         timings[f"make suspect: {name}"] = time.perf_counter() - begin
 
-    make_suspect("direct-copy", lambda: get_attack("copy").steal(victim, None))
-    finetune = get_attack("finetune")
-    make_suspect("fine-tuned", lambda: finetune.steal(victim, splits.attacker, finetune.config(seed=args.seed)))
+    make_suspect("direct-copy", lambda: run_attack("copy", victim, None, test=splits.test))
+    make_suspect("fine-tuned", lambda: run_attack("finetune", victim, splits.attacker, test=splits.test, seed=args.seed))
 
     def independent():
         channels, height, width = splits.attacker.input_shape

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelprove.attacks import get_attack
+from modelprove.attacks import run_attack
 from modelprove.core.config import config_from_pairs
 from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.verdict import format_p
@@ -60,8 +60,8 @@ def main() -> None:
         protect_seconds = time.perf_counter() - started
         victim, card = load_model(out / "victim.safetensors")
         suspects = {
-            "direct-copy": get_attack("copy").steal(victim, None)[0],
-            "fine-tuned": get_attack("finetune").steal(victim, splits.attacker)[0],
+            "direct-copy": run_attack("copy", victim, None)[0],
+            "fine-tuned": run_attack("finetune", victim, splits.attacker)[0],
         }
         for k in range(args.independent):
             seed = 1000 + k

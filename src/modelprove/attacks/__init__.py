@@ -1,35 +1,29 @@
 """Stealing and removal attacks: victim (through the access it is entitled to) + attacker data -> suspect.
 
 Each attack is one module with a small typed config and one entry point
-``steal(victim, attacker_data, config) -> (suspect, lineage)``, plus one line in ATTACKS.
+``steal(victim_access, attacker_data, config) -> (suspect, details)``, plus one line in ATTACKS.
+Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
 from modelprove.attacks import direct_copy, finetune
+from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
-
-@dataclass(frozen=True)
-class AttackSpec:
-    name: str
-    access: str  # what the attacker holds: fully-accessible, dataset-accessible, model-accessible, query-only
-    config: type
-    steal: Callable[..., Any]
-    description: str
-
-
 ATTACKS: dict[str, AttackSpec] = {
-    "copy": AttackSpec("copy", "fully-accessible", direct_copy.CopyConfig, direct_copy.steal, "direct copy of the victim's weights"),
-    "finetune": AttackSpec("finetune", "fully-accessible", finetune.FinetuneConfig, finetune.steal,
+    "copy": AttackSpec("copy", "fully-accessible", "white-box", direct_copy.CopyConfig, direct_copy.steal,
+                       "direct copy of the victim's weights"),
+    "finetune": AttackSpec("finetune", "fully-accessible", "white-box", finetune.FinetuneConfig, finetune.steal,
                            "fine-tune the victim on attacker data (all layers, FTAL)"),
 }
 
 
 def get_attack(name: str) -> AttackSpec:
     if name not in ATTACKS:
-        raise ModelproveError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}.")
+        raise ModelproveError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}.",
+                              fix="run `modelprove steal --list`.")
     return ATTACKS[name]
+
+
+__all__ = ["ATTACKS", "AttackSpec", "get_attack", "parse_attack", "run_attack"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from modelprove.access import WhiteBoxAccess
 from modelprove.data.dataset import ImageDataset
-from modelprove.models import Classifier
 
 
 @dataclass
@@ -14,7 +14,6 @@ class CopyConfig:
     seed: int = 0
 
 
-def steal(victim: Classifier, attacker_data: ImageDataset | None, config: CopyConfig | None = None):
-    config = config or CopyConfig()
-    del attacker_data  # a copy needs no data
-    return copy.deepcopy(victim).eval(), {"attack": "copy", "params": asdict(config), "queries": 0}
+def steal(victim: WhiteBoxAccess, attacker_data: ImageDataset | None, config: CopyConfig):
+    del attacker_data, config  # a copy needs no data and makes no random choice
+    return copy.deepcopy(victim.model).eval(), {"uses_data": False}

@@ -6,10 +6,10 @@ All layers are trained (CAE's FTAL); MOVE's "fine-tuning" attack trains 5 epochs
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from modelprove.access import WhiteBoxAccess
 from modelprove.data.dataset import ImageDataset
-from modelprove.models import Classifier
 from modelprove.training import TrainConfig, train
 
 
@@ -22,9 +22,8 @@ class FinetuneConfig:
     seed: int = 0
 
 
-def steal(victim: Classifier, attacker_data: ImageDataset, config: FinetuneConfig | None = None):
-    config = config or FinetuneConfig()
-    suspect = copy.deepcopy(victim)
+def steal(victim: WhiteBoxAccess, attacker_data: ImageDataset, config: FinetuneConfig):
+    suspect = copy.deepcopy(victim.model)
     record = train(
         suspect,
         attacker_data,
@@ -32,6 +31,4 @@ def steal(victim: Classifier, attacker_data: ImageDataset, config: FinetuneConfi
                     augmentation=config.augmentation, seed=config.seed),
         description="fine-tune (attacker data)",
     )
-    lineage = {"attack": "finetune", "params": asdict(config), "data": attacker_data.name,
-               "samples": len(attacker_data), "queries": 0, "training": record.to_dict()}
-    return suspect.eval(), lineage
+    return suspect.eval(), {"training": record.to_dict()}

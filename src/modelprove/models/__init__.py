@@ -17,6 +17,7 @@ from modelprove.models.classifier import (
     predict_proba,
 )
 from modelprove.models.modelfile import load_model, model_paths, save_model
+from modelprove.models.onnx_export import export_onnx
 
 __all__ = [
     "ARCHITECTURES",
@@ -28,6 +29,7 @@ __all__ = [
     "build_architecture",
     "build_model",
     "card_for",
+    "export_onnx",
     "load_model",
     "model_paths",
     "predict_labels",

@@ -1,0 +1,45 @@
+"""Suspect (and victim) access: white-box, black-box and label-only, with query accounting.
+
+A method declares the least access its verification needs; an attack declares the access it is
+entitled to. Both receive one of these objects, never more than its level offers:
+
+- :class:`LabelOnlyAccess` answers ``labels(images)`` (top-1 only);
+- :class:`BlackBoxAccess` adds ``probabilities(images)`` (probability vectors);
+- :class:`WhiteBoxAccess` adds ``model`` (weights, so gradients are available).
+
+Images are float tensors in [0, 1], shaped (N, C, H, W). Every call counts the images sent as
+queries and can enforce a budget; outputs from outside code are checked before anyone uses them.
+"""
+
+from modelprove.access.levels import (
+    ACCESS_LEVELS,
+    BLACK_BOX,
+    LABEL_ONLY,
+    WHITE_BOX,
+    BlackBoxAccess,
+    LabelOnlyAccess,
+    QueryBudgetError,
+    SuspectAccess,
+    WhiteBoxAccess,
+    at_least,
+    require_access,
+    restrict,
+)
+from modelprove.access.open import onnx_access, open_suspect
+
+__all__ = [
+    "ACCESS_LEVELS",
+    "BLACK_BOX",
+    "LABEL_ONLY",
+    "WHITE_BOX",
+    "BlackBoxAccess",
+    "LabelOnlyAccess",
+    "QueryBudgetError",
+    "SuspectAccess",
+    "WhiteBoxAccess",
+    "at_least",
+    "onnx_access",
+    "open_suspect",
+    "require_access",
+    "restrict",
+]

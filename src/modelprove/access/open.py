@@ -1,0 +1,115 @@
+"""Open a suspect from a file: a model file (white-box, or less on request) or an ONNX file (black-box)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+
+from modelprove.access.levels import (
+    BLACK_BOX,
+    LABEL_ONLY,
+    WHITE_BOX,
+    BlackBoxAccess,
+    LabelOnlyAccess,
+    WhiteBoxAccess,
+    check_level,
+    restrict,
+)
+from modelprove.core.errors import SuspectError
+from modelprove.models import load_model
+
+ONNX_SUFFIX = ".onnx"
+
+
+def open_suspect(
+    path: str | Path,
+    *,
+    level: str | None = None,
+    outputs: Literal["probabilities", "logits"] = "logits",
+    budget: int | None = None,
+    name: str | None = None,
+) -> LabelOnlyAccess:
+    """The suspect at ``path`` at the highest access its file offers, or at ``level``.
+
+    ``NAME.safetensors``/``NAME.json``/``NAME.pt`` (a model file) offers white-box access and loads
+    without unpickling; ``NAME.onnx`` offers black-box access through onnxruntime, its outputs taken
+    as ``outputs`` (torch exports give logits, the default here).
+    """
+    path = Path(path)
+    name = name or path.stem
+    if level is not None:
+        check_level(level, "--access")
+    if path.suffix.lower() == ONNX_SUFFIX:
+        if level == WHITE_BOX:
+            raise SuspectError(
+                "an ONNX file offers black-box access at most (its graph is not a modelprove architecture).",
+                path=path,
+                fix="verify black-box (--access black-box), or give the model as NAME.safetensors + NAME.json.",
+            )
+        access: LabelOnlyAccess = onnx_access(path, outputs=outputs, budget=budget, name=name)
+    else:
+        model, card = load_model(path)
+        access = WhiteBoxAccess(model, card, name=name, source=str(path), budget=budget)
+    return restrict(access, level) if level is not None else access
+
+
+def onnx_access(
+    path: str | Path,
+    *,
+    outputs: Literal["probabilities", "logits"] = "logits",
+    budget: int | None = None,
+    name: str | None = None,
+    num_classes: int | None = None,
+) -> BlackBoxAccess:
+    """Black-box access to an ONNX classifier taking float32 NCHW images in [0, 1]."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise SuspectError("no ONNX file here.", path=path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SuspectError(f"onnxruntime cannot open this file: {exc}", path=path) from exc
+    inputs, outs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise SuspectError(f"an image classifier has one input; this ONNX graph has {len(inputs)}.", path=path)
+    in_shape, out_shape = inputs[0].shape, outs[0].shape
+    if len(in_shape) != 4:
+        raise SuspectError(
+            f"the ONNX input {inputs[0].name!r} has shape {in_shape}; expected (N, C, H, W).", path=path
+        )
+    declared = out_shape[-1] if len(out_shape) == 2 and isinstance(out_shape[-1], int) else None
+    classes = num_classes or declared
+    if classes is None:
+        raise SuspectError(
+            f"the ONNX output {outs[0].name!r} has shape {out_shape}; cannot tell the number of classes.",
+            path=path,
+            fix="pass num_classes, or export with a fixed class dimension.",
+        )
+    input_shape = tuple(in_shape[1:]) if all(isinstance(v, int) for v in in_shape[1:]) else None
+    fixed_batch = in_shape[0] if isinstance(in_shape[0], int) and in_shape[0] > 0 else None
+    input_name = inputs[0].name
+
+    def predict(batch: Tensor) -> np.ndarray:
+        array = batch.numpy().astype(np.float32, copy=False)
+        if fixed_batch is None:
+            return session.run(None, {input_name: array})[0]
+        # A graph exported for a fixed batch size gets padded batches of exactly that size.
+        results = []
+        for start in range(0, len(array), fixed_batch):
+            chunk = array[start : start + fixed_batch]
+            padded = np.concatenate([chunk, np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), np.float32)])
+            results.append(session.run(None, {input_name: padded})[0][: len(chunk)])
+        return np.concatenate(results)
+
+    return BlackBoxAccess(predict, outputs=outputs, num_classes=int(classes), input_shape=input_shape,
+                          name=name or path.stem, source=str(path), budget=budget)
+
+
+__all__ = ["BLACK_BOX", "LABEL_ONLY", "WHITE_BOX", "onnx_access", "open_suspect"]
