@@ -113,7 +113,7 @@ def main() -> int:
     for name, path in suspects.items():
         begin = time.perf_counter()
         model, card = load_model(path)
-        verdict = move.verify(opened, model, card, suspect_name=name, suspect_path=path, m=args.m, seed=args.seed)
+        verdict = move.verify(opened, model, suspect_name=name, m=args.m, seed=args.seed)
         verdict.save(out / "verdicts" / f"{name}.json")
         timings[f"verify: {name}"] = time.perf_counter() - begin
         verdicts.append(verdict)

@@ -78,8 +78,8 @@ def main() -> None:
         pool = len(opened.pool_images)
         results = opened.protection.manifest["results"]
         for suspect_name, model in suspects.items():
-            full = move.verify(opened, model, card_for(model, card.classes), suspect_name=suspect_name, m=pool)
-            draws = [move.verify(opened, model, card_for(model, card.classes), m=args.m, seed=s).p_value
+            full = move.verify(opened, model, suspect_name=suspect_name, m=pool)
+            draws = [move.verify(opened, model, m=args.m, seed=s).p_value
                      for s in range(args.draws)]
             flagged = sum(p < 0.01 for p in draws)
             rows.append(

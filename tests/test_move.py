@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from modelprove.core.errors import ProtectionError, SuspectError
+from modelprove.access import BlackBoxAccess, WhiteBoxAccess, open_suspect
+from modelprove.core.errors import ModelproveError, ProtectionError, SuspectError
 from modelprove.methods import METHODS, move
-from modelprove.models import build_model, card_for, load_model
+from modelprove.models import build_model, export_onnx, load_model, predict_proba
 from modelprove.training import TrainConfig, train
 from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
@@ -44,10 +45,10 @@ def test_copy_is_flagged_and_benign_is_cleared(protection):
     out, made = protection
     opened = move.open_protection(out)
     victim, card = load_model(out / "victim.safetensors")
-    stolen = move.verify(opened, copy.deepcopy(victim), card, suspect_name="copy")
+    stolen = move.verify(opened, copy.deepcopy(victim), suspect_name="copy")
     assert stolen.stolen and stolen.p_value < 0.01 and stolen.effect > 0.5
     benign, benign_card = load_model(out / "benign.safetensors")
-    cleared = move.verify(opened, benign, benign_card, suspect_name="benign")
+    cleared = move.verify(opened, benign, suspect_name="benign")
     assert not cleared.stolen and cleared.p_value == 1.0 and cleared.effect == 0.0
 
 
@@ -59,8 +60,8 @@ def test_verification_is_reproducible_per_seed(protection):
     with torch.no_grad():
         for p in suspect.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    a = move.verify(opened, suspect, card, seed=3)
-    b = move.verify(opened, suspect, card, seed=3)
+    a = move.verify(opened, suspect, seed=3)
+    b = move.verify(opened, suspect, seed=3)
     assert a.p_value == b.p_value and a.effect == b.effect
 
 
@@ -69,7 +70,7 @@ def test_wrong_architecture_is_a_clear_error(protection, bars_task):
     defender = bars_task[0]
     other = build_model("cnn_small", 1, defender.num_classes, (28, 28))
     with pytest.raises(SuspectError, match="arch=lenet5.*arch=cnn_small"):
-        move.verify(out, other, card_for(other, defender.classes), suspect_path="other.safetensors")
+        move.verify(out, other, setting="white-box")
 
 
 def test_tampered_protection_is_refused(protection, tmp_path):
@@ -87,7 +88,7 @@ def test_tampered_protection_is_refused(protection, tmp_path):
 
 def test_registry_finds_move():
     spec = METHODS["move"]
-    assert spec.access == "white-box" and spec.config is move.MoveConfig
+    assert spec.access == ("white-box", "black-box") and spec.config is move.MoveConfig
 
 
 def test_gradient_features_match_autograd(bars_task):
@@ -165,3 +166,84 @@ def test_a_users_own_transformer_plugs_in(tmp_path, bars_task):
     assert torch.equal(stored["images"], 255 - defender.images[rows])
     assert torch.equal(stored["labels"], defender.labels[rows])
     assert made.results["victim_accuracy_on_transformed"] > made.results["benign_accuracy_on_transformed"]
+
+
+# -- black-box setting (Sec. 5.3, Eq. 7-8) and the ablation switches -----------------------------
+
+def test_black_box_features_have_length_k_times_n_and_identity_gives_the_difference(bars_task):
+    defender = bars_task[0]
+    torch.manual_seed(2)
+    model = build_model("lenet5", 1, defender.num_classes, (28, 28)).eval()
+    x = defender.as_float(torch.arange(5))
+    x_prime = 1.0 - x
+    config = move.MoveConfig()
+    features = move.black_box_features(lambda batch: predict_proba(model, batch), x, x_prime, config)
+    assert features.shape == (5, defender.num_classes * 5)
+    identity_only = move.MoveConfig(augmentations="identity")
+    difference = move.black_box_features(lambda batch: predict_proba(model, batch), x, x_prime, identity_only)
+    assert torch.allclose(difference, predict_proba(model, x_prime) - predict_proba(model, x))
+    # the second block is the horizontally flipped x'
+    assert torch.allclose(features[:, 4:8], predict_proba(model, x_prime.flip(-1)) - predict_proba(model, x))
+    with pytest.raises(ModelproveError, match="augmentations must be"):
+        move.MoveConfig(augmentations="identity,rotate")
+
+
+def test_black_box_copy_is_flagged_benign_is_cleared_and_queries_counted(protection):
+    out, _ = protection
+    opened = move.open_protection(out)
+    victim, _ = load_model(out / "victim.safetensors")
+    copy_access = BlackBoxAccess.from_model(copy.deepcopy(victim), name="copy")
+    stolen = move.verify(opened, copy_access, m_black_box=30)
+    assert stolen.setting == "black-box" and stolen.stolen and stolen.effect > 0
+    assert stolen.queries == copy_access.queries == 30 * (1 + 5)  # x and five views of x' per image
+    benign, _ = load_model(out / "benign.safetensors")
+    cleared = move.verify(opened, BlackBoxAccess.from_model(benign), m_black_box=30)
+    assert not cleared.stolen and cleared.p_value > 0.99 and cleared.effect == 0.0
+
+
+def test_black_box_verification_refuses_a_label_only_suspect(protection):
+    out, _ = protection
+    victim, _ = load_model(out / "victim.safetensors")
+    label_only = BlackBoxAccess.from_model(victim, name="api").as_label_only()
+    with pytest.raises(SuspectError, match="needs black-box access .*api offers only label-only"):
+        move.verify(out, label_only)
+    assert label_only.queries == 0
+
+
+def test_verify_picks_the_setting_from_the_suspects_access(protection, tmp_path):
+    out, _ = protection
+    opened = move.open_protection(out)
+    victim, _ = load_model(out / "victim.safetensors")
+    assert move.verify(opened, WhiteBoxAccess(victim)).setting == "white-box"
+    onnx = open_suspect(export_onnx(victim, tmp_path / "victim.onnx"))
+    verdict = move.verify(opened, onnx, m_black_box=30)
+    assert verdict.setting == "black-box" and verdict.stolen and verdict.queries == 180
+    with pytest.raises(ModelproveError, match="no option bogus"):
+        move.verify(opened, onnx, bogus=1)
+
+
+def test_ablation_switches_at_verification(protection):
+    out, _ = protection
+    opened = move.open_protection(out)
+    victim, _ = load_model(out / "victim.safetensors")
+    benign, _ = load_model(out / "benign.safetensors")
+    # without the meta-classifier: the true-label confidence of S vs B on the same transformed images
+    no_meta = move.verify(opened, BlackBoxAccess.from_model(victim), meta_classifier=False, m_black_box=30)
+    assert no_meta.setting == "confidence" and no_meta.effect > 0 and no_meta.queries == 30
+    same = move.verify(opened, BlackBoxAccess.from_model(benign), meta_classifier=False, m_black_box=30)
+    assert same.effect == 0.0 and same.p_value > 0.99
+    # transformed images made from held-out test images instead of training images (Sec. 7.4.1)
+    held_out = move.verify(opened, victim, verification_images="test")
+    assert held_out.details["verification_images"] == "test" and held_out.stolen
+    assert len(opened.held_out_pool) == 300
+
+
+def test_patch_transformer_and_skimage_style_are_offered():
+    from modelprove.data.style import PatchTransformer, load_style_image, make_style_transformer
+
+    patched = make_style_transformer("patch")(torch.zeros(2, 1, 8, 8))
+    assert patched[..., -3:, -3:].eq(1).all() and patched.sum() == 2 * 9
+    assert isinstance(make_style_transformer("patch"), PatchTransformer)
+    for name in ("grass", "gravel", "brick"):
+        image = load_style_image(name)
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8

@@ -72,40 +72,63 @@ def protect(
 @app.command()
 def verify(
     protection: Annotated[Path, typer.Option(help="Protection directory made by `modelprove protect`.")],
-    suspect: Annotated[Path, typer.Option(help="Suspect model file (NAME.safetensors + NAME.json).")],
-    m: Annotated[Optional[int], typer.Option(help="Transformed images per test (default: the protection's).")] = None,
+    suspect: Annotated[Path, typer.Option(help="Suspect: a model file (NAME.safetensors + NAME.json) or NAME.onnx.")],
+    access: Annotated[Optional[str], typer.Option(
+        help="Verify at this access level: white-box, black-box or label-only (default: the most the suspect "
+             "file offers that the method uses).")] = None,
+    outputs: Annotated[str, typer.Option(help="What an ONNX suspect returns: logits or probabilities.")] = "logits",
+    budget: Annotated[Optional[int], typer.Option(help="Most images the suspect may be queried with.")] = None,
+    m: Annotated[Optional[int], typer.Option(help="Images per test (default: the protection's, per setting).")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Significance level (default: the protection's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampled verification images.")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Verification option key=value (repeatable; see `modelprove methods`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the verdict as JSON here.")] = None,
 ) -> None:
     """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
-    verdict = run_verify(protection, suspect, m=m, alpha=alpha, seed=seed, json_out=json_out)
+    verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
+                         seed=seed, options=set_, json_out=json_out)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
 
 
 def run_verify(
-    protection: Path, suspect: Path, *, m: int | None = None, alpha: float | None = None, seed: int = 0,
-    json_out: Path | None = None, name: str | None = None,
+    protection: Path, suspect: Path, *, access: str | None = None, outputs: str = "logits",
+    budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
+    options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
 ) -> Verdict:
+    from modelprove.access import open_suspect
     from modelprove.methods import get_method
     from modelprove.methods.protection import Protection
-    from modelprove.models import load_model, model_paths
+    from modelprove.models import model_paths
 
     try:
         checked = Protection.open(protection)  # hashes every file once
         spec = get_method(checked.method)
         opened = spec.open(checked)
-        model, card = load_model(suspect)
-        verdict = spec.verify(
-            opened, model, card, suspect_name=name or Path(suspect).stem, suspect_path=suspect,
-            m=m, alpha=alpha, seed=seed,
-        )
-        verdict.hashes["suspect_weights"] = sha256_file(model_paths(suspect)[0])
+        suspect_access = open_suspect(suspect, level=access, outputs=outputs, budget=budget,  # type: ignore[arg-type]
+                                      name=name or Path(suspect).stem)
+        overrides = _verify_options(spec, options)
+        if m is not None:
+            overrides["m" if suspect_access.level == "white-box" else "m_black_box"] = m
+        verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, **overrides)
+        weights = suspect if Path(suspect).suffix.lower() == ".onnx" else model_paths(suspect)[0]
+        verdict.hashes["suspect_weights"] = sha256_file(weights)
         if json_out is not None:
             verdict.save(json_out)
     except ModelproveError as error:
         _fail(error)
     return verdict
+
+
+def _verify_options(spec, pairs: list[str] | None) -> dict:
+    """``--set key=value`` for verification: typed by the method's config, limited to what verify takes."""
+    import dataclasses
+
+    if not pairs:
+        return {}
+    config = config_from_pairs(spec.config, pairs)
+    keys = {pair.partition("=")[0].strip().replace("-", "_") for pair in pairs}
+    return {key: getattr(config, key) for key in keys if key in {f.name for f in dataclasses.fields(config)}}
 
 
 @app.command("methods")
@@ -114,7 +137,7 @@ def list_methods() -> None:
     from modelprove.methods import METHODS
 
     for spec in METHODS.values():
-        out.print(f"[bold]{spec.name}[/] ({spec.access}): {spec.description}")
+        out.print(f"[bold]{spec.name}[/] ({', '.join(spec.access)}): {spec.description}")
         for name, kind, default in describe_fields(spec.config):
             out.print(f"    --set {name}=<{kind}>  (default {default})", highlight=False)
 

@@ -43,19 +43,42 @@ def bundled_style_path(name: str = DEFAULT_STYLE) -> Path:
     """A style image shipped with the package (the default is Munch's public-domain *The Scream*)."""
     path = resources.files("modelprove") / "assets" / f"{name}.jpg"
     if not path.is_file():
-        raise DataError(f"no bundled style image named {name!r}.", fix=f"use {DEFAULT_STYLE!r} or pass a path.")
+        raise DataError(f"no bundled style image named {name!r}.",
+                        fix=f"use one of {', '.join(style_image_names())}, or pass a path.")
     return Path(str(path))
 
 
+# Textures bundled with scikit-image, offered by name as style images (MOVE Sec. 7.1: other styles).
+SKIMAGE_TEXTURES = ("grass", "gravel", "brick")
+
+
+def bundled_style_names() -> list[str]:
+    """Style images shipped in the package's assets."""
+    return sorted(p.name.removesuffix(".jpg") for p in (resources.files("modelprove") / "assets").iterdir()
+                  if p.name.endswith(".jpg"))
+
+
+def style_image_names() -> list[str]:
+    """Names accepted as a style image besides a path: the bundled painting and scikit-image's textures."""
+    return bundled_style_names() + list(SKIMAGE_TEXTURES)
+
+
 def load_style_image(source: str | Path) -> np.ndarray:
-    """Read a style image (a path, or the name of a bundled one) as an RGB uint8 array (H, W, 3)."""
+    """Read a style image (a path, a bundled painting's name, or a scikit-image texture's name)
+    as an RGB uint8 array (H, W, 3)."""
     from PIL import Image, UnidentifiedImageError
 
+    if str(source) in SKIMAGE_TEXTURES and not Path(source).exists():
+        import skimage.data
+
+        texture = np.asarray(getattr(skimage.data, str(source))(), dtype=np.uint8)
+        return np.repeat(texture[..., None], 3, axis=2) if texture.ndim == 2 else texture[..., :3]
     path = Path(source)
     if not path.exists() and not path.suffix:
         path = bundled_style_path(str(source))
     if not path.is_file():
-        raise DataError("style image not found.", path=path, fix="pass an image file (JPEG/PNG) or 'scream'.")
+        raise DataError("style image not found.", path=path,
+                        fix=f"pass an image file (JPEG/PNG) or one of: {', '.join(style_image_names())}.")
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -198,12 +221,34 @@ class MagentaStyleTransformer:
         }
 
 
+@dataclass
+class PatchTransformer:
+    """The ablation of MOVE Sec. 7.2.1: a BadNets-style white square stamped at the bottom-right
+    corner (labels unchanged), instead of a style."""
+
+    size: int = 3
+    name: str = "patch"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ModelproveError(f"the patch size must be at least 1 pixel, got {self.size}.")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        out[..., -self.size :, -self.size :] = 1.0
+        return out
+
+    def describe(self) -> dict:
+        return {"transformer": self.name, "size": self.size}
+
+
 # Style transformers by name, so a config (and `--set transformer=NAME`) can choose one. A factory
 # takes the style image and the tile scale; register another with ``STYLE_TRANSFORMERS[name] = f``.
 STYLE_TRANSFORMERS: dict[str, Callable[..., StyleTransformer]] = {
     "magenta": lambda style_image=DEFAULT_STYLE, tile_scale=1.0: MagentaStyleTransformer(
         style_image=style_image, tile_scale=tile_scale
     ),
+    "patch": lambda style_image=None, tile_scale=None: PatchTransformer(),
 }
 
 

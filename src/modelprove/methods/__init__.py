@@ -12,7 +12,7 @@ from modelprove.methods import move
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    access: str  # the suspect access the verification needs: white-box, black-box or label-only
+    access: tuple[str, ...]  # suspect access levels the verification works with, preferred first
     config: type
     protect: Callable[..., Any]
     verify: Callable[..., Any]
@@ -22,7 +22,8 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "move": MethodSpec("move", move.ACCESS, move.MoveConfig, move.protect, move.verify, move.open_protection,
-                       "MOVE: style-transfer external features + gradient-sign meta-classifier (Li et al. 2022)"),
+                       "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
+                       "on probability differences under augmentations (black-box) (Li et al. 2022)"),
 }
 
 

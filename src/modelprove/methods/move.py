@@ -11,37 +11,64 @@ White-box setting (MOVE Sec. 5):
    p_B = P[C(g_B(x')) = victim]; a one-sided paired t-test of H0: mu_S <= mu_B; stolen iff p < alpha,
    with delta_mu = mu_S − mu_B as the confidence.
 
+Black-box setting (Sec. 5.3, Eq. 7-8): only probability vectors. For a transformed image x' and its
+benign original x, A_M(x, x') = CAT_i [M(f_i(x')) − M(x)] over N augmentations f_i (the paper's
+five: identity, horizontal flip, shifts towards bottom-right, right and bottom), a K·N vector; a
+second meta-classifier learns A_V as +1 and A_B as −1, and verification is the same paired t-test
+over m = 100 images. The suspect's architecture is free.
+
 Transformed images are split once, at protection time, into a part that trains C and a disjoint
 verification pool (``meta_fraction``), so the test never scores C on images it was fitted to.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError, SuspectError
+from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.fileio import sha256_file
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
-from modelprove.data.style import StyleTransformer, bundled_style_path, make_style_transformer
+from modelprove.data.augment import hflip, translate
+from modelprove.data.style import (
+    StyleTransformer,
+    bundled_style_names,
+    bundled_style_path,
+    load_style_image,
+    make_style_transformer,
+)
 from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, save_model
+from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
 from modelprove.training import TrainConfig, evaluate, train
 from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
 METHOD = "move"
-ACCESS = "white-box"
+ACCESS = (WHITE_BOX, BLACK_BOX)  # the settings MOVE verifies in, preferred first
+CONFIDENCE = "confidence"  # the no-meta-classifier ablation's setting (Sec. 7.2.3)
+
+# The black-box augmentations f_i (Sec. 5.3), by name; ``shift`` is the translation in pixels.
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "identity": lambda x, shift: x,
+    "hflip": lambda x, shift: hflip(x),
+    "shift_down_right": lambda x, shift: translate(x, shift, shift),
+    "shift_right": lambda x, shift: translate(x, shift, 0),
+    "shift_down": lambda x, shift: translate(x, 0, shift),
+}
+# Settings a verifier may change without re-protecting (the rest define the protection).
+VERIFY_OPTIONS = ("m", "m_black_box", "alpha", "meta_classifier", "verification_images")
 
 
 @dataclass
@@ -74,6 +101,17 @@ class MoveConfig:
     # Benign models whose features are C's negatives (the paper: 1); the first is B, the t-test's
     # reference. More negatives keep C's output near 0 on models it never saw (same docs page).
     benign_models: int = 3
+    # Black-box setting (Sec. 5.3): the augmentations f_1..f_N (comma-separated names from
+    # AUGMENTATIONS), the shift of the translations in pixels, and m (the paper: 100).
+    augmentations: str = "identity,hflip,shift_down_right,shift_right,shift_down"
+    shift: int = 3
+    m_black_box: int = 100
+    # Ablations (Sec. 7.2.3, 7.4.1), switchable at verification: without the meta-classifier, compare
+    # the suspect's and B's confidence on the true label directly; transformed images made from the
+    # defender's training images ("train") or from held-out test images ("test").
+    meta_classifier: bool = True
+    verification_images: Literal["train", "test"] = "train"
+    test_transformed: int = 300  # held-out test images style-transferred at protection time
 
     def __post_init__(self) -> None:
         if not 0.0 < self.transformation_rate < 1.0:
@@ -88,7 +126,23 @@ class MoveConfig:
             raise ModelproveError(f"benign_models must be at least 1, got {self.benign_models}.")
         if not 0.0 < self.alpha < 1.0:
             raise ModelproveError(f"alpha must be in (0, 1), got {self.alpha}.")
+        if self.m_black_box < 2:
+            raise ModelproveError(f"m_black_box must be at least 2 for a paired t-test, got {self.m_black_box}.")
+        if self.verification_images not in ("train", "test"):
+            raise ModelproveError(f"verification_images must be 'train' or 'test', got {self.verification_images!r}.")
+        if self.shift < 1:
+            raise ModelproveError(f"shift must be at least 1 pixel, got {self.shift}.")
+        self.augmentation_list()
         self.feature_spec()  # validates the reduction and its combination with the feature
+
+    def augmentation_list(self) -> list[str]:
+        names = [name.strip() for name in self.augmentations.split(",") if name.strip()]
+        unknown = [name for name in names if name not in AUGMENTATIONS]
+        if not names or unknown:
+            raise ModelproveError(
+                f"augmentations must be comma-separated names from {', '.join(AUGMENTATIONS)}; got {self.augmentations!r}."
+            )
+        return names
 
     def feature_spec(self) -> GradientFeatureSpec:
         return GradientFeatureSpec(self.reduction, signed=self.feature == "sign")  # type: ignore[arg-type]
@@ -109,29 +163,51 @@ class MoveProtection:
     results: dict = field(default_factory=dict)
 
 
+def transform_images(data: ImageDataset, transformer: StyleTransformer, name: str,
+                     description: str = "style transfer") -> ImageDataset:
+    """x' = T(x, x_style) for every image of ``data`` (labels and indices kept), as uint8."""
+    transformed = []
+    with task(description, len(data)) as bar:
+        for start in range(0, len(data), 512):
+            batch = data.as_float(torch.arange(start, min(start + 512, len(data))))
+            transformed.append((transformer(batch) * 255).round().clamp(0, 255).to(torch.uint8))
+            bar.advance(len(batch))
+    return data.with_images(torch.cat(transformed), name=name)
+
+
 def embed_external_features(
     defender: ImageDataset, transformer: StyleTransformer, rate: float, seed: int
-) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
+) -> tuple[ImageDataset, ImageDataset, ImageDataset, ImageDataset]:
     """Split D into D_b and D_s (a fraction ``rate``) and style-transfer D_s into D_t (Eq. 4).
 
-    Returns (D_b, D_t, D_b ∪ D_t); D_t keeps D_s's labels and indices.
+    Returns (D_b, D_s, D_t, D_b ∪ D_t); D_t keeps D_s's labels and indices, row for row.
     """
     count = max(2, round(rate * len(defender)))
     order = torch.randperm(len(defender), generator=generator(seed))
     chosen, rest = order[:count].sort().values, order[count:].sort().values
-    selected = defender.subset(chosen, name=f"{defender.name}[D_s]")
-    transformed = []
-    with task("style transfer", len(selected)) as bar:
-        for start in range(0, len(selected), 512):
-            batch = selected.as_float(torch.arange(start, min(start + 512, len(selected))))
-            transformed.append((transformer(batch) * 255).round().clamp(0, 255).to(torch.uint8))
-            bar.advance(len(batch))
-    d_t = selected.with_images(torch.cat(transformed), name=f"{defender.name}[D_t]")
+    d_s = defender.subset(chosen, name=f"{defender.name}[D_s]")
+    d_t = transform_images(d_s, transformer, name=f"{defender.name}[D_t]")
     d_b = defender.subset(rest, name=f"{defender.name}[D_b]")
-    return d_b, d_t, ImageDataset.concat([d_b, d_t], name=f"{defender.name}[D_b+D_t]")
+    return d_b, d_s, d_t, ImageDataset.concat([d_b, d_t], name=f"{defender.name}[D_b+D_t]")
+
+
+def black_box_features(
+    predict: Callable[[torch.Tensor], torch.Tensor], originals: torch.Tensor, transformed: torch.Tensor,
+    config: MoveConfig,
+) -> torch.Tensor:
+    """A_M(x, x') = CAT_i [M(f_i(x')) − M(x)] (Eq. 7), shape (n, K·N); floats in [0, 1] in.
+
+    One call of ``predict`` sends x and every f_i(x'): n·(1 + N) queries.
+    """
+    n = len(originals)
+    views = [AUGMENTATIONS[name](transformed, config.shift) for name in config.augmentation_list()]
+    outputs = predict(torch.cat([originals, *views]))
+    base = outputs[:n]
+    return torch.cat([outputs[(i + 1) * n : (i + 2) * n] - base for i in range(len(views))], dim=1)
 
 
 def _features(model: Classifier, images: torch.Tensor, labels: torch.Tensor, config: MoveConfig) -> torch.Tensor:
+    """g_M(x') for uint8 images (Eq. 5)."""
     return gradient_features(model, images.float().div(255), labels, config.feature_spec())
 
 
@@ -163,7 +239,12 @@ def protect(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    d_b, d_t, watermarked = embed_external_features(defender, transformer, config.transformation_rate, config.seed)
+    d_b, d_s, d_t, watermarked = embed_external_features(defender, transformer, config.transformation_rate, config.seed)
+    # Held-out test images, transformed the same way: the Sec. 7.4.1 ablation verifies with these.
+    test_rows = torch.randperm(len(test), generator=generator(config.seed + 2))[: config.test_transformed]
+    test_originals = test.subset(test_rows.sort().values, name=f"{test.name}[held-out]")
+    test_transformed = transform_images(test_originals, transformer, name=f"{test.name}[held-out, transformed]",
+                                        description="style transfer (held-out test images)")
     timings["style_transfer"] = time.perf_counter() - start
 
     channels, height, width = defender.input_shape
@@ -211,6 +292,17 @@ def protect(
     meta, meta_record = train_meta_classifier(victim_features, benign_features, meta_config)
     timings["meta_classifier"] = time.perf_counter() - start
 
+    # Black-box meta-classifier (Eq. 8): the same images and models, probability differences as features.
+    start = time.perf_counter()
+    meta_originals, meta_transformed = d_s.images[meta_rows].float() / 255, meta_images.float() / 255
+    victim_bb = black_box_features(lambda x: predict_proba(victim, x), meta_originals, meta_transformed, config)
+    benign_bb = torch.cat([
+        black_box_features(lambda x, b=b: predict_proba(b, x), meta_originals, meta_transformed, config)
+        for b in [benign, *extra_benign]
+    ])
+    meta_bb, meta_bb_record = train_meta_classifier(victim_bb, benign_bb, meta_config)
+    timings["meta_classifier_black_box"] = time.perf_counter() - start
+
     victim_accuracy, benign_accuracy = evaluate(victim, test), evaluate(benign, test)
     results = {
         "victim_test_accuracy": victim_accuracy,
@@ -218,7 +310,11 @@ def protect(
         "victim_accuracy_on_transformed": evaluate(victim, d_t),
         "benign_accuracy_on_transformed": evaluate(benign, d_t),
         "meta_classifier": meta_record,
+        "meta_classifier_black_box": meta_bb_record,
         "feature_dimension": int(victim_features.shape[1]),
+        "black_box_feature_dimension": int(victim_bb.shape[1]),
+        "victim_accuracy_on_held_out_transformed": evaluate(victim, test_transformed),
+        "benign_accuracy_on_held_out_transformed": evaluate(benign, test_transformed),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     dataset_info = {
@@ -229,6 +325,7 @@ def protect(
         "input_shape": list(defender.input_shape),
         "transformed": len(d_t),
         "verification_pool": len(verify_rows),
+        "held_out_transformed": len(test_transformed),
     }
     full_config = {**asdict(config), "transformer_used": _describe(transformer), "meta_classifier": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
@@ -239,23 +336,38 @@ def protect(
         save_model(benign, card_for(benign, defender.classes, training, {"kind": "benign", "method": METHOD}),
                    writer.path("benign.safetensors"))
         save_file({k: v.contiguous() for k, v in meta.state_dict().items()}, str(writer.path("meta_classifier.safetensors")))
+        save_file({k: v.contiguous() for k, v in meta_bb.state_dict().items()},
+                  str(writer.path("meta_classifier_black_box.safetensors")))
         save_file(
             {
                 "images": d_t.images.contiguous(),
+                "originals": d_s.images.contiguous(),  # x for A_M(x, x'), row for row with "images"
                 "labels": d_t.labels.contiguous(),
                 "indices": d_t.indices.contiguous(),
                 "role": torch.isin(torch.arange(len(d_t)), verify_rows).to(torch.uint8),  # 1: verification pool
+                "test_images": test_transformed.images.contiguous(),
+                "test_originals": test_originals.images.contiguous(),
+                "test_labels": test_transformed.labels.contiguous(),
             },
             str(writer.path("transformed.safetensors")),
         )
         style_source = getattr(transformer, "style_image", None)
-        if style_source is not None:
-            style_path = Path(style_source)
-            if not style_path.is_file():
+        if style_source is not None:  # the owner's secret x_style, kept with the protection
+            style_path = Path(str(style_source))
+            if not style_path.is_file() and str(style_source) in bundled_style_names():
                 style_path = bundled_style_path(str(style_source))
-            shutil.copyfile(style_path, writer.path("style" + style_path.suffix.lower()))
+            if style_path.is_file():
+                atomic_write_bytes(writer.path("style" + style_path.suffix.lower()), style_path.read_bytes())
+            else:
+                _save_png(load_style_image(str(style_source)), writer.path("style.png"))
         writer.record(dataset=dataset_info, results=results, access=ACCESS)
     return MoveProtection(directory=out, victim=victim, benign=benign, results=results)
+
+
+def _save_png(rgb, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
 
 
 def _describe(transformer: StyleTransformer) -> dict:
@@ -263,18 +375,31 @@ def _describe(transformer: StyleTransformer) -> dict:
     return describe() if callable(describe) else {"transformer": getattr(transformer, "name", type(transformer).__name__)}
 
 
-def check_suspect(victim_card: ModelCard, suspect_card: ModelCard, suspect_path: str | Path) -> None:
+def check_suspect(victim_card: ModelCard, suspect: Classifier, suspect_path: str | Path) -> None:
     """White-box MOVE compares gradients weight by weight: the suspect must share V's architecture."""
     expected = (victim_card.arch, victim_card.num_classes, list(victim_card.input_shape))
-    found = (suspect_card.arch, suspect_card.num_classes, list(suspect_card.input_shape))
+    found = (suspect.arch, suspect.num_classes, [suspect.in_channels, *suspect.input_size])
     if expected != found:
         raise SuspectError(
             f"white-box MOVE needs the victim's architecture, classes and input shape "
             f"(arch={expected[0]}, classes={expected[1]}, input={expected[2]}), but the suspect has "
             f"arch={found[0]}, classes={found[1]}, input={found[2]}.",
             path=suspect_path,
-            fix="retrain a copy of the victim in the suspect's architecture (MOVE Sec. 5.3), or verify black-box.",
+            fix="retrain a copy of the victim in the suspect's architecture (MOVE Sec. 5.3), or verify black-box "
+                "(--access black-box).",
         )
+
+
+@dataclass
+class VerificationPool:
+    """Transformed images x', their benign originals x (both uint8) and true labels y."""
+
+    images: torch.Tensor
+    originals: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 @dataclass
@@ -285,9 +410,27 @@ class OpenedMove:
     victim_card: ModelCard
     benign: Classifier
     meta: MetaClassifier
-    pool_images: torch.Tensor
-    pool_labels: torch.Tensor
+    meta_black_box: MetaClassifier
+    pool: VerificationPool  # from the defender's training images, disjoint from C's training images
+    held_out_pool: VerificationPool  # from held-out test images (Sec. 7.4.1)
     config: MoveConfig
+
+    @property
+    def pool_images(self) -> torch.Tensor:
+        return self.pool.images
+
+    def pool_for(self, which: str) -> VerificationPool:
+        return self.held_out_pool if which == "test" else self.pool
+
+
+def _load_meta(protection: Protection, name: str) -> MetaClassifier:
+    state = load_file(str(protection.path(name)))
+    weight = state.get("net.0.weight")
+    if weight is None:
+        raise ProtectionError(f"{name} has no 'net.0.weight'.", path=protection.directory)
+    meta = MetaClassifier(weight.shape[1], weight.shape[0])
+    meta.load_state_dict(state)
+    return meta.eval()
 
 
 def open_protection(directory: str | Path | Protection) -> OpenedMove:
@@ -298,71 +441,103 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
         raise ProtectionError(
             f"this protection was made with method {protection.method!r}, not {METHOD!r}.", path=directory
         )
+    missing = [name for name in ("meta_classifier_black_box.safetensors",) if name not in protection.manifest["files"]]
+    if missing:
+        raise ProtectionError(
+            f"this MOVE protection has no {', '.join(missing)}: it was made before black-box verification existed.",
+            path=directory,
+            fix="protect again with this version of modelprove.",
+        )
     saved = {k: v for k, v in protection.config.items() if k in MoveConfig.__dataclass_fields__}
     config = MoveConfig(**saved)
     _, victim_card = load_model(protection.path("victim.safetensors"))
     benign, _ = load_model(protection.path("benign.safetensors"))
-    state = load_file(str(protection.path("meta_classifier.safetensors")))
-    weight = state.get("net.0.weight")
-    if weight is None:
-        raise ProtectionError("meta_classifier.safetensors has no 'net.0.weight'.", path=directory)
-    meta = MetaClassifier(weight.shape[1], weight.shape[0])
-    meta.load_state_dict(state)
-    meta.eval()
     transformed = load_file(str(protection.path("transformed.safetensors")))
     pool = transformed["role"].bool()
     return OpenedMove(
         protection=protection,
         victim_card=victim_card,
         benign=benign,
-        meta=meta,
-        pool_images=transformed["images"][pool],
-        pool_labels=transformed["labels"][pool],
+        meta=_load_meta(protection, "meta_classifier.safetensors"),
+        meta_black_box=_load_meta(protection, "meta_classifier_black_box.safetensors"),
+        pool=VerificationPool(transformed["images"][pool], transformed["originals"][pool], transformed["labels"][pool]),
+        held_out_pool=VerificationPool(transformed["test_images"], transformed["test_originals"],
+                                       transformed["test_labels"]),
         config=config,
     )
 
 
 def verify(
     protection: str | Path | OpenedMove,
-    suspect: Classifier,
-    suspect_card: ModelCard,
+    suspect: LabelOnlyAccess | Classifier,
     *,
-    suspect_name: str = "suspect",
-    suspect_path: str | Path = "suspect",
-    m: int | None = None,
-    alpha: float | None = None,
+    setting: str | None = None,
     seed: int = 0,
+    suspect_name: str | None = None,
+    **options,
 ) -> Verdict:
-    """Is ``suspect`` stolen from the protected victim? White-box MOVE (Sec. 5.4, Eq. 9)."""
+    """Is ``suspect`` stolen from the protected victim? MOVE's paired t-test (Sec. 5.4, Eq. 9).
+
+    ``setting`` is white-box (gradient-sign features, Eq. 5-6) or black-box (probability differences
+    under augmentations, Eq. 7-8); by default white-box when the suspect offers its weights. ``options``
+    override the protection's verification settings (VERIFY_OPTIONS: m, m_black_box, alpha,
+    meta_classifier, verification_images). A bare model is taken as a white-box suspect.
+    """
     opened = protection if isinstance(protection, OpenedMove) else open_protection(protection)
-    config = opened.config
-    m = config.m if m is None else m
-    alpha = config.alpha if alpha is None else alpha
-    if m < 2:
-        raise ModelproveError(f"m must be at least 2 for a paired t-test, got {m}.")
-    check_suspect(opened.victim_card, suspect_card, suspect_path)
-    if m > len(opened.pool_images):
+    unknown = sorted(set(options) - set(VERIFY_OPTIONS))
+    if unknown:
         raise ModelproveError(
-            f"m = {m} exceeds the {len(opened.pool_images)} transformed images in the verification pool.",
-            fix=f"use m <= {len(opened.pool_images)}, or protect with a larger transformation_rate.",
+            f"MOVE verification has no option {', '.join(unknown)}; it takes {', '.join(VERIFY_OPTIONS)}.",
+            fix="other MOVE parameters define the protection; protect again to change them.",
+        )
+    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})  # validates
+    if isinstance(suspect, Classifier):
+        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
+    name = suspect_name or suspect.name
+    if setting is None:
+        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
+    if setting not in ACCESS:
+        raise ModelproveError(f"MOVE verifies white-box or black-box, not {setting!r}.")
+    require_access(suspect, BLACK_BOX if not config.meta_classifier else setting, f"MOVE {setting} verification")
+    card = opened.victim_card
+    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
+    m = config.m if setting == WHITE_BOX else config.m_black_box
+    pool = opened.pool_for(config.verification_images)
+    if m > len(pool):
+        raise ModelproveError(
+            f"m = {m} exceeds the {len(pool)} transformed images of the {config.verification_images} verification pool.",
+            fix=f"use m <= {len(pool)}, or protect with a larger transformation_rate / test_transformed.",
         )
     start = time.perf_counter()
-    rows = torch.randperm(len(opened.pool_images), generator=generator(seed))[:m]
-    images, labels = opened.pool_images[rows], opened.pool_labels[rows]
-    p_suspect = opened.meta.victim_probability(_features(suspect, images, labels, config))
-    p_benign = opened.meta.victim_probability(_features(opened.benign, images, labels, config))
+    queries_before = suspect.queries
+    rows = torch.randperm(len(pool), generator=generator(seed))[:m]
+    images, originals, labels = pool.images[rows].float() / 255, pool.originals[rows].float() / 255, pool.labels[rows]
+    if not config.meta_classifier:
+        # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'.
+        setting = CONFIDENCE
+        p_suspect = suspect.probabilities(images).gather(1, labels.view(-1, 1)).squeeze(1)  # type: ignore[attr-defined]
+        p_benign = predict_proba(opened.benign, images).gather(1, labels.view(-1, 1)).squeeze(1)
+    elif setting == WHITE_BOX:
+        check_suspect(card, suspect.model, suspect.source)  # type: ignore[attr-defined]
+        p_suspect = opened.meta.victim_probability(gradient_features(suspect.model, images, labels, config.feature_spec()))  # type: ignore[attr-defined]
+        p_benign = opened.meta.victim_probability(gradient_features(opened.benign, images, labels, config.feature_spec()))
+    else:
+        suspect_features = black_box_features(suspect.probabilities, originals, images, config)  # type: ignore[attr-defined]
+        benign_features = black_box_features(lambda x: predict_proba(opened.benign, x), originals, images, config)
+        p_suspect = opened.meta_black_box.victim_probability(suspect_features)
+        p_benign = opened.meta_black_box.victim_probability(benign_features)
     test = paired_ttest_greater(p_suspect.numpy(), p_benign.numpy())
     return Verdict(
         method=METHOD,
-        setting=ACCESS,
-        suspect=suspect_name,
-        stolen=test.p_value < alpha,
+        setting=setting,
+        suspect=name,
+        stolen=test.p_value < config.alpha,
         p_value=test.p_value,
-        alpha=alpha,
+        alpha=config.alpha,
         effect=test.delta_mu,
         effect_name="delta_mu",
         samples=m,
-        queries=None,
+        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
         seconds=round(time.perf_counter() - start, 3),
         hashes={
             "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
@@ -374,5 +549,7 @@ def verify(
             "t_statistic": test.statistic,
             "degenerate": test.degenerate,
             "seed": seed,
+            "suspect_access": suspect.level,
+            "verification_images": config.verification_images,
         },
     )
