@@ -92,3 +92,33 @@ def test_listings():
     assert result.exit_code == 0 and "move" in result.output and "transformation_rate" in result.output
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and all(a in result.output for a in ("cnn_small", "lenet5", "resnet20"))
+
+
+def test_verify_black_box_from_an_onnx_export(workspace):
+    onnx = workspace / "victim.onnx"
+    result = runner.invoke(app, ["export", "--model", str(workspace / "prot" / "victim"), "--onnx", str(onnx)])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, ["export", "--model", str(workspace / "prot" / "victim"), "--onnx", str(onnx)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"), "--suspect", str(onnx),
+                                 "--m", "8", "--json", str(workspace / "bb.json")])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads((workspace / "bb.json").read_text())
+    assert verdict["setting"] == "black-box" and verdict["queries"] == 8 * 6 and verdict["samples"] == 8
+
+
+def test_verify_label_only_is_refused_naming_both_levels(workspace):
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
+                                 "--suspect", str(workspace / "prot" / "victim.safetensors"), "--access", "label-only"])
+    assert result.exit_code == 2
+    assert "needs black-box access" in result.output and "offers only label-only" in result.output
+
+
+def test_verify_budget_and_options(workspace):
+    base = ["verify", "--protection", str(workspace / "prot"),
+            "--suspect", str(workspace / "prot" / "victim.safetensors"), "--access", "black-box", "--m", "8"]
+    over = runner.invoke(app, [*base, "--budget", "20"])
+    assert over.exit_code == 2 and "query budget of 20 images" in over.output
+    no_meta = runner.invoke(app, [*base, "--set", "meta_classifier=false", "--json", str(workspace / "c.json")])
+    assert no_meta.exit_code == 0, no_meta.output
+    assert json.loads((workspace / "c.json").read_text())["setting"] == "confidence"

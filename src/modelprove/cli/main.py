@@ -131,6 +131,24 @@ def _verify_options(spec, pairs: list[str] | None) -> dict:
     return {key: getattr(config, key) for key in keys if key in {f.name for f in dataclasses.fields(config)}}
 
 
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Model file (NAME.safetensors + NAME.json).")],
+    onnx: Annotated[Path, typer.Option(help="ONNX file to write (images in [0, 1] -> logits).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing ONNX file.")] = False,
+) -> None:
+    """Export a model to ONNX, e.g. to serve it or to verify it as a black-box suspect."""
+    from modelprove.models import export_onnx, load_model
+
+    try:
+        loaded, _ = load_model(model)
+        path = export_onnx(loaded, onnx, overwrite=force)
+    except ModelproveError as error:
+        _fail(error)
+    out.print(f"wrote {path} (input 'images' N x {loaded.in_channels} x {loaded.input_size[0]} x "
+              f"{loaded.input_size[1]} in [0, 1], output 'logits' N x {loaded.num_classes})", highlight=False)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List ownership methods, the suspect access they need, and their parameters."""
