@@ -1,7 +1,9 @@
 """`make demo`: protect a Fashion-MNIST classifier with MOVE, steal it, verify three suspects.
 
 Suspects: a direct copy, the copy fine-tuned on the attacker's data, and an independent model
-trained from scratch on the attacker's part of the training set without the style. Writes the
+trained from scratch on the attacker's part of the training set without the style. Each is verified
+white-box (its weights) and black-box (probability vectors only), the black-box verdict both from
+the model file and from an ONNX export of it, side by side. Writes the
 protection, the suspects, each verdict as JSON and a Markdown summary to ``runs/demo/``; a second
 run reuses what is already there (``--fresh`` redoes everything).
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from modelprove.access import BLACK_BOX, open_suspect
 from modelprove.attacks import run_attack
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
@@ -24,7 +27,7 @@ from modelprove.core.progress import console
 from modelprove.core.verdict import format_p, verdict_table
 from modelprove.data import load_splits
 from modelprove.methods import move
-from modelprove.models import build_model, card_for, load_model, save_model
+from modelprove.models import build_model, card_for, export_onnx, load_model, save_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
 
 
@@ -36,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--defender-limit", type=int, default=None, help="cap the defender's images")
     parser.add_argument("--attacker-limit", type=int, default=None, help="cap the attacker's images")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--m", type=int, default=10)
+    parser.add_argument("--m", type=int, default=10, help="white-box m (the paper's 10)")
+    parser.add_argument("--m-black-box", type=int, default=100, help="black-box m (the paper's 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing runs/demo")
     parser.add_argument("--set", dest="pairs", action="append", default=[], help="MOVE parameter key=value")
@@ -73,6 +77,8 @@ def main() -> int:
         move.protect(splits.defender, splits.test, protection_dir, config)
         opened = move.open_protection(protection_dir)
         reused = ""
+        if (out / "suspects").exists():  # stolen from an earlier victim: never reuse them with this one
+            shutil.rmtree(out / "suspects")
     timings[f"protect, in all{reused}"] = time.perf_counter() - start
     victim, victim_card = load_model(protection_dir / "victim.safetensors")
     results = opened.protection.manifest["results"]
@@ -110,22 +116,35 @@ def main() -> int:
     make_suspect("independent", independent)
 
     verdicts, rows = [], {}
+    by_setting: dict[str, dict[str, object]] = {}
     for name, path in suspects.items():
-        begin = time.perf_counter()
         model, card = load_model(path)
-        verdict = move.verify(opened, model, suspect_name=name, m=args.m, seed=args.seed)
-        verdict.save(out / "verdicts" / f"{name}.json")
-        timings[f"verify: {name}"] = time.perf_counter() - begin
-        verdicts.append(verdict)
         rows[name] = {"test acc": f"{card.lineage['test_accuracy']:.4f}", "fidelity": f"{card.lineage['fidelity']:.4f}"}
+        onnx_path = path.with_suffix(".onnx")
+        if not onnx_path.exists():
+            export_onnx(model, onnx_path, overwrite=True)
+        accesses = {
+            "white-box": open_suspect(path, name=name),
+            "black-box": open_suspect(path, level=BLACK_BOX, name=name),
+            "black-box (ONNX)": open_suspect(onnx_path, name=name),
+        }
+        by_setting[name] = {}
+        for label, access in accesses.items():
+            begin = time.perf_counter()
+            verdict = move.verify(opened, access, m=args.m, m_black_box=args.m_black_box, seed=args.seed)
+            timings[f"verify {label}: {name}"] = time.perf_counter() - begin
+            verdict.save(out / "verdicts" / f"{name}.{label.replace(' ', '-').replace('(', '').replace(')', '')}.json")
+            by_setting[name][label] = verdict
+            if label != "black-box (ONNX)":
+                verdicts.append(verdict)
 
-    console.print(verdict_table(verdicts, title="MOVE white-box verification (Fashion-MNIST)", extra=rows))
+    console.print(verdict_table(verdicts, title="MOVE verification, white-box and black-box (Fashion-MNIST)", extra=rows))
     console.print(
         f"victim test accuracy {results['victim_test_accuracy']:.4f} vs benign model "
         f"{results['benign_test_accuracy']:.4f} (harmlessness); meta-classifier train accuracy "
         f"{results['meta_classifier']['train_accuracy']:.3f} on {results['feature_dimension']} gradient-sign features"
     )
-    summary = render_summary(args, splits, results, verdicts, rows, timings)
+    summary = render_summary(args, splits, results, by_setting, rows, timings)
     (out / "summary.md").write_text(summary)
     (out / "summary.json").write_text(json.dumps({"results": results, "verdicts": [v.to_dict() for v in verdicts],
                                                  "timings": timings}, indent=2))
@@ -133,25 +152,30 @@ def main() -> int:
         console.print(f"  {seconds:8.2f} s  {stage}")
     console.print(f"summary written to {out / 'summary.md'}")
     expected = {"direct-copy": True, "fine-tuned": True, "independent": False}
-    wrong = [v.suspect for v in verdicts if v.suspect in expected and v.stolen != expected[v.suspect]]
+    wrong = [f"{v.suspect} ({v.setting})" for v in verdicts if v.suspect in expected and v.stolen != expected[v.suspect]]
     if wrong:
         console.print(f"[bold red]unexpected verdicts for: {', '.join(wrong)}[/]")
     return 0
 
 
-def render_summary(args, splits, results, verdicts, rows, timings) -> str:
+def render_summary(args, splits, results, by_setting, rows, timings) -> str:
     lines = [
-        "| suspect | test acc | fidelity to victim | delta_mu | p-value | decision (alpha 0.01) |",
-        "|---|---|---|---|---|---|",
+        "| suspect | test acc | fidelity to victim | white-box delta_mu | p | decision | black-box delta_mu | p "
+        "| decision | queries | black-box via ONNX: p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for v in verdicts:
-        lines.append(f"| {v.suspect} | {rows[v.suspect]['test acc']} | {rows[v.suspect]['fidelity']} | "
-                     f"{v.effect:+.3f} | {format_p(v.p_value)} | {v.decision} |")
+    for name, verdicts in by_setting.items():
+        white, black, onnx = verdicts["white-box"], verdicts["black-box"], verdicts["black-box (ONNX)"]
+        lines.append(f"| {name} | {rows[name]['test acc']} | {rows[name]['fidelity']} | "
+                     f"{white.effect:+.3f} | {format_p(white.p_value)} | {white.decision} | "
+                     f"{black.effect:+.3f} | {format_p(black.p_value)} | {black.decision} | {black.queries} | "
+                     f"{format_p(onnx.p_value)} |")
     lines += [
         "",
         f"Victim test accuracy {results['victim_test_accuracy']:.4f}, benign model {results['benign_test_accuracy']:.4f}; "
         f"defender {len(splits.defender)} / attacker {len(splits.attacker)} / test {len(splits.test)} images; "
-        f"m = {args.m}, seed {args.seed}.",
+        f"white-box m = {args.m}, black-box m = {args.m_black_box} (each image costs 1 + 5 queries), "
+        f"alpha 0.01, seed {args.seed}.",
         "",
         "| stage | seconds |",
         "|---|---|",

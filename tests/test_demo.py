@@ -19,17 +19,25 @@ def test_demo_script_runs_and_reuses_its_work(tmp_path, bars_task):
     np.savez(tmp_path / "bars_train.npz", x=train_images, y=train_labels)
     np.savez(tmp_path / "bars_test.npz", x=test.images.numpy(), y=test.labels.numpy())
     command = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--data", str(tmp_path / "bars_train.npz"),
-               "--out", str(tmp_path / "demo"), "--epochs", "10", "--m", "8",
+               "--out", str(tmp_path / "demo"), "--epochs", "10", "--m", "8", "--m-black-box", "15",
                "--set", "arch=lenet5", "--set", "meta_samples=60", "--set", "benign_models=2"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    verdicts = {v["suspect"]: v for v in summary["verdicts"]}
-    assert set(verdicts) == {"direct-copy", "fine-tuned", "independent"}
-    assert verdicts["direct-copy"]["stolen"] and verdicts["direct-copy"]["p_value"] < 0.01
+    verdicts = {(v["suspect"], v["setting"]): v for v in summary["verdicts"]}
+    assert set(verdicts) == {(s, a) for s in ("direct-copy", "fine-tuned", "independent")
+                             for a in ("white-box", "black-box")}
+    for setting in ("white-box", "black-box"):
+        assert verdicts["direct-copy", setting]["stolen"] and verdicts["direct-copy", setting]["p_value"] < 0.01
+    assert verdicts["direct-copy", "black-box"]["queries"] == 15 * 6
+    assert (tmp_path / "demo" / "suspects" / "direct-copy.onnx").is_file()
+    # the ONNX export gives the same black-box verdict as the model file
+    onnx = json.loads((tmp_path / "demo" / "verdicts" / "direct-copy.black-box-ONNX.json").read_text())
+    assert abs(onnx["effect"] - verdicts["direct-copy", "black-box"]["effect"]) < 1e-4
     assert "| direct-copy |" in (tmp_path / "demo" / "summary.md").read_text()
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "reusing the protection" in second.stderr and "reusing suspect" in second.stderr
-    again = {v["suspect"]: v for v in json.loads((tmp_path / "demo" / "summary.json").read_text())["verdicts"]}
+    again = {(v["suspect"], v["setting"]): v
+             for v in json.loads((tmp_path / "demo" / "summary.json").read_text())["verdicts"]}
     assert all(again[name]["p_value"] == verdicts[name]["p_value"] for name in verdicts)

@@ -62,7 +62,8 @@ def verdict_table(verdicts: list[Verdict], title: str = "Verdicts", extra: dict[
     extra = extra or {}
     extra_columns = list(dict.fromkeys(col for cols in extra.values() for col in cols))
     table = Table(title=title)
-    for column in ["suspect", "method", "setting", *extra_columns, "effect", "p-value", "samples", "decision"]:
+    for column in ["suspect", "method", "setting", *extra_columns, "effect", "p-value", "samples", "queries",
+                   "decision"]:
         table.add_column(column, justify="left" if column in ("suspect", "method", "setting", "decision") else "right")
     for v in verdicts:
         cells = extra.get(v.suspect, {})
@@ -74,6 +75,7 @@ def verdict_table(verdicts: list[Verdict], title: str = "Verdicts", extra: dict[
             f"{v.effect_name}={v.effect:+.3f}",
             format_p(v.p_value),
             str(v.samples),
+            "-" if v.queries is None else str(v.queries),
             f"[bold red]{v.decision}[/]" if v.stolen else f"[green]{v.decision}[/]",
         )
     return table
