@@ -110,3 +110,37 @@ def test_an_attack_needing_data_says_so(victim):
     with pytest.raises(ModelproveError, match="needs attacker data"):
         run_attack("ftal", victim, None)
     assert isinstance(victim_access(victim, "white-box"), WhiteBoxAccess)
+
+
+def test_prune_reaches_its_sparsity_and_keeps_fidelity(victim, bars_task):
+    suspect, lineage, stage = run("prune", "rate=0.8,iterations=2,finetune_epochs=1,batch_size=64", victim,
+                                  bars_task)
+    assert abs(stage["sparsity"] - 0.8) < 0.005
+    assert all(abs(s - 0.8) < 0.01 for s in stage["layer_sparsity"].values())
+    assert len(stage["layer_sparsity"]) == 4  # cnn_small: 2 conv + 2 linear
+    assert stage["schedule"][-1] == 0.8 and len(stage["training"]) == 2
+    assert stage["data"] == "bars-attacker" and lineage["queries"] == stage["queries"] == 0
+    assert lineage["fidelity"] > 0.6
+    weights = [m.weight for m in suspect.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert abs(sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights) - 0.8) < 0.005
+    assert set(suspect.state_dict()) == set(victim.state_dict())  # masks removed: an ordinary model file
+
+
+def test_prune_without_fine_tuning_needs_no_data(victim, bars_task):
+    suspect, lineage = run_attack("prune:rate=0.5,iterations=1,finetune_epochs=0", victim, None, test=bars_task[2])
+    stage = lineage["stages"][0]
+    assert stage["data"] is None and stage["uses_data"] is False and stage["training"] == []
+    assert abs(stage["sparsity"] - 0.5) < 0.005
+    assert lineage["fidelity"] > 0.6  # magnitude pruning to 50% barely changes a small CNN
+
+
+@pytest.mark.parametrize("pair,field", [("rate=1.0", "rate"), ("rate=0", "rate"), ("iterations=0", "iterations"),
+                                        ("finetune_epochs=-1", "finetune_epochs"), ("lr=0", "lr")])
+def test_prune_config_errors_name_the_field(pair, field):
+    with pytest.raises(ModelproveError, match=rf"PruneConfig\.{field} must be"):
+        config_from_pairs(ATTACKS["prune"].config, [pair])
+
+
+def test_prune_refuses_a_black_box_victim(victim):
+    with pytest.raises(ModelproveError, match="white-box"):
+        ATTACKS["prune"].steal(victim_access(victim, "black-box"), None, ATTACKS["prune"].config())

@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune, ftal, ftll, rtal, rtll
+from modelprove.attacks import direct_copy, finetune, ftal, ftll, prune, rtal, rtll
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -24,6 +24,8 @@ ATTACKS: dict[str, AttackSpec] = {
                        "CAE's RTLL: re-initialise the last layer and train only it"),
     "rtal": AttackSpec("rtal", "fully-accessible", "white-box", rtal.RtalConfig, rtal.steal,
                        "CAE's RTAL: re-initialise the last layer, then train all layers"),
+    "prune": AttackSpec("prune", "fully-accessible", "white-box", prune.PruneConfig, prune.steal,
+                        "iterative magnitude pruning of conv/linear weights, fine-tuned between steps"),
 }
 
 
