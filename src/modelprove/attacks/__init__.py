@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune, ftal, ftll, prune, rtal, rtll
+from modelprove.attacks import direct_copy, distill, finetune, ftal, ftll, prune, rtal, rtll, transfer, zero_shot
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -26,6 +26,12 @@ ATTACKS: dict[str, AttackSpec] = {
                        "CAE's RTAL: re-initialise the last layer, then train all layers"),
     "prune": AttackSpec("prune", "fully-accessible", "white-box", prune.PruneConfig, prune.steal,
                         "iterative magnitude pruning of conv/linear weights, fine-tuned between steps"),
+    "distill": AttackSpec("distill", "dataset-accessible", "black-box", distill.DistillConfig, distill.steal,
+                          "Hinton distillation of the victim's softened outputs on the attacker's data"),
+    "zero_shot": AttackSpec("zero_shot", "model-accessible", "white-box", zero_shot.ZeroShotConfig, zero_shot.steal,
+                            "data-free adversarial distillation (DFAD): a generator against the student, no data"),
+    "transfer": AttackSpec("transfer", "adapted", "label-only", transfer.TransferConfig, transfer.steal,
+                           "pretrain on another domain, new head, fine-tune on victim-labelled attacker data"),
 }
 
 
