@@ -21,6 +21,8 @@ from modelprove.core.errors import ModelproveError
 from modelprove.models import build_model
 from modelprove.training import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def victim(bars_task):

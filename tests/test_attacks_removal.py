@@ -22,6 +22,8 @@ from modelprove.training import TrainConfig, train
 
 FAST = "epochs=1,batch_size=64"
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def victim(bars_task):

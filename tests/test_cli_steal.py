@@ -15,6 +15,8 @@ from modelprove.training import TrainConfig, agreement, train
 
 runner = CliRunner()
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, bars_task):

@@ -28,9 +28,10 @@ def check(config: Any, field: str, ok: bool, expected: str, example: str | None 
         )
 
 
-def check_training(config: Any) -> None:
-    """The fields every training attack has: epochs, lr, batch_size, augmentation (if present)."""
-    check(config, "epochs", isinstance(config.epochs, int) and config.epochs >= 1, "an integer >= 1", "5")
+def check_training(config: Any, epochs_field: str = "epochs", min_epochs: int = 1) -> None:
+    """The fields every training attack has: its epochs field, lr, batch_size, augmentation (if present)."""
+    epochs = getattr(config, epochs_field)
+    check(config, epochs_field, isinstance(epochs, int) and epochs >= min_epochs, f"an integer >= {min_epochs}", "5")
     check(config, "lr", config.lr > 0, "a positive learning rate", "0.01")
     check(config, "batch_size", config.batch_size >= 1, "an integer >= 1", "128")
     if hasattr(config, "augmentation"):

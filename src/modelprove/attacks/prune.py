@@ -44,11 +44,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         check(self, "rate", 0.0 < self.rate < 1.0, "a fraction strictly between 0 and 1", "0.8")
         check(self, "iterations", self.iterations >= 1, "an integer >= 1", "5")
-        check(self, "finetune_epochs", self.finetune_epochs >= 0, "an integer >= 0", "1")
-        if self.finetune_epochs:
-            probe = copy.copy(self)
-            probe.epochs = self.finetune_epochs  # type: ignore[attr-defined]
-            check_training(probe)
+        check_training(self, epochs_field="finetune_epochs", min_epochs=0)
 
 
 def schedule(rate: float, iterations: int) -> list[float]:

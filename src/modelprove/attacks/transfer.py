@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from modelprove.access import LABEL_ONLY, LabelOnlyAccess, require_access
 from modelprove.attacks._shared import check, check_training, labelled_by_victim, last_linear, require_data
 from modelprove.attacks.base import student_for
+from modelprove.core.errors import ModelproveError
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.substitute import SUBSTITUTES, load_substitute
 from modelprove.models import ARCHITECTURES, build_model
@@ -78,7 +79,9 @@ def steal(victim: LabelOnlyAccess, attacker_data: ImageDataset | None, config: T
     head = _prefix(student, last_linear(student))
     body = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(head)}
     missing, unexpected = student.load_state_dict(body, strict=False)
-    assert not unexpected and all(k.startswith(head) for k in missing)  # only the new head stays fresh
+    if unexpected or any(not k.startswith(head) for k in missing):  # only the new head may stay fresh
+        raise ModelproveError(f"transfer: pretrained {student.arch} does not fit the student "
+                              f"(missing {missing}, unexpected {unexpected}).")
     transfer_set = labelled_by_victim(victim, data, data)
     record = train(
         student, transfer_set,
