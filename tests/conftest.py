@@ -37,3 +37,14 @@ def make_bars(n: int, seed: int, size: int = 28, classes: int = 4, name: str = "
 def bars_task():
     """(defender, attacker, test): disjoint draws of the bars task."""
     return make_bars(800, 0, name="bars-defender"), make_bars(800, 1, name="bars-attacker"), make_bars(400, 2, name="bars-test")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-model tests: they gain nothing from a second thread, and
+    on a shared 2-core machine oversubscribed threads made them 5-10x slower (measured: a 2-iteration
+    zero-shot run took 16 s with 2 threads, 1.2 s with 1, under a load average of 6)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

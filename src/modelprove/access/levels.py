@@ -115,6 +115,15 @@ class LabelOnlyAccess:
     # -- internals -------------------------------------------------------------------------
 
     def _query(self, images: Tensor) -> Any:
+        self._count(images)
+        images = images.detach().float()
+        parts = [self._call(batch) for batch in images.split(self.batch_size)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([_as_tensor(part, self) for part in parts])
+
+    def _count(self, images: Tensor) -> None:
+        """Check a batch's shape against the suspect and the budget, then count its images."""
         if not isinstance(images, Tensor) or images.dim() != 4:
             raise SuspectError(f"queries to {self.name} must be a tensor (N, C, H, W); got {_what(images)}.")
         if self.input_shape is not None and tuple(images.shape[1:]) != self.input_shape:
@@ -133,11 +142,6 @@ class LabelOnlyAccess:
                 fix="raise the budget, or lower the number of samples the method or attack uses.",
             )
         self._queries += count
-        images = images.detach().float()
-        parts = [self._call(batch) for batch in images.split(self.batch_size)]
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([_as_tensor(part, self) for part in parts])
 
     def _call(self, batch: Tensor) -> Any:
         try:
@@ -240,6 +244,13 @@ class WhiteBoxAccess(BlackBoxAccess):
         self.card = card
         super().__init__(lambda batch: predict_proba(model, batch), num_classes=model.num_classes,
                          input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """The model's logits (N, K) with the autograd graph kept, so gradients reach ``images``
+        (data-free attacks train a generator through the victim); counts N queries. The model
+        stays in eval mode and its weights are not trained by anyone holding only this access."""
+        self._count(images)
+        return self.model.eval()(images)
 
     def as_black_box(self) -> BlackBoxAccess:
         """A black-box view of the same model, with its own query count and budget."""

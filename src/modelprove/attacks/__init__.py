@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune
+from modelprove.attacks import direct_copy, distill, finetune, ftal, ftll, prune, rtal, rtll, transfer, zero_shot
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -15,7 +15,23 @@ ATTACKS: dict[str, AttackSpec] = {
     "copy": AttackSpec("copy", "fully-accessible", "white-box", direct_copy.CopyConfig, direct_copy.steal,
                        "direct copy of the victim's weights"),
     "finetune": AttackSpec("finetune", "fully-accessible", "white-box", finetune.FinetuneConfig, finetune.steal,
-                           "fine-tune the victim on attacker data (all layers, FTAL)"),
+                           "MOVE's fine-tuning: all layers, on attacker data or (data=NAME) victim-labelled substitute data"),
+    "ftll": AttackSpec("ftll", "fully-accessible", "white-box", ftll.FtllConfig, ftll.steal,
+                       "CAE's FTLL: fine-tune the last layer only, the rest frozen"),
+    "ftal": AttackSpec("ftal", "fully-accessible", "white-box", ftal.FtalConfig, ftal.steal,
+                       "CAE's FTAL: fine-tune all layers"),
+    "rtll": AttackSpec("rtll", "fully-accessible", "white-box", rtll.RtllConfig, rtll.steal,
+                       "CAE's RTLL: re-initialise the last layer and train only it"),
+    "rtal": AttackSpec("rtal", "fully-accessible", "white-box", rtal.RtalConfig, rtal.steal,
+                       "CAE's RTAL: re-initialise the last layer, then train all layers"),
+    "prune": AttackSpec("prune", "fully-accessible", "white-box", prune.PruneConfig, prune.steal,
+                        "iterative magnitude pruning of conv/linear weights, fine-tuned between steps"),
+    "distill": AttackSpec("distill", "dataset-accessible", "black-box", distill.DistillConfig, distill.steal,
+                          "Hinton distillation of the victim's softened outputs on the attacker's data"),
+    "zero_shot": AttackSpec("zero_shot", "model-accessible", "white-box", zero_shot.ZeroShotConfig, zero_shot.steal,
+                            "data-free adversarial distillation (DFAD): a generator against the student, no data"),
+    "transfer": AttackSpec("transfer", "adapted", "label-only", transfer.TransferConfig, transfer.steal,
+                           "pretrain on another domain, new head, fine-tune on victim-labelled attacker data"),
 }
 
 

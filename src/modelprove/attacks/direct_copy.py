@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from modelprove.access import WhiteBoxAccess
 from modelprove.data.dataset import ImageDataset
 
+PAPER_SETTING = "MOVE Sec. 2.1 / 6.1: the victim's weights as they are; same here"
+
 
 @dataclass
 class CopyConfig:

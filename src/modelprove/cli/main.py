@@ -1,4 +1,4 @@
-"""The ``modelprove`` command line: protect, verify, and listings of what is registered."""
+"""The ``modelprove`` command line: protect, verify, steal (the adversary's side), and listings of what is registered."""
 
 from __future__ import annotations
 
@@ -147,6 +147,75 @@ def export(
         _fail(error)
     out.print(f"wrote {path} (input 'images' N x {loaded.in_channels} x {loaded.input_size[0]} x "
               f"{loaded.input_size[1]} in [0, 1], output 'logits' N x {loaded.num_classes})", highlight=False)
+
+
+@app.command()
+def steal(
+    victim: Annotated[Optional[Path], typer.Option(help="Victim model file (NAME.safetensors + NAME.json).")] = None,
+    attack: Annotated[Optional[str], typer.Option(
+        help="NAME[:k=v,...][>NAME...]: one attack or a chain, each stage attacking the previous stage's output."
+    )] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Suspect model file to write.")] = None,
+    data: Annotated[str, typer.Option(help="Dataset name (fashion-mnist, mnist, cifar10) or a path.")] = "fashion-mnist",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where the named dataset's files are.")] = None,
+    attacker_fraction: Annotated[float, typer.Option(
+        help="Share of the training set that is the attacker's; with the same --seed this is the split "
+             "`protect` kept out (both default to 0.5 and seed 0), so attacker and defender data are disjoint."
+    )] = 0.5,
+    attacker_limit: Annotated[Optional[int], typer.Option(help="Use at most this many attacker images.")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Use at most this many test images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data split (protect's default: 0) and of every attack stage.")] = 0,
+    budget: Annotated[Optional[int], typer.Option(help="At most this many victim queries per stage.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out model file.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List every attack with its parameters and exit.")] = False,
+) -> None:
+    """Steal or modify the victim as an adversary would; write the suspect and print what it cost."""
+    if list_:
+        list_attacks()
+        return
+    from modelprove.attacks import run_attack
+    from modelprove.data import load_splits
+    from modelprove.models import card_for, load_model, model_paths, save_model
+
+    try:
+        missing = [flag for flag, value in (("--victim", victim), ("--attack", attack), ("--out", out_path))
+                   if value is None]
+        if missing:
+            raise ModelproveError(f"steal needs {', '.join(missing)}.",
+                                  fix="e.g. modelprove steal --victim victim.safetensors --attack distill --out suspect; "
+                                      "`modelprove steal --list` shows the attacks.")
+        existing = [p for p in model_paths(out_path) if p.exists()]
+        if existing and not force:  # before the attack runs, not after minutes of training
+            raise ModelproveError("a model file already exists here; refusing to overwrite it.", path=existing[0],
+                                  fix="pass --force, or choose another --out.")
+        model, card = load_model(victim)
+        splits = load_splits(data, data=data_dir, attacker_fraction=attacker_fraction, seed=seed,
+                             attacker_limit=attacker_limit, test_limit=test_limit)
+        suspect, lineage = run_attack(attack, model, splits.attacker, test=splits.test, budget=budget, seed=seed)
+        training = lineage["stages"][-1].get("training")
+        save_model(suspect, card_for(suspect, card.classes, training=training if isinstance(training, dict) else None,
+                                     lineage=lineage), out_path, overwrite=force)
+    except ModelproveError as error:
+        _fail(error)
+    table = Table(title=f"suspect written to {out_path}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("attack", attack)
+    table.add_row("test accuracy", f"{lineage['test_accuracy']:.4f}")
+    table.add_row("fidelity to the victim", f"{lineage['fidelity']:.4f}")
+    table.add_row("victim queries", str(lineage["queries"]))
+    table.add_row("seconds", f"{lineage['seconds']:.1f}")
+    out.print(table)
+
+
+def list_attacks() -> None:
+    """Every registered attack: family, oracle, description, parameters with defaults."""
+    from modelprove.attacks import ATTACKS
+
+    for spec in ATTACKS.values():
+        out.print(f"[bold]{spec.name}[/] ({spec.family}, {spec.oracle} oracle): {spec.description}", highlight=False)
+        for name, kind, default in describe_fields(spec.config):
+            out.print(f"    {name}=<{kind}>  (default {default})", highlight=False)
 
 
 @app.command("methods")
