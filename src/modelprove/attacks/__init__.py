@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune
+from modelprove.attacks import direct_copy, finetune, label_query
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -16,6 +16,8 @@ ATTACKS: dict[str, AttackSpec] = {
                        "direct copy of the victim's weights"),
     "finetune": AttackSpec("finetune", "fully-accessible", "white-box", finetune.FinetuneConfig, finetune.steal,
                            "fine-tune the victim on attacker data (all layers, FTAL)"),
+    "label_query": AttackSpec("label_query", "query-only", "label-only", label_query.LabelQueryConfig,
+                              label_query.steal, "fresh surrogate trained on attacker images labelled by the victim's top-1"),
 }
 
 

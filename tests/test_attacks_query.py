@@ -1,0 +1,100 @@
+"""Query-only and adapted attacks (MOVE Sec. 6.1; CAE Sec. 5, App. A.5) on a tiny victim.
+
+Each attack must: give a surrogate clearly more faithful to the victim than chance (1/4 here),
+see the victim only at its oracle level, report exactly the queries its oracle counted, and train
+on attacker data that shares no image with the defender's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelprove.access import BLACK_BOX, LABEL_ONLY, LabelOnlyAccess
+from modelprove.attacks import ATTACKS, get_attack, run_attack
+from modelprove.attacks.base import victim_access
+from modelprove.core.config import config_from_pairs
+from modelprove.core.errors import ModelproveError
+from modelprove.models import build_model, predict_labels
+from modelprove.training import TrainConfig, agreement, train
+
+CHANCE = 0.25  # four balanced classes
+
+
+@pytest.fixture(scope="session")
+def victim(bars_task):
+    defender, _, _ = bars_task
+    torch.manual_seed(0)
+    model = build_model("cnn_small", 1, 4, (28, 28))
+    train(model, defender, TrainConfig(epochs=3, seed=0), show_progress=False)
+    return model.eval()
+
+
+def _image_keys(data) -> set[bytes]:
+    return {row.numpy().tobytes() for row in data.images}
+
+
+def test_attacker_and_defender_data_share_no_image(bars_task):
+    defender, attacker, _ = bars_task
+    assert not _image_keys(defender) & _image_keys(attacker)
+
+
+def test_the_tiny_victim_is_good_enough_to_steal_from(victim, bars_task):
+    from modelprove.training import evaluate
+
+    assert evaluate(victim, bars_task[2]) > 0.9
+
+
+class Spy:
+    """Wraps an attack's steal() to record the victim access run_attack hands it."""
+
+    def __init__(self, steal):
+        self.steal = steal
+        self.access = None
+
+    def __call__(self, victim, attacker_data, config):
+        self.access = victim
+        self.attacker_data = attacker_data
+        return self.steal(victim, attacker_data, config)
+
+
+def _run(monkeypatch, attack: str, victim, bars_task, **kwargs):
+    """run_attack with the stage's steal() spied on; returns (suspect, lineage, spy)."""
+    import dataclasses
+
+    _, attacker, test = bars_task
+    name = attack.partition(":")[0]
+    spy = Spy(ATTACKS[name].steal)
+    monkeypatch.setitem(ATTACKS, name, dataclasses.replace(ATTACKS[name], steal=spy))
+    suspect, lineage = run_attack(attack, victim, kwargs.pop("attacker", attacker), test=test, seed=0, **kwargs)
+    return suspect, lineage, spy
+
+
+def _check_access(spy, level: str) -> None:
+    assert spy.access.level == level
+    if level == LABEL_ONLY:
+        assert type(spy.access) is LabelOnlyAccess and not hasattr(spy.access, "probabilities")
+    assert not hasattr(spy.access, "model")  # no query-only attack holds the weights
+
+
+def test_label_query_steals_through_labels_only(monkeypatch, victim, bars_task):
+    _, attacker, _ = bars_task
+    _, lineage, spy = _run(monkeypatch, "label_query:epochs=1", victim, bars_task)
+    _check_access(spy, LABEL_ONLY)
+    assert lineage["queries"] == len(attacker)  # every transfer-set image once, not once per epoch
+    assert lineage["stages"][0]["data"] == attacker.name
+    assert lineage["fidelity"] > 0.8 > CHANCE
+
+
+BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
+    ("label_query", "epochs=0", "epochs"),
+    ("label_query", "lr=0", "lr"),
+    ("label_query", "arch=nonet", "arch"),
+    ("label_query", "augmentation=blur", "augmentation"),
+]
+
+
+@pytest.mark.parametrize(("attack", "pair", "field"), BAD_CONFIGS)
+def test_bad_config_names_the_field(attack, pair, field):
+    with pytest.raises(ModelproveError, match=rf"\.{field} must"):
+        config_from_pairs(get_attack(attack).config, [pair])
