@@ -21,6 +21,15 @@ from modelprove.training import TrainConfig, agreement, train
 CHANCE = 0.25  # four balanced classes
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def victim(bars_task):
     defender, _, _ = bars_task
@@ -86,11 +95,44 @@ def test_label_query_steals_through_labels_only(monkeypatch, victim, bars_task):
     assert lineage["fidelity"] > 0.8 > CHANCE
 
 
+
+@pytest.mark.parametrize("attack", ["logit_query", "jagielski"])
+def test_probability_attacks_match_the_victims_outputs(monkeypatch, victim, bars_task, attack):
+    _, attacker, _ = bars_task
+    _, lineage, spy = _run(monkeypatch, f"{attack}:epochs=1", victim, bars_task)
+    _check_access(spy, BLACK_BOX)
+    assert lineage["queries"] == len(attacker)
+    assert lineage["stages"][0]["data"] == attacker.name
+    assert lineage["fidelity"] > 0.8
+
+
+@pytest.mark.parametrize("attack", ["logit_query", "jagielski"])
+def test_probability_attacks_refuse_a_label_only_victim(victim, bars_task, attack):
+    label_only = victim_access(victim, LABEL_ONLY)
+    spec = get_attack(attack)
+    with pytest.raises(ModelproveError, match="needs black-box access"):
+        spec.steal(label_only, bars_task[1], spec.config())
+    assert label_only.queries == 0
+
+
+def test_jagielski_softening_keeps_the_ranking_and_raises_entropy():
+    from modelprove.attacks.jagielski import soften
+
+    p = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.0, 0.0, 1.0, 0.0]])
+    assert torch.allclose(soften(p, 1.0), p, atol=1e-6)
+    soft = soften(p, 3.0)
+    assert torch.equal(soft.argmax(dim=1), p.argmax(dim=1))
+    assert torch.allclose(soft.sum(dim=1), torch.ones(2))
+    assert soft[0, 0] < p[0, 0] and soft[0, 3] > p[0, 3]
+
+
 BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("label_query", "epochs=0", "epochs"),
     ("label_query", "lr=0", "lr"),
     ("label_query", "arch=nonet", "arch"),
     ("label_query", "augmentation=blur", "augmentation"),
+    ("logit_query", "batch_size=0", "batch_size"),
+    ("jagielski", "temperature=0", "temperature"),
 ]
 
 

@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune, label_query
+from modelprove.attacks import direct_copy, finetune, jagielski, label_query, logit_query
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -18,6 +18,10 @@ ATTACKS: dict[str, AttackSpec] = {
                            "fine-tune the victim on attacker data (all layers, FTAL)"),
     "label_query": AttackSpec("label_query", "query-only", "label-only", label_query.LabelQueryConfig,
                               label_query.steal, "fresh surrogate trained on attacker images labelled by the victim's top-1"),
+    "logit_query": AttackSpec("logit_query", "query-only", "black-box", logit_query.LogitQueryConfig,
+                              logit_query.steal, "fresh surrogate matching the victim's probability vectors (KL)"),
+    "jagielski": AttackSpec("jagielski", "query-only", "black-box", jagielski.JagielskiConfig, jagielski.steal,
+                            "fresh surrogate trained on the victim's outputs softened at temperature T"),
 }
 
 
