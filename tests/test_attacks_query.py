@@ -126,6 +126,33 @@ def test_jagielski_softening_keeps_the_ranking_and_raises_entropy():
     assert soft[0, 0] < p[0, 0] and soft[0, 3] > p[0, 3]
 
 
+
+def test_papernot_queries_the_seed_set_then_only_new_points(monkeypatch, victim, bars_task):
+    _, lineage, spy = _run(monkeypatch, "papernot:seed_per_class=5,rounds=2,epochs=3", victim, bars_task)
+    _check_access(spy, LABEL_ONLY)
+    stage = lineage["stages"][0]
+    assert stage["seed_set"] == 4 * 5
+    assert [r["transfer_set"] for r in stage["rounds"]] == [20, 40, 80]  # the set doubles every round
+    assert lineage["queries"] == 80  # |S_0| · 2^rounds: old points are never sent again
+    assert stage["data"] == bars_task[1].name
+    assert lineage["fidelity"] > 0.7
+
+
+def test_papernot_jacobian_step_stays_within_lambda_and_follows_the_gradient(victim, bars_task):
+    from modelprove.attacks.papernot import PapernotConfig, jacobian_points, step_size
+
+    images = bars_task[1].images[:64]
+    labels = predict_labels(victim, images.float() / 255)
+    moved = jacobian_points(victim, images, labels, 0.1)
+    shift = (moved.float() - images.float()).abs() / 255
+    assert shift.max() <= 0.1 + 0.5 / 255 and shift.mean() > 0.05  # most pixels move by λ, clipping aside
+    before = torch.log_softmax(victim(images.float() / 255), 1).gather(1, labels[:, None])
+    after = torch.log_softmax(victim(moved.float() / 255), 1).gather(1, labels[:, None])
+    assert (after >= before - 1e-4).float().mean() > 0.9  # a step up the log-probability of O(x)
+    config = PapernotConfig(lambda_step=0.1, tau=2)
+    assert [step_size(config, r) for r in range(5)] == [0.1, 0.1, -0.1, -0.1, 0.1]
+
+
 BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("label_query", "epochs=0", "epochs"),
     ("label_query", "lr=0", "lr"),
@@ -133,6 +160,10 @@ BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("label_query", "augmentation=blur", "augmentation"),
     ("logit_query", "batch_size=0", "batch_size"),
     ("jagielski", "temperature=0", "temperature"),
+    ("papernot", "seed_per_class=0", "seed_per_class"),
+    ("papernot", "rounds=-1", "rounds"),
+    ("papernot", "lambda_step=0", "lambda_step"),
+    ("papernot", "tau=-2", "tau"),
 ]
 
 

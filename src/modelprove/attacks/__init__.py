@@ -7,7 +7,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune, jagielski, label_query, logit_query
+from modelprove.attacks import direct_copy, finetune, jagielski, label_query, logit_query, papernot
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -22,6 +22,8 @@ ATTACKS: dict[str, AttackSpec] = {
                               logit_query.steal, "fresh surrogate matching the victim's probability vectors (KL)"),
     "jagielski": AttackSpec("jagielski", "query-only", "black-box", jagielski.JagielskiConfig, jagielski.steal,
                             "fresh surrogate trained on the victim's outputs softened at temperature T"),
+    "papernot": AttackSpec("papernot", "query-only", "label-only", papernot.PapernotConfig, papernot.steal,
+                           "substitute grown from a small seed set by Jacobian-based dataset augmentation"),
 }
 
 
