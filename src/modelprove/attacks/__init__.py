@@ -7,7 +7,9 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, finetune, jagielski, label_query, logit_query, papernot
+from modelprove.attacks import (
+    direct_copy, finetune, ftal, ftll, jagielski, label_query, logit_query, papernot, prune, rtal, rtll,
+)
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -15,7 +17,17 @@ ATTACKS: dict[str, AttackSpec] = {
     "copy": AttackSpec("copy", "fully-accessible", "white-box", direct_copy.CopyConfig, direct_copy.steal,
                        "direct copy of the victim's weights"),
     "finetune": AttackSpec("finetune", "fully-accessible", "white-box", finetune.FinetuneConfig, finetune.steal,
-                           "fine-tune the victim on attacker data (all layers, FTAL)"),
+                           "MOVE's fine-tuning: all layers, on attacker data or (data=NAME) victim-labelled substitute data"),
+    "ftll": AttackSpec("ftll", "fully-accessible", "white-box", ftll.FtllConfig, ftll.steal,
+                       "CAE's FTLL: fine-tune the last layer only, the rest frozen"),
+    "ftal": AttackSpec("ftal", "fully-accessible", "white-box", ftal.FtalConfig, ftal.steal,
+                       "CAE's FTAL: fine-tune all layers"),
+    "rtll": AttackSpec("rtll", "fully-accessible", "white-box", rtll.RtllConfig, rtll.steal,
+                       "CAE's RTLL: re-initialise the last layer and train only it"),
+    "rtal": AttackSpec("rtal", "fully-accessible", "white-box", rtal.RtalConfig, rtal.steal,
+                       "CAE's RTAL: re-initialise the last layer, then train all layers"),
+    "prune": AttackSpec("prune", "fully-accessible", "white-box", prune.PruneConfig, prune.steal,
+                        "iterative magnitude pruning of conv/linear weights, fine-tuned between steps"),
     "label_query": AttackSpec("label_query", "query-only", "label-only", label_query.LabelQueryConfig,
                               label_query.steal, "fresh surrogate trained on attacker images labelled by the victim's top-1"),
     "logit_query": AttackSpec("logit_query", "query-only", "black-box", logit_query.LogitQueryConfig,

@@ -1,4 +1,5 @@
-"""Datasets: sources (named datasets and user files), defender/attacker/test splits, augmentations."""
+"""Datasets: sources (named datasets and user files), defender/attacker/test splits, augmentations,
+and substitute (other-domain) data for attacks."""
 
 from modelprove.data.augment import (
     AUGMENTATIONS,
@@ -24,12 +25,14 @@ from modelprove.data.sources import (
     read_idx,
 )
 from modelprove.data.splits import DataSplits, load_splits, make_splits
+from modelprove.data.substitute import SUBSTITUTES, load_substitute
 
 __all__ = [
     "AUGMENTATIONS",
     "CIFAR10_CLASSES",
     "FASHION_MNIST_CLASSES",
     "MNIST_CLASSES",
+    "SUBSTITUTES",
     "DataSplits",
     "ImageDataset",
     "cache_dir",
@@ -43,6 +46,7 @@ __all__ = [
     "load_image_folder",
     "load_npz",
     "load_splits",
+    "load_substitute",
     "make_splits",
     "random_crop",
     "random_hflip",
