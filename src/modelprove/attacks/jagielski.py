@@ -18,16 +18,8 @@ import torch
 
 from modelprove.access import BLACK_BOX, BlackBoxAccess, require_access
 from modelprove.attacks.base import student_for
-from modelprove.attacks.transfer_set import (
-    SurrogateConfig,
-    class_names,
-    fit,
-    query_probabilities,
-    relabelled,
-    require_data,
-    soft_target_loss,
-)
-from modelprove.core.errors import ModelproveError
+from modelprove.attacks._shared import check, query_probabilities, require_data, victim_classes
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
 from modelprove.data.dataset import ImageDataset
 
 PAPER_SETTING = "CAE App. A.5.1: soft labels softmax(victim logits / T) from the victim, surrogate trained on them (T not recoverable; here 2)"
@@ -43,9 +35,7 @@ class JagielskiConfig(SurrogateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.temperature > 0:
-            raise ModelproveError(f"JagielskiConfig.temperature must be > 0; got {self.temperature}.",
-                                  fix="use T >= 1 to soften the victim's outputs (1 keeps them as they are).")
+        check(self, "temperature", self.temperature > 0, "> 0 (1 keeps the victim's outputs as they are)", "2.0")
 
 
 def soften(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -55,10 +45,10 @@ def soften(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: JagielskiConfig):
     require_access(victim, BLACK_BOX, "the jagielski attack")
-    data = require_data(attacker_data, "jagielski")
+    data = require_data(attacker_data, victim, "jagielski")
     probabilities = query_probabilities(victim, data)
     targets = soften(probabilities, config.temperature)
-    transfer = relabelled(data, probabilities.argmax(dim=1), class_names(victim, data), f"{data.name}+victim-soft-labels")
+    transfer = relabelled(data, probabilities.argmax(dim=1), victim_classes(victim, data), f"{data.name}+victim-soft-labels")
     student = student_for(victim, data, config.arch, config.seed)
     record = fit(student, transfer, config, loss_fn=soft_target_loss(targets), description="jagielski")
     return student, {"queries": len(data), "transfer_set": len(transfer), "training": record.to_dict()}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from modelprove.access import LabelOnlyAccess
 from modelprove.attacks.base import student_for
-from modelprove.attacks.transfer_set import SurrogateConfig, class_names, fit, query_labels, relabelled, require_data
+from modelprove.attacks._shared import query_labels, require_data, victim_classes
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled
 from modelprove.data.dataset import ImageDataset
 
 PAPER_SETTING = "MOVE Sec. 6.1: fresh model, 20 epochs on substitute data labelled by the victim's top-1 (here 10)"
@@ -26,9 +27,9 @@ class LabelQueryConfig(SurrogateConfig):
 
 
 def steal(victim: LabelOnlyAccess, attacker_data: ImageDataset | None, config: LabelQueryConfig):
-    data = require_data(attacker_data, "label_query")
+    data = require_data(attacker_data, victim, "label_query")
     labels = query_labels(victim, data)
-    transfer = relabelled(data, labels, class_names(victim, data), f"{data.name}+victim-labels")
+    transfer = relabelled(data, labels, victim_classes(victim, data), f"{data.name}+victim-labels")
     student = student_for(victim, data, config.arch, config.seed)
     record = fit(student, transfer, config, description="label-query")
     return student, {"queries": len(data), "transfer_set": len(transfer), "training": record.to_dict()}

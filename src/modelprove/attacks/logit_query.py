@@ -13,15 +13,8 @@ from dataclasses import dataclass
 
 from modelprove.access import BLACK_BOX, BlackBoxAccess, require_access
 from modelprove.attacks.base import student_for
-from modelprove.attacks.transfer_set import (
-    SurrogateConfig,
-    class_names,
-    fit,
-    query_probabilities,
-    relabelled,
-    require_data,
-    soft_target_loss,
-)
+from modelprove.attacks._shared import query_probabilities, require_data, victim_classes
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
 from modelprove.data.dataset import ImageDataset
 
 PAPER_SETTING = "MOVE Sec. 6.1: fresh model, KL to the victim's outputs, 20 epochs on substitute data (here 10)"
@@ -35,9 +28,9 @@ class LogitQueryConfig(SurrogateConfig):
 
 def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: LogitQueryConfig):
     require_access(victim, BLACK_BOX, "the logit_query attack")
-    data = require_data(attacker_data, "logit_query")
+    data = require_data(attacker_data, victim, "logit_query")
     targets = query_probabilities(victim, data)
-    transfer = relabelled(data, targets.argmax(dim=1), class_names(victim, data), f"{data.name}+victim-probabilities")
+    transfer = relabelled(data, targets.argmax(dim=1), victim_classes(victim, data), f"{data.name}+victim-probabilities")
     student = student_for(victim, data, config.arch, config.seed)
     record = fit(student, transfer, config, loss_fn=soft_target_loss(targets), description="logit-query")
     return student, {"queries": len(data), "transfer_set": len(transfer), "training": record.to_dict()}

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from modelprove.access import LabelOnlyAccess
 from modelprove.attacks.base import student_for
-from modelprove.attacks.transfer_set import SurrogateConfig, class_names, fit, query_labels, require_data
-from modelprove.core.errors import ModelproveError
+from modelprove.attacks._shared import check, query_labels, require_data, victim_classes
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled
 from modelprove.core.seeding import generator
 from modelprove.data.dataset import ImageDataset
 from modelprove.models import Classifier
@@ -51,17 +51,10 @@ class PapernotConfig(SurrogateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.seed_per_class < 1:
-            raise ModelproveError(f"PapernotConfig.seed_per_class must be >= 1; got {self.seed_per_class}.",
-                                  fix="start from at least one attacker image per class (the paper: about 15).")
-        if not 0 <= self.rounds <= 12:
-            raise ModelproveError(f"PapernotConfig.rounds must lie in 0..12; got {self.rounds}.",
-                                  fix="each round doubles the transfer set; the paper uses 6.")
-        if not 0 < self.lambda_step <= 1:
-            raise ModelproveError(f"PapernotConfig.lambda_step must lie in (0, 1] (images are in [0, 1]); "
-                                  f"got {self.lambda_step}.", fix="the paper uses 0.1.")
-        if self.tau < 0:
-            raise ModelproveError(f"PapernotConfig.tau must be >= 0 (0: never flip λ); got {self.tau}.")
+        check(self, "seed_per_class", self.seed_per_class >= 1, "an integer >= 1 (the paper: about 15)", "10")
+        check(self, "rounds", 0 <= self.rounds <= 12, "in 0..12 (each round doubles the transfer set)", "6")
+        check(self, "lambda_step", 0 < self.lambda_step <= 1, "in (0, 1] (images are in [0, 1])", "0.1")
+        check(self, "tau", self.tau >= 0, ">= 0 (0: never flip the sign of lambda)", "0")
 
 
 def seed_set(data: ImageDataset, per_class: int, seed: int) -> torch.Tensor:
@@ -96,24 +89,23 @@ def jacobian_points(substitute: Classifier, images: torch.Tensor, labels: torch.
 
 
 def steal(victim: LabelOnlyAccess, attacker_data: ImageDataset | None, config: PapernotConfig):
-    data = require_data(attacker_data, "papernot")
-    rows = seed_set(data, config.seed_per_class, config.seed)
-    classes = class_names(victim, data)
-    images, origins = data.images[rows], data.indices[rows]
-    labels = query_labels(victim, images.float().div(255))
-    queries = len(rows)
+    data = require_data(attacker_data, victim, "papernot")
+    classes = victim_classes(victim, data)
+    seeds = data.subset(seed_set(data, config.seed_per_class, config.seed), name=f"{data.name}:papernot-seed")
+    transfer = relabelled(seeds, query_labels(victim, seeds), classes, f"{data.name}:papernot-S0")
+    queries = len(seeds)
     substitute = student_for(victim, data, config.arch, config.seed)
     history = []
     for r in range(config.rounds + 1):
-        transfer = ImageDataset(images, labels, classes, f"{data.name}:papernot-S{r}", origins)
         record = fit(substitute, transfer, config, description=f"papernot round {r}/{config.rounds}")
         history.append({"round": r, "transfer_set": len(transfer), "final_loss": round(record.final_loss, 5),
-                         "seconds": record.seconds})
+                        "seconds": record.seconds})
         if r == config.rounds:
             break
-        new = jacobian_points(substitute, images, labels, step_size(config, r))
-        new_labels = query_labels(victim, new.float().div(255))  # only the new points are sent
+        moved = jacobian_points(substitute, transfer.images, transfer.labels, step_size(config, r))
+        # a synthetic point keeps the index of the attacker image it grew from, so it stays traceable
+        new = ImageDataset(moved, transfer.labels, classes, f"{data.name}:papernot-new{r + 1}", transfer.indices)
+        new = relabelled(new, query_labels(victim, new), classes, new.name)  # only the new points are sent
         queries += len(new)
-        images, labels = torch.cat([images, new]), torch.cat([labels, new_labels])
-        origins = torch.cat([origins, origins])  # a synthetic point traces back to its seed image
-    return substitute, {"queries": queries, "transfer_set": len(images), "seed_set": len(rows), "rounds": history}
+        transfer = ImageDataset.concat([transfer, new], f"{data.name}:papernot-S{r + 1}")
+    return substitute, {"queries": queries, "transfer_set": len(transfer), "seed_set": len(seeds), "rounds": history}
