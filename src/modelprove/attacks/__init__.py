@@ -8,7 +8,7 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 from __future__ import annotations
 
 from modelprove.attacks import (
-    direct_copy, finetune, ftal, ftll, jagielski, label_query, logit_query, papernot, prune, rtal, rtll,
+    direct_copy, finetune, ftal, ftll, jagielski, knockoff, label_query, logit_query, papernot, prune, rtal, rtll,
 )
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
@@ -36,6 +36,10 @@ ATTACKS: dict[str, AttackSpec] = {
                             "fresh surrogate trained on the victim's outputs softened at temperature T"),
     "papernot": AttackSpec("papernot", "query-only", "label-only", papernot.PapernotConfig, papernot.steal,
                            "substitute grown from a small seed set by Jacobian-based dataset augmentation"),
+    "knockoff": AttackSpec("knockoff", "query-only", "black-box", knockoff.KnockoffConfig, knockoff.steal,
+                           "Knockoff nets: random other-domain transfer set, surrogate matches the victim's probabilities"),
+    "knockoff_labels": AttackSpec("knockoff_labels", "query-only", "label-only", knockoff.KnockoffLabelsConfig,
+                                  knockoff.steal_labels, "Knockoff nets on the victim's top-1 labels only"),
 }
 
 
