@@ -7,6 +7,8 @@ on attacker data that shares no image with the defender's.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -172,6 +174,46 @@ def test_knockoff_steals_with_other_domain_images(monkeypatch, victim, bars_task
     assert lineage["fidelity"] > floor
 
 
+
+def _pgd_accuracy(model, data, eps: float) -> float:
+    from modelprove.training.adversarial import pgd
+
+    x, y = data.as_float()[:200], data.labels[:200]
+    adversarial = pgd(model, x, y, eps, eps / 4, 10, torch.Generator().manual_seed(0))
+    return (predict_labels(model, adversarial) == y).float().mean().item()
+
+
+def test_pgd_stays_in_the_ball_and_raises_the_loss(victim, bars_task):
+    from modelprove.training.adversarial import pgd
+
+    x, y = bars_task[2].as_float()[:100], bars_task[2].labels[:100]
+    model = copy.deepcopy(victim).train()  # pgd must run in eval mode and hand the model back as it found it
+    for p in model.parameters():
+        p.grad = None
+    adversarial = pgd(model, x, y, 0.1, 0.03, 5, torch.Generator().manual_seed(0))
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())  # only the images got gradients
+    assert (adversarial - x).abs().max() <= 0.1 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.cross_entropy(victim(x), y)
+        adversarial_loss = torch.nn.functional.cross_entropy(victim(adversarial), y)
+    assert adversarial_loss > clean_loss + 1.0
+    with pytest.raises(ModelproveError, match="eps"):
+        pgd(victim, x, y, -0.1, 0.03, 5)
+
+
+def test_adversarial_training_extracts_a_more_robust_surrogate(monkeypatch, victim, bars_task):
+    _, attacker, test = bars_task
+    suspect, lineage, spy = _run(monkeypatch, "adversarial:epochs=1,steps=3,step=0.04", victim, bars_task)
+    _check_access(spy, LABEL_ONLY)
+    assert lineage["queries"] == len(attacker)  # PGD examples are never sent to the victim
+    assert lineage["stages"][0]["data"] == attacker.name
+    assert lineage["fidelity"] > 0.8
+    # what makes it a removal attack (CAE Fig. 4c): adversarial examples transfer less to it
+    assert _pgd_accuracy(suspect, test, 0.1) > _pgd_accuracy(victim, test, 0.1) + 0.2
+
+
 BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("label_query", "epochs=0", "epochs"),
     ("label_query", "lr=0", "lr"),
@@ -185,6 +227,10 @@ BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("papernot", "tau=-2", "tau"),
     ("knockoff", "data=imagenet", "data"),
     ("knockoff_labels", "limit=0", "limit"),
+    ("adversarial", "eps=0", "eps"),
+    ("adversarial", "step=0.5", "step"),  # larger than eps
+    ("adversarial", "steps=0", "steps"),
+    ("adversarial", "adversarial_weight=1.5", "adversarial_weight"),
 ]
 
 

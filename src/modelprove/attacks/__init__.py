@@ -8,7 +8,8 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 from __future__ import annotations
 
 from modelprove.attacks import (
-    direct_copy, finetune, ftal, ftll, jagielski, knockoff, label_query, logit_query, papernot, prune, rtal, rtll,
+    adversarial, direct_copy, finetune, ftal, ftll, jagielski, knockoff, label_query, logit_query, papernot, prune,
+    rtal, rtll,
 )
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
@@ -40,6 +41,8 @@ ATTACKS: dict[str, AttackSpec] = {
                            "Knockoff nets: random other-domain transfer set, surrogate matches the victim's probabilities"),
     "knockoff_labels": AttackSpec("knockoff_labels", "query-only", "label-only", knockoff.KnockoffLabelsConfig,
                                   knockoff.steal_labels, "Knockoff nets on the victim's top-1 labels only"),
+    "adversarial": AttackSpec("adversarial", "adapted", "label-only", adversarial.AdversarialConfig, adversarial.steal,
+                              "label-query extraction with PGD adversarial training of the surrogate"),
 }
 
 
