@@ -214,6 +214,31 @@ def test_adversarial_training_extracts_a_more_robust_surrogate(monkeypatch, vict
     assert _pgd_accuracy(suspect, test, 0.1) > _pgd_accuracy(victim, test, 0.1) + 0.2
 
 
+
+def test_ground_truth_queries_only_the_images_without_true_labels(monkeypatch, victim, bars_task):
+    _, attacker, _ = bars_task
+    _, lineage, spy = _run(monkeypatch, "ground_truth:p=0.75,epochs=1", victim, bars_task)
+    _check_access(spy, LABEL_ONLY)
+    stage = lineage["stages"][0]
+    assert stage["ground_truth_labels"] == 600
+    assert lineage["queries"] == 200 == len(attacker) - 600  # only the images actually sent
+    assert stage["data"] == attacker.name
+    assert lineage["fidelity"] > 0.8
+    assert bars_task[1].labels.equal(attacker.labels)  # the attacker's own labels were not overwritten
+
+
+def test_ground_truth_needs_data_of_the_victims_task(victim, bars_task):
+    from modelprove.attacks.ground_truth import GroundTruthConfig, steal
+    from modelprove.data.dataset import ImageDataset
+
+    attacker = bars_task[1]
+    three = ImageDataset(attacker.images, attacker.labels % 3, ["a", "b", "c"], "three-classes")
+    access = victim_access(victim, LABEL_ONLY)
+    with pytest.raises(ModelproveError, match="3 classes and the victim 4"):
+        steal(access, three, GroundTruthConfig(epochs=1))
+    assert access.queries == 0
+
+
 BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("label_query", "epochs=0", "epochs"),
     ("label_query", "lr=0", "lr"),
@@ -231,6 +256,8 @@ BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
     ("adversarial", "step=0.5", "step"),  # larger than eps
     ("adversarial", "steps=0", "steps"),
     ("adversarial", "adversarial_weight=1.5", "adversarial_weight"),
+    ("ground_truth", "p=1", "p"),
+    ("ground_truth", "p=-0.1", "p"),
 ]
 
 

@@ -8,8 +8,8 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 from __future__ import annotations
 
 from modelprove.attacks import (
-    adversarial, direct_copy, finetune, ftal, ftll, jagielski, knockoff, label_query, logit_query, papernot, prune,
-    rtal, rtll,
+    adversarial, direct_copy, finetune, ftal, ftll, ground_truth, jagielski, knockoff, label_query, logit_query, papernot,
+    prune, rtal, rtll,
 )
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
@@ -43,6 +43,8 @@ ATTACKS: dict[str, AttackSpec] = {
                                   knockoff.steal_labels, "Knockoff nets on the victim's top-1 labels only"),
     "adversarial": AttackSpec("adversarial", "adapted", "label-only", adversarial.AdversarialConfig, adversarial.steal,
                               "label-query extraction with PGD adversarial training of the surrogate"),
+    "ground_truth": AttackSpec("ground_truth", "adapted", "label-only", ground_truth.GroundTruthConfig,
+                               ground_truth.steal, "label-query extraction where a fraction p keeps its true labels"),
 }
 
 
