@@ -20,6 +20,13 @@ from modelprove.core.errors import ModelproveError
 from modelprove.models import build_model, predict_labels
 from modelprove.training import TrainConfig, agreement, train
 
+MINE = {  # name: (family, oracle)
+    "label_query": ("query-only", LABEL_ONLY), "logit_query": ("query-only", BLACK_BOX),
+    "jagielski": ("query-only", BLACK_BOX), "papernot": ("query-only", LABEL_ONLY),
+    "knockoff": ("query-only", BLACK_BOX), "knockoff_labels": ("query-only", LABEL_ONLY),
+    "adversarial": ("adapted", LABEL_ONLY), "ground_truth": ("adapted", LABEL_ONLY),
+}
+
 CHANCE = 0.25  # four balanced classes
 
 
@@ -32,8 +39,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def victim(bars_task):
+@pytest.fixture(scope="module")
+def victim(one_thread, bars_task):
     defender, _, _ = bars_task
     torch.manual_seed(0)
     model = build_model("cnn_small", 1, 4, (28, 28))
@@ -65,7 +72,6 @@ class Spy:
 
     def __call__(self, victim, attacker_data, config):
         self.access = victim
-        self.attacker_data = attacker_data
         return self.steal(victim, attacker_data, config)
 
 
@@ -77,8 +83,36 @@ def _run(monkeypatch, attack: str, victim, bars_task, **kwargs):
     name = attack.partition(":")[0]
     spy = Spy(ATTACKS[name].steal)
     monkeypatch.setitem(ATTACKS, name, dataclasses.replace(ATTACKS[name], steal=spy))
-    suspect, lineage = run_attack(attack, victim, kwargs.pop("attacker", attacker), test=test, seed=0, **kwargs)
+    suspect, lineage = run_attack(attack, victim, attacker, test=test, seed=0, **kwargs)
     return suspect, lineage, spy
+
+
+@pytest.mark.parametrize("name", sorted(MINE))
+def test_registry_entry_and_paper_setting(name):
+    import importlib
+
+    spec = get_attack(name)
+    assert (spec.family, spec.oracle) == MINE[name]
+    module = importlib.import_module(spec.steal.__module__)
+    assert isinstance(module.PAPER_SETTING, str) and module.PAPER_SETTING
+    assert spec.config().seed == 0  # every default config is valid and seeded
+
+
+def test_a_label_only_api_is_enough_for_label_query(victim, bars_task):
+    """A victim that only ever returns labels (no probabilities exist anywhere behind it)."""
+    _, attacker, test = bars_task
+    api = LabelOnlyAccess(lambda batch: predict_labels(victim, batch), num_classes=4, input_shape=(1, 28, 28))
+    spec = get_attack("label_query")
+    suspect, details = spec.steal(api, attacker, spec.config(epochs=1))
+    assert api.queries == details["queries"] == len(attacker)
+    assert agreement(suspect, victim, test) > 0.8
+
+
+def test_the_oracle_budget_binds_an_attack(victim, bars_task):
+    from modelprove.access import QueryBudgetError
+
+    with pytest.raises(QueryBudgetError, match="budget of 799"):
+        run_attack("label_query:epochs=1", victim, bars_task[1], budget=799)
 
 
 def _check_access(spy, level: str) -> None:
