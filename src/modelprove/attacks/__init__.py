@@ -8,8 +8,8 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 from __future__ import annotations
 
 from modelprove.attacks import (
-    adversarial, direct_copy, finetune, ftal, ftll, ground_truth, jagielski, knockoff, label_query, logit_query, papernot,
-    prune, rtal, rtll,
+    adversarial, direct_copy, finetune, ftal, ftll, ground_truth, jagielski, knockoff, label_query, logit_query,
+    papernot, prune, rtal, rtll,
 )
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
@@ -30,7 +30,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "prune": AttackSpec("prune", "fully-accessible", "white-box", prune.PruneConfig, prune.steal,
                         "iterative magnitude pruning of conv/linear weights, fine-tuned between steps"),
     "label_query": AttackSpec("label_query", "query-only", "label-only", label_query.LabelQueryConfig,
-                              label_query.steal, "fresh surrogate trained on attacker images labelled by the victim's top-1"),
+                              label_query.steal, "fresh surrogate on attacker images labelled by the victim's top-1"),
     "logit_query": AttackSpec("logit_query", "query-only", "black-box", logit_query.LogitQueryConfig,
                               logit_query.steal, "fresh surrogate matching the victim's probability vectors (KL)"),
     "jagielski": AttackSpec("jagielski", "query-only", "black-box", jagielski.JagielskiConfig, jagielski.steal,
@@ -38,7 +38,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "papernot": AttackSpec("papernot", "query-only", "label-only", papernot.PapernotConfig, papernot.steal,
                            "substitute grown from a small seed set by Jacobian-based dataset augmentation"),
     "knockoff": AttackSpec("knockoff", "query-only", "black-box", knockoff.KnockoffConfig, knockoff.steal,
-                           "Knockoff nets: random other-domain transfer set, surrogate matches the victim's probabilities"),
+                           "Knockoff nets: random other-domain transfer set, matching the victim's probabilities"),
     "knockoff_labels": AttackSpec("knockoff_labels", "query-only", "label-only", knockoff.KnockoffLabelsConfig,
                                   knockoff.steal_labels, "Knockoff nets on the victim's top-1 labels only"),
     "adversarial": AttackSpec("adversarial", "adapted", "label-only", adversarial.AdversarialConfig, adversarial.steal,

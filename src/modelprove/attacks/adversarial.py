@@ -31,7 +31,8 @@ from modelprove.core.seeding import generator
 from modelprove.data.dataset import ImageDataset
 from modelprove.training.adversarial import pgd
 
-PAPER_SETTING = "CAE Sec. 5: multi-step PGD adversarial training from scratch on victim labels (here eps 0.1, 5 steps, 3 epochs)"
+PAPER_SETTING = ("CAE Sec. 5: multi-step PGD adversarial training from scratch on victim labels (here eps 0.1, 5 "
+                 "steps, 3 epochs)")
 
 
 @dataclass

@@ -22,7 +22,8 @@ from modelprove.core.errors import ModelproveError
 from modelprove.core.seeding import generator
 from modelprove.data.dataset import ImageDataset
 
-PAPER_SETTING = "CAE Sec. 5 / Fig. 4d: surrogate trained with a fraction p of true labels (p up to 0.8), the rest victim labels"
+PAPER_SETTING = ("CAE Sec. 5 / Fig. 4d: surrogate trained with a fraction p of true labels (p up to 0.8), the "
+                 "rest victim labels")
 
 
 @dataclass

@@ -22,7 +22,8 @@ from modelprove.attacks._shared import check, query_probabilities, require_data,
 from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
 from modelprove.data.dataset import ImageDataset
 
-PAPER_SETTING = "CAE App. A.5.1: soft labels softmax(victim logits / T) from the victim, surrogate trained on them (T not recoverable; here 2)"
+PAPER_SETTING = ("CAE App. A.5.1: soft labels softmax(victim logits / T) from the victim, surrogate trained on "
+                 "them (T not recoverable; here 2)")
 
 PROBABILITY_FLOOR = 1e-12  # a returned 0 would make log(p) infinite; it stays the smallest class after softening
 
@@ -48,7 +49,8 @@ def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: Ja
     data = require_data(attacker_data, victim, "jagielski")
     probabilities = query_probabilities(victim, data)
     targets = soften(probabilities, config.temperature)
-    transfer = relabelled(data, probabilities.argmax(dim=1), victim_classes(victim, data), f"{data.name}+victim-soft-labels")
+    transfer = relabelled(data, probabilities.argmax(dim=1), victim_classes(victim, data),
+                          f"{data.name}+victim-soft-labels")
     student = student_for(victim, data, config.arch, config.seed)
     record = fit(student, transfer, config, loss_fn=soft_target_loss(targets), description="jagielski")
     return student, {"queries": len(data), "transfer_set": len(transfer), "training": record.to_dict()}

@@ -30,7 +30,8 @@ def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: Lo
     require_access(victim, BLACK_BOX, "the logit_query attack")
     data = require_data(attacker_data, victim, "logit_query")
     targets = query_probabilities(victim, data)
-    transfer = relabelled(data, targets.argmax(dim=1), victim_classes(victim, data), f"{data.name}+victim-probabilities")
+    transfer = relabelled(data, targets.argmax(dim=1), victim_classes(victim, data),
+                          f"{data.name}+victim-probabilities")
     student = student_for(victim, data, config.arch, config.seed)
     record = fit(student, transfer, config, loss_fn=soft_target_loss(targets), description="logit-query")
     return student, {"queries": len(data), "transfer_set": len(transfer), "training": record.to_dict()}

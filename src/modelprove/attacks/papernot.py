@@ -35,7 +35,8 @@ from modelprove.core.seeding import generator
 from modelprove.data.dataset import ImageDataset
 from modelprove.models import Classifier
 
-PAPER_SETTING = "Papernot et al. 2017 (MNIST): 150 seed images, 6 rounds, lambda 0.1, 10 epochs per round (here 10 seed images per class)"
+PAPER_SETTING = ("Papernot et al. 2017 (MNIST): 150 seed images, 6 rounds, lambda 0.1, 10 epochs per round (here "
+                 "10 seed images per class)")
 
 GRADIENT_CHUNK = 512
 
