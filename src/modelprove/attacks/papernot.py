@@ -17,7 +17,8 @@ the stored pixels, so a label always belongs to the image the substitute trains 
 
 Paper (MNIST): 150 seed images, ρ = 6 rounds, λ = 0.1, 10 epochs per round; here 10 seed images
 per class. The paper's reservoir sampling (to bound the set for many rounds) is not implemented:
-with 6 rounds the set stays at 64 x |S_0| images.
+with 6 rounds the set stays at 64 x |S_0| images. Measured with the defaults on a cnn_small
+Fashion-MNIST victim (87.8% test accuracy): 6,400 queries, fidelity 0.77, test accuracy 0.72.
 """
 
 from __future__ import annotations
