@@ -7,7 +7,10 @@ Run attacks and chains through :func:`modelprove.attacks.base.run_attack`.
 
 from __future__ import annotations
 
-from modelprove.attacks import direct_copy, distill, finetune, ftal, ftll, prune, rtal, rtll, transfer, zero_shot
+from modelprove.attacks import (
+    adversarial, direct_copy, distill, finetune, ftal, ftll, ground_truth, jagielski, knockoff, label_query,
+    logit_query, papernot, prune, rtal, rtll, transfer, zero_shot,
+)
 from modelprove.attacks.base import AttackSpec, parse_attack, run_attack
 from modelprove.core.errors import ModelproveError
 
@@ -32,6 +35,22 @@ ATTACKS: dict[str, AttackSpec] = {
                             "data-free adversarial distillation (DFAD): a generator against the student, no data"),
     "transfer": AttackSpec("transfer", "adapted", "label-only", transfer.TransferConfig, transfer.steal,
                            "pretrain on another domain, new head, fine-tune on victim-labelled attacker data"),
+    "label_query": AttackSpec("label_query", "query-only", "label-only", label_query.LabelQueryConfig,
+                              label_query.steal, "fresh surrogate on attacker images labelled by the victim's top-1"),
+    "logit_query": AttackSpec("logit_query", "query-only", "black-box", logit_query.LogitQueryConfig,
+                              logit_query.steal, "fresh surrogate matching the victim's probability vectors (KL)"),
+    "jagielski": AttackSpec("jagielski", "query-only", "black-box", jagielski.JagielskiConfig, jagielski.steal,
+                            "fresh surrogate trained on the victim's outputs softened at temperature T"),
+    "papernot": AttackSpec("papernot", "query-only", "label-only", papernot.PapernotConfig, papernot.steal,
+                           "substitute grown from a small seed set by Jacobian-based dataset augmentation"),
+    "knockoff": AttackSpec("knockoff", "query-only", "black-box", knockoff.KnockoffConfig, knockoff.steal,
+                           "Knockoff nets: random other-domain transfer set, matching the victim's probabilities"),
+    "knockoff_labels": AttackSpec("knockoff_labels", "query-only", "label-only", knockoff.KnockoffLabelsConfig,
+                                  knockoff.steal_labels, "Knockoff nets on the victim's top-1 labels only"),
+    "adversarial": AttackSpec("adversarial", "adapted", "label-only", adversarial.AdversarialConfig, adversarial.steal,
+                              "label-query extraction with PGD adversarial training of the surrogate"),
+    "ground_truth": AttackSpec("ground_truth", "adapted", "label-only", ground_truth.GroundTruthConfig,
+                               ground_truth.steal, "label-query extraction where a fraction p keeps its true labels"),
 }
 
 
