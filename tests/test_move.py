@@ -39,6 +39,10 @@ def test_protection_directory_is_complete(protection):
     # verification pool and meta-training images are disjoint and together are D_t
     assert len(opened.pool_images) == 40
     assert manifest["config"]["transformation_rate"] == 0.1
+    # B, the t-test's reference, is never one of the meta-classifier's negatives (hold_out_reference)
+    results = manifest["results"]
+    assert results["reference_seed"] not in results["meta_classifier_negative_seeds"]
+    assert len(results["meta_classifier_negative_seeds"]) == 2
 
 
 def test_copy_is_flagged_and_benign_is_cleared(protection):

@@ -98,9 +98,14 @@ class MoveConfig:
     augmentation: str = "crop"
     seed: int = 0
     benign_seed: int | None = None  # seed of B's training; None: the same seed as V (see protect docstring)
-    # Benign models whose features are C's negatives (the paper: 1); the first is B, the t-test's
-    # reference. More negatives keep C's output near 0 on models it never saw (same docs page).
-    benign_models: int = 3
+    # Benign models whose features are C's negatives (the paper: 1, B itself). More negatives keep C's
+    # output near 0 on models it never saw (docs/results/move-false-accusations.md).
+    benign_models: int = 2
+    # B, the t-test's reference, is held out of C's training (the paper trains C on B). C scores the
+    # models it was trained on lower than any model it never saw, so with B among C's negatives an
+    # independent suspect sits above B and black-box MOVE (m = 100) accused one in the demo
+    # (delta_mu +0.05, p 2.5e-4); held out, B is exactly as unseen as an independent model.
+    hold_out_reference: bool = True
     # Black-box setting (Sec. 5.3): the augmentations f_1..f_N (comma-separated names from
     # AUGMENTATIONS), the shift of the translations in pixels, and m (the paper: 100).
     augmentations: str = "identity,hflip,shift_down_right,shift_right,shift_down"
@@ -223,7 +228,8 @@ def protect(
     """Make a MOVE protection of a new victim trained on ``defender`` data; write it to ``out``.
 
     B is trained with V's seed by default (``benign_seed=None``: the same initialisation and data
-    order); ``benign_models - 1`` further benign models use other seeds.
+    order). C's negatives are ``benign_models`` further benign models with other seeds, and B too
+    when ``hold_out_reference`` is off (the paper's setting).
     """
     config = config or MoveConfig()
     if defender.input_shape != test.input_shape or defender.classes != test.classes:
@@ -263,14 +269,18 @@ def protect(
     start = time.perf_counter()
     benign = new_model(benign_seed)
     benign_record = train(benign, defender, config.train_config(benign_seed), description="benign model (D)")
-    # Extra benign models (another seed each) show C more than one model without the external
-    # feature, so it cannot separate V from B by B's particular weights alone.
-    extra_benign = []
-    for extra in range(1, config.benign_models):
+    # Several benign models (another seed each) show C more than one model without the external
+    # feature, so it cannot separate V from benign models by one model's particular weights.
+    negatives = [] if config.hold_out_reference else [benign]
+    negative_seeds = [] if config.hold_out_reference else [benign_seed]
+    extra = 0
+    while len(negatives) < config.benign_models:
+        extra += 1
         seed = benign_seed + 7919 * extra
-        extra_benign.append(new_model(seed))
-        train(extra_benign[-1], defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
-    timings[f"train_benign_models_x{config.benign_models}"] = time.perf_counter() - start
+        negatives.append(new_model(seed))
+        negative_seeds.append(seed)
+        train(negatives[-1], defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
+    timings[f"train_benign_models_x{extra + 1}"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
     order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
@@ -285,7 +295,7 @@ def protect(
     start = time.perf_counter()
     meta_images, meta_labels = d_t.images[meta_rows], d_t.labels[meta_rows]
     victim_features = _features(victim, meta_images, meta_labels, config)
-    benign_features = torch.cat([_features(b, meta_images, meta_labels, config) for b in [benign, *extra_benign]])
+    benign_features = torch.cat([_features(b, meta_images, meta_labels, config) for b in negatives])
     timings["gradient_features"] = time.perf_counter() - start
     meta_config = MetaClassifierConfig(hidden=config.meta_hidden, epochs=config.meta_epochs, seed=config.seed)
     start = time.perf_counter()
@@ -298,7 +308,7 @@ def protect(
     victim_bb = black_box_features(lambda x: predict_proba(victim, x), meta_originals, meta_transformed, config)
     benign_bb = torch.cat([
         black_box_features(lambda x, b=b: predict_proba(b, x), meta_originals, meta_transformed, config)
-        for b in [benign, *extra_benign]
+        for b in negatives
     ])
     meta_bb, meta_bb_record = train_meta_classifier(victim_bb, benign_bb, meta_config)
     timings["meta_classifier_black_box"] = time.perf_counter() - start
@@ -311,6 +321,8 @@ def protect(
         "benign_accuracy_on_transformed": evaluate(benign, d_t),
         "meta_classifier": meta_record,
         "meta_classifier_black_box": meta_bb_record,
+        "reference_seed": benign_seed,  # B, the t-test's reference
+        "meta_classifier_negative_seeds": negative_seeds,
         "feature_dimension": int(victim_features.shape[1]),
         "black_box_feature_dimension": int(victim_bb.shape[1]),
         "victim_accuracy_on_held_out_transformed": evaluate(victim, test_transformed),
