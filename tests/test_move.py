@@ -39,10 +39,10 @@ def test_protection_directory_is_complete(protection):
     # verification pool and meta-training images are disjoint and together are D_t
     assert len(opened.pool_images) == 40
     assert manifest["config"]["transformation_rate"] == 0.1
-    # B, the t-test's reference, is never one of the meta-classifier's negatives (hold_out_reference)
+    # by default B, the t-test's reference, is the first of the meta-classifier's three negatives
     results = manifest["results"]
-    assert results["reference_seed"] not in results["meta_classifier_negative_seeds"]
-    assert len(results["meta_classifier_negative_seeds"]) == 2
+    assert results["meta_classifier_negative_seeds"][0] == results["reference_seed"]
+    assert len(results["meta_classifier_negative_seeds"]) == 3
 
 
 def test_copy_is_flagged_and_benign_is_cleared(protection):
@@ -251,3 +251,13 @@ def test_patch_transformer_and_skimage_style_are_offered():
     for name in ("grass", "gravel", "brick"):
         image = load_style_image(name)
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+
+
+def test_hold_out_reference_keeps_b_out_of_the_negatives(tmp_path, bars_task):
+    defender, _, test = bars_task
+    config = move.MoveConfig(arch="lenet5", epochs=2, benign_models=1, hold_out_reference=True,
+                             meta_samples=30, meta_epochs=2, m=5, m_black_box=5, test_transformed=20)
+    move.protect(defender, test, tmp_path / "p", config, transformer=_Invert())
+    results = json.loads((tmp_path / "p" / "manifest.json").read_text())["results"]
+    assert results["reference_seed"] not in results["meta_classifier_negative_seeds"]
+    assert len(results["meta_classifier_negative_seeds"]) == 1

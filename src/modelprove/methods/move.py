@@ -100,12 +100,12 @@ class MoveConfig:
     benign_seed: int | None = None  # seed of B's training; None: the same seed as V (see protect docstring)
     # Benign models whose features are C's negatives (the paper: 1, B itself). More negatives keep C's
     # output near 0 on models it never saw (docs/results/move-false-accusations.md).
-    benign_models: int = 2
-    # B, the t-test's reference, is held out of C's training (the paper trains C on B). C scores the
-    # models it was trained on lower than any model it never saw, so with B among C's negatives an
-    # independent suspect sits above B and black-box MOVE (m = 100) accused one in the demo
-    # (delta_mu +0.05, p 2.5e-4); held out, B is exactly as unseen as an independent model.
-    hold_out_reference: bool = True
+    benign_models: int = 3
+    # Hold B, the t-test's reference, out of C's training (C's negatives are then benign_models
+    # other seeds). Off by default, measured: it did not remove black-box MOVE's false accusation of
+    # the demo's independent model (p 2.5e-4 with B in C's training, 4.3e-4 held out), and because B
+    # shares V's seed, a C that never saw B can score it V-like (tiny-task copies then went undetected).
+    hold_out_reference: bool = False
     # Black-box setting (Sec. 5.3): the augmentations f_1..f_N (comma-separated names from
     # AUGMENTATIONS), the shift of the translations in pixels, and m (the paper: 100).
     augmentations: str = "identity,hflip,shift_down_right,shift_right,shift_down"
