@@ -299,3 +299,17 @@ BAD_CONFIGS = [  # (attack, bad key=value, the field the message must name)
 def test_bad_config_names_the_field(attack, pair, field):
     with pytest.raises(ModelproveError, match=rf"\.{field} must"):
         config_from_pairs(get_attack(attack).config, [pair])
+
+
+def test_a_multi_stage_chain_records_every_stage(victim, bars_task):
+    """MOVE Table 7's chain shape: copy > logit-query retargeted to another architecture > zero-shot."""
+    from modelprove.attacks import run_attack
+
+    _, attacker, test = bars_task
+    suspect, lineage = run_attack("copy>logit_query:arch=lenet5,epochs=1>zero_shot:iterations=2,batch_size=16",
+                                  victim, attacker, test=test)
+    assert [stage["attack"] for stage in lineage["stages"]] == ["copy", "logit_query", "zero_shot"]
+    assert suspect.arch == "lenet5" and lineage["stages"][1]["params"]["arch"] == "lenet5"
+    assert lineage["stages"][0]["queries"] == 0 and lineage["stages"][1]["queries"] == len(attacker)
+    assert lineage["queries"] == sum(stage["queries"] for stage in lineage["stages"])
+    assert 0.0 <= lineage["fidelity"] <= 1.0 and "test_accuracy" in lineage
