@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from modelprove.access import BLACK_BOX, open_suspect
+from modelprove.access import WhiteBoxAccess, open_suspect
 from modelprove.attacks import run_attack
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
@@ -123,9 +123,10 @@ def main() -> int:
         onnx_path = path.with_suffix(".onnx")
         if not onnx_path.exists():
             export_onnx(model, onnx_path, overwrite=True)
+        white_box = WhiteBoxAccess(model, card, name=name, source=str(path))
         accesses = {
-            "white-box": open_suspect(path, name=name),
-            "black-box": open_suspect(path, level=BLACK_BOX, name=name),
+            "white-box": white_box,
+            "black-box": white_box.as_black_box(),
             "black-box (ONNX)": open_suspect(onnx_path, name=name),
         }
         by_setting[name] = {}

@@ -21,7 +21,6 @@ from modelprove.access.levels import (
     QueryBudgetError,
     SuspectAccess,
     WhiteBoxAccess,
-    at_least,
     require_access,
     restrict,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "QueryBudgetError",
     "SuspectAccess",
     "WhiteBoxAccess",
-    "at_least",
     "onnx_access",
     "open_suspect",
     "require_access",

@@ -283,10 +283,6 @@ def require_access(access: LabelOnlyAccess, needed: str, who: str) -> None:
         )
 
 
-def at_least(access: LabelOnlyAccess, level: str) -> bool:
-    return _RANK[access.level] >= _RANK[check_level(level)]
-
-
 def _as_tensor(raw: Any, access: LabelOnlyAccess) -> Tensor:
     if isinstance(raw, Tensor):
         return raw.detach().cpu()
