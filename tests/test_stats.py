@@ -52,3 +52,34 @@ def test_constant_positive_difference_is_the_limit_p_zero():
 def test_rejects_bad_samples(suspect, benign):
     with pytest.raises(ModelproveError):
         paired_ttest_greater(suspect, benign)
+
+
+def test_binomial_greater_hand_computed():
+    # 3 of 3 at chance 1/2: P(X >= 3) = 1/8; 0 of 3: P(X >= 0) = 1
+    from modelprove.stats import binomial_greater
+
+    assert binomial_greater(3, 3, 0.5).p_value == pytest.approx(0.125)
+    assert binomial_greater(0, 3, 0.5).p_value == pytest.approx(1.0)
+    # 2 of 4 at chance 0.1: 1 - P(0) - P(1) = 1 - 0.9^4 - 4 * 0.1 * 0.9^3 = 0.0523
+    result = binomial_greater(2, 4, 0.1)
+    assert result.p_value == pytest.approx(1 - 0.9**4 - 4 * 0.1 * 0.9**3)
+    assert result.rate == 0.5
+
+
+@pytest.mark.parametrize("args", [(1, 0, 0.5), (5, 4, 0.5), (-1, 4, 0.5), (1, 4, 0.0), (1, 4, 1.0)])
+def test_binomial_greater_refuses_bad_input(args):
+    from modelprove.stats import binomial_greater
+
+    with pytest.raises(ModelproveError):
+        binomial_greater(*args)
+
+
+def test_roc_auc_hand_computed():
+    from modelprove.stats import roc_auc
+
+    assert roc_auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert roc_auc([0.1], [0.9]) == 0.0
+    # pairs (pos, neg): (0.5, 0.5) tie = 1/2, (0.5, 0.1) = 1, (0.9, 0.5) = 1, (0.9, 0.1) = 1 -> 3.5 / 4
+    assert roc_auc([0.5, 0.9], [0.5, 0.1]) == pytest.approx(0.875)
+    with pytest.raises(ModelproveError):
+        roc_auc([], [0.1])

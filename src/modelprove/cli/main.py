@@ -41,30 +41,38 @@ def protect(
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (default: the method's).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method parameter key=value (repeatable).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing protection (kept as NAME.replaced-<time>).")] = False,
+    model: Annotated[Optional[Path], typer.Option(
+        help="An already trained source model to protect (methods that fingerprint, e.g. cae).")] = None,
+    logo: Annotated[Optional[Path], typer.Option(help="The owner's logo image (blind-watermark).")] = None,
 ) -> None:
-    """Train a victim with the method's protection and write everything `verify` needs to --out."""
+    """Protect a model with the method and write everything `verify` needs to --out."""
     from modelprove.data import load_splits
     from modelprove.methods import get_method
     from modelprove.methods.protection import ensure_writable
 
     try:
         spec = get_method(method)
+        inputs = {name: value for name, value in (("model", model), ("logo", logo)) if value is not None}
+        for name in inputs:
+            if name not in spec.inputs:
+                raise ModelproveError(f"method {method!r} takes no --{name}.",
+                                      fix=f"drop --{name}, or see `modelprove methods` for what {method} takes.")
         config = config_from_pairs(spec.config, set_, seed=seed)  # --seed wins over --set seed=, None keeps it
         ensure_writable(out_dir, force)
         splits = load_splits(
             data, data=data_dir, attacker_fraction=attacker_fraction, seed=config.seed,
             defender_limit=defender_limit, test_limit=test_limit,
         )
-        result = spec.protect(splits.defender, splits.test, out_dir, config, force=force)
+        result = spec.protect(splits.defender, splits.test, out_dir, config, force=force, **inputs)
     except ModelproveError as error:
         _fail(error)
-    results = result.results
     table = Table(title=f"protection written to {out_dir}")
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("victim test accuracy", f"{results['victim_test_accuracy']:.4f}")
-    table.add_row("benign test accuracy", f"{results['benign_test_accuracy']:.4f}")
-    for key, value in results.get("seconds", {}).items():
+    for key, value in result.results.items():  # every method's numeric results, e.g. victim_test_accuracy
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in result.results.get("seconds", {}).items():
         table.add_row(f"seconds: {key}", f"{value:.1f}")
     out.print(table)
 
@@ -109,7 +117,11 @@ def run_verify(
                                       name=name or Path(suspect).stem)
         overrides = _verify_options(spec, options)
         if m is not None:
-            overrides["m" if suspect_access.level == "white-box" else "m_black_box"] = m
+            key = "m_black_box" if suspect_access.level != "white-box" and "m_black_box" in spec.verify_options else "m"
+            if key not in spec.verify_options:
+                raise ModelproveError(f"method {spec.name!r} has no --m: its verification uses every key sample.",
+                                      fix="drop --m.")
+            overrides[key] = m
         verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, **overrides)
         weights = suspect if Path(suspect).suffix.lower() == ".onnx" else model_paths(suspect)[0]
         verdict.hashes["suspect_weights"] = sha256_file(weights)
@@ -128,6 +140,13 @@ def _verify_options(spec, pairs: list[str] | None) -> dict:
         return {}
     config = config_from_pairs(spec.config, pairs)
     keys = {pair.partition("=")[0].strip().replace("-", "_") for pair in pairs}
+    refused = sorted(keys - set(spec.verify_options))
+    if refused:
+        raise ModelproveError(
+            f"{', '.join(refused)} cannot change at verification for method {spec.name!r}; it takes "
+            f"{', '.join(spec.verify_options) or 'no options'}.",
+            fix="other parameters define the protection; protect again to change them.",
+        )
     return {key: getattr(config, key) for key in keys if key in {f.name for f in dataclasses.fields(config)}}
 
 

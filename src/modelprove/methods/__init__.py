@@ -18,12 +18,18 @@ class MethodSpec:
     verify: Callable[..., Any]
     open: Callable[..., Any]
     description: str
+    # Options ``verify`` accepts (``modelprove verify --set``); the rest of the config defines the protection.
+    verify_options: tuple[str, ...] = ()
+    # Extra inputs ``protect`` takes as keyword paths besides the data: "model" (an already trained
+    # source model to fingerprint, CAE) and "logo" (blind watermark). The CLI's --model / --logo.
+    inputs: tuple[str, ...] = ()
 
 
 METHODS: dict[str, MethodSpec] = {
     "move": MethodSpec("move", move.ACCESS, move.MoveConfig, move.protect, move.verify, move.open_protection,
                        "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
-                       "on probability differences under augmentations (black-box) (Li et al. 2022)"),
+                       "on probability differences under augmentations (black-box) (Li et al. 2022)",
+                       verify_options=move.VERIFY_OPTIONS),
 }
 
 
