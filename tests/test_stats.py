@@ -83,3 +83,16 @@ def test_roc_auc_hand_computed():
     assert roc_auc([0.5, 0.9], [0.5, 0.1]) == pytest.approx(0.875)
     with pytest.raises(ModelproveError):
         roc_auc([], [0.1])
+
+
+def test_margin_shifts_the_null_hypothesis():
+    # differences 0.1, 0.2, 0.3 (mean 0.2): significant against 0, not against a margin of 0.25;
+    # against margin 0.1 the t statistic is (0.2 - 0.1) / (0.1 / sqrt(3))
+    suspect, benign = np.array([0.1, 0.2, 0.3]), np.zeros(3)
+    assert paired_ttest_greater(suspect, benign).p_value < 0.05
+    shifted = paired_ttest_greater(suspect, benign, margin=0.1)
+    assert shifted.statistic == pytest.approx(np.sqrt(3))
+    assert shifted.delta_mu == pytest.approx(0.2)
+    assert paired_ttest_greater(suspect, benign, margin=0.25).p_value > 0.5
+    # identical differences: decided by the sign of delta_mu - margin
+    assert paired_ttest_greater(np.full(3, 0.2), np.zeros(3), margin=0.3).p_value == 1.0

@@ -237,6 +237,38 @@ def list_attacks() -> None:
             out.print(f"    {name}=<{kind}>  (default {default})", highlight=False)
 
 
+@app.command()
+def bench(
+    grid: Annotated[Optional[str], typer.Argument(
+        help="A preset (smoke, move-fmnist, multistage) or the path of a grid TOML file.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/bench/NAME).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Model cache shared between grids (default runs/bench/cache).")] = None,
+    report: Annotated[Optional[list[Path]], typer.Option(
+        help="Also write the Markdown report here (repeatable), e.g. docs/results/move-fmnist.md.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
+) -> None:
+    """Run (or resume) a grid of methods x attacks x seeds; write results.jsonl, report.md and a plot."""
+    from modelprove.bench import load_bench_config, preset_names, run_bench
+
+    if list_ or grid is None:
+        for name in preset_names():
+            config = load_bench_config(name)
+            out.print(f"[bold]{name}[/]: {' '.join(config.description.split())}", highlight=False)
+        return
+    try:
+        config = load_bench_config(grid)
+        run = run_bench(config, out_dir or Path("runs/bench") / config.name,
+                        cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
+                        progress=True)
+    except ModelproveError as error:
+        _fail(error)
+    out.print(f"{len(run.records)} cells ({run.cells_run} verified now) in {run.seconds / 60:.1f} min; cache "
+              f"{run.cache_hits} hits, {run.cache_misses} misses; report: {', '.join(map(str, run.reports))}",
+              highlight=False)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List ownership methods, the suspect access they need, and their parameters."""

@@ -21,8 +21,11 @@ class PairedTTest:
     degenerate: bool  # every paired difference was the same number: the t statistic is undefined
 
 
-def paired_ttest_greater(suspect: np.ndarray, benign: np.ndarray) -> PairedTTest:
-    """One-sided paired t-test of ``suspect`` > ``benign`` (scipy.stats.ttest_rel).
+def paired_ttest_greater(suspect: np.ndarray, benign: np.ndarray, margin: float = 0.0) -> PairedTTest:
+    """One-sided paired t-test of ``suspect`` > ``benign`` + ``margin`` (scipy.stats.ttest_rel).
+
+    With ``margin`` > 0 the null hypothesis is mean(suspect - benign) <= margin; ``delta_mu`` is still
+    the plain mean difference.
 
     When all differences are identical the variance is zero and scipy returns NaN; the limit of the
     test is then p = 0 for a positive difference and p = 1 otherwise, reported with ``degenerate``.
@@ -39,13 +42,13 @@ def paired_ttest_greater(suspect: np.ndarray, benign: np.ndarray) -> PairedTTest
     delta_mu = float(differences.mean())
     if np.ptp(differences) == 0.0:
         return PairedTTest(
-            p_value=0.0 if delta_mu > 0 else 1.0,
+            p_value=0.0 if delta_mu > margin else 1.0,
             delta_mu=delta_mu,
-            statistic=float("inf") if delta_mu > 0 else float("nan"),
+            statistic=float("inf") if delta_mu > margin else float("nan"),
             samples=int(suspect.size),
             degenerate=True,
         )
-    result = stats.ttest_rel(suspect, benign, alternative="greater")
+    result = stats.ttest_rel(suspect - margin, benign, alternative="greater")
     return PairedTTest(
         p_value=float(result.pvalue),
         delta_mu=delta_mu,

@@ -1,0 +1,214 @@
+"""A benchmark grid described in a small TOML file: dataset x victim training x methods x attacks x seeds.
+
+Example (the shipped presets are in ``modelprove/bench/presets/``)::
+
+    name = "move-fmnist"
+    seeds = [0, 1, 2]                     # victim seeds; attacks and verification use the same seed
+    settings = ["white-box", "black-box"]
+
+    [data]
+    dataset = "fashion-mnist"             # a load_dataset name or path, or "mnist-digits"
+    defender_limit = 10000
+
+    [training]                            # every victim, benign and independent model
+    arch = "cnn_small"
+    epochs = 5
+
+    [[methods]]
+    name = "move"
+    set = { m = 10 }                      # method parameters (as `protect --set`)
+
+    [[attacks]]
+    label = "Distillation"                # the paper's row name
+    attack = "distill:epochs=5"           # a `modelprove steal --attack` string (chains with '>')
+
+    [[independents]]                      # models that share nothing with the victim but the task
+    arch = "lenet5"
+    seeds = [200, 201]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelprove.core.errors import ModelproveError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+SETTINGS = ("white-box", "black-box")
+
+
+class BenchConfigError(ModelproveError):
+    """A preset or grid file that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    attacker_fraction: float = 0.5
+    split_seed: int = 0  # the defender/attacker split is the same for every seed of the grid
+    defender_limit: int | None = None
+    attacker_limit: int | None = None
+    test_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    arch: str = "cnn_small"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    augmentation: str = "crop"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    label: str
+    set: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    label: str
+    attack: str
+    paper: str | None = None  # the row of the paper's table this reproduces
+
+
+@dataclass(frozen=True)
+class IndependentEntry:
+    arch: str
+    seeds: tuple[int, ...]
+    data: str = "attacker"  # the attacker's part of the training set: disjoint from the victim's
+    epochs: int | None = None  # default: [training] epochs
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    description: str
+    data: DataSpec
+    training: TrainingSpec
+    seeds: tuple[int, ...]
+    settings: tuple[str, ...]
+    methods: tuple[MethodEntry, ...]
+    attacks: tuple[AttackEntry, ...]
+    independents: tuple[IndependentEntry, ...]
+    alpha: float = 0.01
+    source: str = ""
+    paper_table: str = ""  # which paper table the rows are compared with (bench.paper), if any
+
+    def independent_models(self) -> list[tuple[str, int, str, int]]:
+        """(arch, seed, data part, epochs) of every independent model."""
+        return [(entry.arch, seed, entry.data, entry.epochs or self.training.epochs)
+                for entry in self.independents for seed in entry.seeds]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load_bench_config(name_or_path: str | Path) -> BenchConfig:
+    """A preset by name (``smoke``, ``move-fmnist``, ``multistage``) or a TOML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and (PRESETS_DIR / f"{name_or_path}.toml").is_file():
+        path = PRESETS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise BenchConfigError(
+            f"no preset or grid file {str(name_or_path)!r}.",
+            fix=f"use one of the presets ({', '.join(preset_names())}) or the path of a TOML file.",
+        )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchConfigError(f"not valid TOML: {exc}.", path=path) from None
+    return parse_bench_config(raw, source=str(path))
+
+
+def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConfig:
+    from modelprove.attacks import get_attack, parse_attack
+    from modelprove.methods import METHODS
+    from modelprove.models import ARCHITECTURES
+
+    def fail(field_name: str, problem: str, fix: str) -> BenchConfigError:
+        return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
+
+    known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
+             "alpha", "paper_table"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
+
+    def table(key: str, cls: type) -> Any:
+        values = raw.get(key, {})
+        if not isinstance(values, dict):
+            raise fail(key, "must be a table", f"write [{key}] with key = value lines")
+        names = set(cls.__dataclass_fields__)
+        extra = sorted(set(values) - names)
+        if extra:
+            raise fail(f"{key}.{extra[0]}", "is not known", f"known: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    data = table("data", DataSpec)
+    training = table("training", TrainingSpec)
+    if training.arch not in ARCHITECTURES:
+        raise fail("training.arch", f"unknown architecture {training.arch!r}", f"one of {', '.join(ARCHITECTURES)}")
+    seeds = raw.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)) or len(set(seeds)) != len(seeds):
+        raise fail("seeds", f"expected a non-empty list of distinct integers, got {seeds!r}", "e.g. seeds = [0, 1, 2]")
+    settings = raw.get("settings", list(SETTINGS))
+    if not settings or any(s not in SETTINGS for s in settings):
+        raise fail("settings", f"expected a list of {', '.join(SETTINGS)}, got {settings!r}", 'e.g. settings = ["white-box"]')
+
+    methods = []
+    for i, entry in enumerate(raw.get("methods", [])):
+        name = entry.get("name")
+        if name not in METHODS:
+            raise fail(f"methods[{i}].name", f"unknown method {name!r}", f"one of {', '.join(METHODS)}")
+        if not isinstance(entry.get("set", {}), dict):
+            raise fail(f"methods[{i}].set", "must be a table", "e.g. set = { m = 10 }")
+        methods.append(MethodEntry(name, entry.get("label", name), dict(entry.get("set", {}))))
+    if not methods:
+        raise fail("methods", "the grid has no method", 'add [[methods]] name = "move"')
+
+    attacks = []
+    for i, entry in enumerate(raw.get("attacks", [])):
+        attack = entry.get("attack")
+        if not isinstance(attack, str):
+            raise fail(f"attacks[{i}].attack", "missing", 'e.g. attack = "distill:epochs=5"')
+        try:
+            for stage in parse_attack(attack):
+                get_attack(stage.name)
+        except ModelproveError as exc:
+            raise fail(f"attacks[{i}].attack", str(exc), "see `modelprove steal --list`") from None
+        attacks.append(AttackEntry(entry.get("label", attack), attack, entry.get("paper")))
+
+    independents = []
+    for i, entry in enumerate(raw.get("independents", [])):
+        arch, entry_seeds = entry.get("arch"), entry.get("seeds", [])
+        if arch not in ARCHITECTURES:
+            raise fail(f"independents[{i}].arch", f"unknown architecture {arch!r}", f"one of {', '.join(ARCHITECTURES)}")
+        if not entry_seeds or not all(isinstance(s, int) for s in entry_seeds):
+            raise fail(f"independents[{i}].seeds", "expected a non-empty list of integers", "e.g. seeds = [100, 101]")
+        clash = sorted(set(entry_seeds) & set(seeds)) if arch == training.arch else []
+        if clash:
+            raise fail(f"independents[{i}].seeds", f"seed {clash[0]} is also a victim seed, so that model would share "
+                       "its initialisation with a victim", "use seeds the victims do not use")
+        part = entry.get("data", "attacker")
+        if part != "attacker":
+            raise fail(f"independents[{i}].data", f"must be 'attacker' (got {part!r}): an independent model may share "
+                       "nothing with the victim but the task", 'remove the field or write data = "attacker"')
+        independents.append(IndependentEntry(arch, tuple(entry_seeds), part, entry.get("epochs")))
+
+    alpha = raw.get("alpha", 0.01)
+    if not isinstance(alpha, float) or not 0 < alpha < 1:
+        raise fail("alpha", f"expected a number strictly between 0 and 1, got {alpha!r}", "e.g. alpha = 0.01")
+    return BenchConfig(
+        name=raw.get("name", Path(source).stem), description=raw.get("description", ""), data=data,
+        training=training, seeds=tuple(seeds), settings=tuple(settings), methods=tuple(methods),
+        attacks=tuple(attacks), independents=tuple(independents), alpha=alpha, source=source,
+        paper_table=raw.get("paper_table", ""),
+    )

@@ -1,0 +1,50 @@
+"""The benchmark's results: one JSON line per verified cell, appended as each cell finishes.
+
+A killed run leaves at worst a truncated last line; reading drops it (and says so), and the next run
+rewrites the file without it before appending, so resuming never duplicates or corrupts a cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from modelprove.core.fileio import atomic_write_bytes
+
+
+class ResultLog:
+    """Records by cell key; ``add`` appends one line and flushes it to disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.dropped = 0
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    self.dropped += 1
+                    continue
+                if isinstance(record, dict) and "cell" in record:
+                    self.records[record["cell"]] = record
+            if self.dropped:
+                body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
+                atomic_write_bytes(self.path, body.encode())
+
+    def __contains__(self, cell: str) -> bool:
+        return cell in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records[record["cell"]] = record

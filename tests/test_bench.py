@@ -1,0 +1,178 @@
+"""The benchmark harness: grid files, cache keys, results log, and a killed run that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelprove.bench import BenchConfigError, load_bench_config, parse_bench_config, preset_names, recipe_key
+from modelprove.bench.results import ResultLog
+from modelprove.bench.runner import plan_grid, run_bench
+
+DATA = {"dataset": "x", "defender": "d0", "attacker": "a0", "test": "t0"}
+
+GRID = {
+    "name": "unit",
+    "seeds": [0, 1],
+    "settings": ["white-box", "black-box"],
+    "data": {"dataset": "mnist-digits", "defender_limit": 100},
+    "training": {"arch": "cnn_small", "epochs": 2},
+    "methods": [{"name": "move", "set": {"benign_models": 1}}],
+    "attacks": [{"label": "Direct-copy", "attack": "copy"}, {"label": "Fine-tuning", "attack": "finetune:epochs=1"}],
+    "independents": [{"arch": "lenet5", "seeds": [200]}],
+}
+
+
+def keys(grid: dict, data: dict = DATA) -> dict[str, set[str]]:
+    """Every key the grid's plan holds, by kind: protections, suspects, independents, cells."""
+    protections, suspects, plan = plan_grid(parse_bench_config(grid), data)
+    return {
+        "protections": {p["key"] for p in protections.values()},
+        "suspects": {recipe_key(chain[-1]) for chain in suspects.values()},
+        "independents": {c["suspect_key"] for c in plan if c["kind"] == "independent"},
+        "cells": {c["key"] for c in plan},
+    }
+
+
+def variant(**changes) -> dict:
+    grid = json.loads(json.dumps(GRID))
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = grid
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return grid
+
+
+def test_recipe_key_ignores_order_and_sees_every_value():
+    recipe = {"a": 1, "b": {"c": [1, 2], "d": "x"}}
+    assert recipe_key(recipe) == recipe_key({"b": {"d": "x", "c": [1, 2]}, "a": 1})
+    for changed in ({"a": 2, "b": {"c": [1, 2], "d": "x"}}, {"a": 1, "b": {"c": [2, 1], "d": "x"}},
+                    {"a": 1, "b": {"c": [1, 2], "d": "y"}}, {"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": None}):
+        assert recipe_key(changed) != recipe_key(recipe)
+
+
+def test_plan_counts_every_cell():
+    plan = plan_grid(parse_bench_config(GRID), DATA)[2]
+    # 2 seeds x 1 method x (2 attacks + 1 independent) x 2 settings
+    assert len(plan) == 12 and len({c["key"] for c in plan}) == 12
+
+
+def test_keys_unchanged_by_presentation_fields():
+    base = keys(GRID)
+    assert keys(variant(attacks__0__label="Copy", name="renamed", description="words")) == {
+        **base, "cells": keys(variant(attacks__0__label="Copy"))["cells"]}
+    assert keys(variant(methods__0__label="MOVE")) == base
+    assert keys(variant(data__data_dir="/elsewhere")) == base  # where the files are, not what they hold
+
+
+@pytest.mark.parametrize("change, changed", [
+    ({"training__epochs": 3}, {"protections", "suspects", "independents", "cells"}),
+    ({"training__arch": "lenet5"}, {"protections", "suspects", "independents", "cells"}),
+    ({"methods__0__set": {"benign_models": 2}}, {"protections", "suspects", "cells"}),
+    ({"attacks__1__attack": "finetune:epochs=2"}, {"suspects", "cells"}),
+    ({"independents__0__seeds": [201]}, {"independents", "cells"}),
+    ({"methods__0__set": {"benign_models": 1, "margin": 0.1}}, {"cells"}),  # a verification option
+])
+def test_keys_change_exactly_where_the_input_determines_them(change, changed):
+    base, new = keys(GRID), keys(variant(**change))
+    for kind in base:
+        assert (base[kind] != new[kind]) == (kind in changed), kind
+
+
+def test_keys_change_with_the_data():
+    base = keys(GRID)
+    other = keys(GRID, {**DATA, "attacker": "a1"})
+    assert other["protections"] == base["protections"]  # the victim never sees the attacker's data
+    assert other["suspects"] != base["suspects"] and other["independents"] != base["independents"]
+    assert keys(GRID, {**DATA, "defender": "d1"})["protections"] != base["protections"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"bogus": 1}, "bogus"),
+    ({"methods": [{"name": "nope"}]}, "methods[0].name"),
+    ({"methods": []}, "methods"),
+    ({"attacks": [{"attack": "nope"}]}, "attacks[0].attack"),
+    ({"independents": [{"arch": "cnn_small", "seeds": [0]}]}, "independents[0].seeds"),
+    ({"independents": [{"arch": "lenet5", "seeds": [1], "data": "defender"}]}, "independents[0].data"),
+    ({"settings": ["grey-box"]}, "settings"),
+    ({"training": {"arch": "nope"}}, "training.arch"),
+    ({"data": {"size": 3}}, "data.size"),
+])
+def test_grid_errors_name_the_field(change, field):
+    with pytest.raises(BenchConfigError, match=f"field '{field.replace('[', '.').replace(']', '.')}"):
+        parse_bench_config({**GRID, **change}, source="grid.toml")
+
+
+def test_unknown_method_parameter_is_refused():
+    with pytest.raises(Exception, match="no parameter 'nope'"):
+        plan_grid(parse_bench_config(variant(methods__0__set={"nope": 1})), DATA)
+
+
+def test_presets_parse():
+    assert {"smoke", "move-fmnist", "multistage"} <= set(preset_names())
+    for name in preset_names():
+        config = load_bench_config(name)
+        assert config.methods and config.attacks
+    fmnist = load_bench_config("move-fmnist")
+    assert len(fmnist.independent_models()) >= 10 and fmnist.seeds == (0, 1, 2)
+
+
+def test_result_log_drops_a_truncated_last_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    log = ResultLog(path)
+    log.add({"cell": "a", "p": 1})
+    log.add({"cell": "b", "p": 2})
+    with open(path, "a") as handle:
+        handle.write('{"cell": "c", "p"')  # killed mid-write
+    reopened = ResultLog(path)
+    assert reopened.dropped == 1 and set(reopened.records) == {"a", "b"}
+    reopened.add({"cell": "c", "p": 3})
+    assert [json.loads(line)["cell"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
+    """The smoke preset end to end: killed after its first results, resumed, then re-run from cache."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelprove", "bench", "smoke", "--out", str(out), "--cache", str(cache),
+         "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the smoke run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines() if line}
+    assert 2 <= len(before) < 8
+    with open(results, "a") as handle:
+        handle.write('{"cell": "half a li')  # as if the kill had landed mid-write
+    cached_models = {p.parent.name for p in cache.rglob("entry.json")}
+
+    config = load_bench_config("smoke")
+    resumed = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
+    assert len(resumed.records) == 8 and resumed.cells_run == 8 - len(before)
+    after = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines()}
+    assert len(after) == 8 and all(after[cell] == record for cell, record in before.items())
+    rebuilt = {p.parent.name for p in cache.rglob("entry.json")}
+    assert cached_models <= rebuilt and resumed.cache_misses == len(rebuilt - cached_models)
+    assert not list(cache.rglob("*.partial/entry.json"))
+    report = (out / "report.md").read_text()
+    assert "## Verification, black-box" in report and "## False accusations" in report
+    assert (out / "report-pvalues.png").stat().st_size > 0
+
+    again = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
+    assert again.cells_run == 0 and again.cache_misses == 0 and again.records == resumed.records
