@@ -105,22 +105,36 @@ def method_config(spec: MethodSpec, config: BenchConfig, seed: int, overrides: d
 
 
 class _Progress:
-    """One line per cell: what ran, how long it took, and an estimate of the time left."""
+    """One line per cell: what ran, how long it took, and an estimate of the time left.
 
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.total, self.done, self.enabled = total, done, enabled
+    Cells are uneven: the first cell of a suspect trains it (minutes), the others only verify
+    (a second). The estimate counts the suspects still to be made and the cells that only verify,
+    each at the mean time measured so far for its kind.
+    """
+
+    def __init__(self, cells: list[dict[str, Any]], done: set[str], enabled: bool):
+        self.total, self.done, self.enabled = len(cells), len(done), enabled
         self.start = time.perf_counter()
         self.ran = 0
+        self.times: dict[bool, list[float]] = {True: [], False: []}
+        self.pending = [c for c in cells if c["key"] not in done]
+        self.made = {c["suspect_key"] for c in cells if c["key"] in done}
 
-    def cell(self, what: str, seconds: float) -> None:
+    def cell(self, cell: dict[str, Any], what: str, seconds: float) -> None:
+        builds = cell["suspect_key"] not in self.made
+        self.made.add(cell["suspect_key"])
+        self.times[builds].append(seconds)
+        self.pending.remove(cell)
         self.done += 1
         self.ran += 1
         if not self.enabled:
             return
+        to_make = {c["suspect_key"] for c in self.pending} - self.made
+        mean = {kind: (sum(t) / len(t) if t else seconds) for kind, t in self.times.items()}
+        left = len(to_make) * mean[True] + (len(self.pending) - len(to_make)) * mean[False]
         elapsed = time.perf_counter() - self.start
-        left = (self.total - self.done) * elapsed / self.ran
         console.print(f"[{self.done}/{self.total}] {what} ({seconds:.1f} s) · elapsed {elapsed / 60:.1f} min · "
-                      f"about {left / 60:.1f} min left", highlight=False)
+                      f"about {left / 60:.0f} min left", highlight=False)
 
 
 def plan_grid(config: BenchConfig, data: dict[str, Any]):
@@ -166,6 +180,8 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
             for setting in config.settings:
                 plan.append({"kind": "independent", "seed": seed, "method": label, "setting": setting,
                              "independent": independents[-1], "suspect_key": independents[-1]["key"]})
+    # Seed by seed, so that an interrupted run already holds whole seeds (attacks and independents).
+    plan.sort(key=lambda cell: config.seeds.index(cell["seed"]))
     for cell in plan:
         prot = protections[(cell["seed"], cell["method"])]
         cell["protection"] = prot
@@ -202,7 +218,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     protections, suspect_recipes, plan = plan_grid(config, data)
 
     done = sum(cell["key"] in log for cell in plan)
-    bar = _Progress(len(plan), done, progress)
+    bar = _Progress(plan, {cell["key"] for cell in plan if cell["key"] in log}, progress)
     if progress:
         console.print(f"bench {config.name}: {len(plan)} cells, {done} already in {log.path}", highlight=False)
 
@@ -277,7 +293,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                   "benign_test_accuracy": benign_accuracy(seed), **row}
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
         log.add(record)
-        bar.cell(f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}",
+        bar.cell(cell, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}",
                  time.perf_counter() - cell_start)
 
     records = [log.records[cell["key"]] for cell in plan]
