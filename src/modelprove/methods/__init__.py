@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import move
+from modelprove.methods import badnets, move
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ METHODS: dict[str, MethodSpec] = {
                        "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
                        "on probability differences under augmentations (black-box) (Li et al. 2022)",
                        verify_options=move.VERIFY_OPTIONS),
+    "badnets": MethodSpec("badnets", badnets.ACCESS, badnets.BadNetsConfig, badnets.protect, badnets.verify,
+                          badnets.open_protection,
+                          "BadNets watermark: 3x3 white square trigger, 10% poisoned to a target label; paired t-test "
+                          "of the target-class probability on triggered vs benign images (Gu et al. 2017)",
+                          verify_options=badnets.VERIFY_OPTIONS),
 }
 
 
