@@ -171,3 +171,28 @@ def test_registered_for_the_cli_and_the_benchmark():
     fields = spec.config.__dataclass_fields__
     assert {"arch", "epochs", "batch_size", "lr", "augmentation", "seed", "alpha", "m", "m_black_box"} <= set(fields)
     assert spec.config().alpha == 0.01 and spec.config().m == 10 and spec.config().poison_rate == 0.1
+
+
+def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, single_thread):
+    """`modelprove protect --method badnets` and `modelprove verify` on the bars task saved as npz."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from modelprove.cli.main import app
+
+    defender, _, test = bars_task
+    for part, name in ((defender, "bars_train.npz"), (test, "bars_test.npz")):
+        np.savez(tmp_path / name, x=part.images.numpy(), y=part.labels.numpy())
+    runner = CliRunner()
+    result = runner.invoke(app, ["protect", "--method", "badnets", "--data", str(tmp_path / "bars_train.npz"),
+                                 "--out", str(tmp_path / "prot"), "--set", "arch=lenet5", "--set", "epochs=12",
+                                 "--set", "verification_pool=150", "--set", "poison_rate=0.2"])
+    assert result.exit_code == 0, result.output
+    assert "victim test accuracy" in result.output
+    result = runner.invoke(app, ["verify", "--protection", str(tmp_path / "prot"), "--access", "black-box",
+                                 "--suspect", str(tmp_path / "prot" / "victim.safetensors"), "--m", "50",
+                                 "--json", str(tmp_path / "v.json")])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["method"] == "badnets" and verdict["stolen"] is True
+    assert verdict["samples"] == 50 and verdict["queries"] == 100 and verdict["setting"] == "black-box"
