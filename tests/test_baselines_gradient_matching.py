@@ -127,3 +127,12 @@ def test_parameter_checks_and_registry(protection):
     assert {"arch", "epochs", "batch_size", "lr", "augmentation", "seed", "alpha", "m", "m_black_box"} <= set(
         spec.config.__dataclass_fields__)
     assert spec.config().eps == pytest.approx(16 / 255)
+
+
+def test_too_few_verification_images_fail_before_any_training(bars_task, tmp_path):
+    defender, _, test = bars_task
+    with pytest.raises(ModelproveError, match="outside the target class"):
+        gm.protect(defender, test.subset(range(100)), tmp_path / "p", gm.GradientMatchingConfig(verification_pool=120))
+    with pytest.raises(ModelproveError, match="target = 7 is not a class"):
+        gm.protect(defender, test, tmp_path / "p", gm.GradientMatchingConfig(target=7))
+    assert not (tmp_path / "p").exists()

@@ -232,6 +232,7 @@ def protect(
     check_task(defender, test, config.target)
     out = Path(out)
     ensure_writable(out, force)
+    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)  # fails before training
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -276,7 +277,6 @@ def protect(
     victim = new_model(config.arch, defender, config.seed)
     record = train(victim, poisoned, config.train_config(config.seed), description="victim (clean-label poisoned D)")
     timings["train_victim"] = time.perf_counter() - start
-    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)
     linf = (perturbed.int() - defender.images[poison_rows].int()).abs().amax().item() if len(poison_rows) else 0
     results = {
         **trigger_results(victim, test, pool, config),
