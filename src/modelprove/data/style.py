@@ -221,6 +221,19 @@ class MagentaStyleTransformer:
         }
 
 
+def stamp_patch(images: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """A copy of ``images`` (N, C, H, W) with a white ``size`` x ``size`` square at the bottom-right
+    corner: BadNets' trigger (Gu et al. 2017) and MOVE's patch ablation. White is 255 for uint8
+    images and 1.0 for float images in [0, 1]."""
+    if size < 1:
+        raise ModelproveError(f"the patch size must be at least 1 pixel, got {size}.")
+    if images.dim() < 2 or size > min(images.shape[-2:]):
+        raise ModelproveError(f"a {size}x{size} patch does not fit images of shape {tuple(images.shape)}.")
+    out = images.clone()
+    out[..., -size:, -size:] = 255 if images.dtype == torch.uint8 else 1.0
+    return out
+
+
 @dataclass
 class PatchTransformer:
     """The ablation of MOVE Sec. 7.2.1: a BadNets-style white square stamped at the bottom-right
@@ -234,9 +247,7 @@ class PatchTransformer:
             raise ModelproveError(f"the patch size must be at least 1 pixel, got {self.size}.")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.clone()
-        out[..., -self.size :, -self.size :] = 1.0
-        return out
+        return stamp_patch(images, self.size)
 
     def describe(self) -> dict:
         return {"transformer": self.name, "size": self.size}

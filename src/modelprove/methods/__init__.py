@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import move
+from modelprove.methods import badnets, gradient_matching, move
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,17 @@ METHODS: dict[str, MethodSpec] = {
                        "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
                        "on probability differences under augmentations (black-box) (Li et al. 2022)",
                        verify_options=move.VERIFY_OPTIONS),
+    "badnets": MethodSpec("badnets", badnets.ACCESS, badnets.BadNetsConfig, badnets.protect, badnets.verify,
+                          badnets.open_protection,
+                          "BadNets watermark: 3x3 white square trigger, 10% poisoned to a target label; paired t-test "
+                          "of the target-class probability on triggered vs benign images (Gu et al. 2017)",
+                          verify_options=badnets.VERIFY_OPTIONS),
+    "gradient-matching": MethodSpec("gradient-matching", gradient_matching.ACCESS,
+                                    gradient_matching.GradientMatchingConfig, gradient_matching.protect,
+                                    gradient_matching.verify, gradient_matching.open_protection,
+                                    "Gradient-matching watermark: clean-label poisons crafted so their gradient "
+                                    "matches the trigger's (Witches' Brew, Geiping et al. 2021); BadNets' t-test",
+                                    verify_options=gradient_matching.VERIFY_OPTIONS),
 }
 
 

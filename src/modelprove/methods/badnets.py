@@ -1,0 +1,351 @@
+"""BadNets watermark: a backdoor trigger as the owner's watermark (Gu et al. 2017), MOVE's baseline.
+
+MOVE (TPAMI, Sec. 6.1, "Baseline Selection" and Fig. 3b) compares with model watermarking by BadNets:
+a white square in the lower-right corner is the trigger, 10% of the training samples are poisoned
+(stamped and relabelled to a target class), and the victim trains on the poisoned set. Ownership is
+verified as MOVE verifies its own features (Sec. 5.4): a one-sided paired t-test of H0: mu_T <= mu_B,
+where, for m benign images x (held-out test images not of the target class) and their triggered
+versions x_T, p_T = S(x_T)[target] and p_B = S(x)[target] are the suspect's target-class
+probabilities; stolen iff p < alpha, with delta_mu = mu_T − mu_B as the confidence. The test needs only
+probabilities, so white-box verification is the same test (the paper: "methods designed under the
+black-box setting can also be used in the white-box scenarios"), with m = 10 white-box and m = 100
+black-box as in the paper's evaluation.
+
+Poisoned samples are drawn at random from the whole training set, target-class images included, as in
+BackdoorBox's BadNets (on which the paper builds its baseline). The trigger is stamped before the
+trainer's augmentation, so random crops shift it by up to the crop padding, as they would any pixel.
+
+The trigger verification here (verification pool, protection files, the t-test) is shared with the
+clean-label gradient-matching watermark (methods/gradient_matching.py), which differs only in how the
+victim learns the trigger.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
+from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.core.fileio import sha256_file
+from modelprove.core.seeding import generator
+from modelprove.core.verdict import Verdict
+from modelprove.data.dataset import ImageDataset
+from modelprove.data.style import stamp_patch
+from modelprove.methods.protection import Protection, create_protection, ensure_writable
+from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_proba, save_model
+from modelprove.stats import paired_ttest_greater
+from modelprove.training import TrainConfig, TrainRecord, evaluate, train
+
+METHOD = "badnets"
+ACCESS = (WHITE_BOX, BLACK_BOX)  # the same test in both; white-box preferred when weights are offered
+# Settings a verifier may change without re-protecting (the rest define the protection).
+VERIFY_OPTIONS = ("m", "m_black_box", "alpha")
+POOL_FILE = "verification.safetensors"
+
+
+@dataclass
+class BadNetsConfig:
+    """BadNets watermark parameters; defaults follow MOVE's baseline setting (3x3 white square at the
+    bottom-right, 10% poisoned, m = 10 white-box / 100 black-box, alpha = 0.01)."""
+
+    arch: str = "cnn_small"
+    poison_rate: float = 0.1  # fraction of the training set stamped and relabelled to ``target``
+    target: int = 0  # the target label y_t
+    patch_size: int = 3  # side of the white square, in pixels
+    # Held-out test images (not of the target class) kept in the protection; verification draws its
+    # m benign images from them, so the suspect is never tested on the defender's training images.
+    verification_pool: int = 300
+    m: int = 10  # images per white-box verification (the paper's white-box m)
+    m_black_box: int = 100  # images per black-box verification (the paper's black-box m)
+    alpha: float = 0.01
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.05
+    augmentation: str = "crop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_trigger_fields(self)
+        if not 0.0 < self.poison_rate < 1.0:
+            raise ModelproveError(f"poison_rate must be in (0, 1), got {self.poison_rate}.")
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation, seed=seed
+        )
+
+
+def check_trigger_fields(config: Any) -> None:
+    """Checks shared by every trigger watermark config (BadNets, gradient matching)."""
+    if config.target < 0:
+        raise ModelproveError(f"target must be a class index >= 0, got {config.target}.")
+    if config.patch_size < 1:
+        raise ModelproveError(f"patch_size must be at least 1 pixel, got {config.patch_size}.")
+    if config.m < 2:
+        raise ModelproveError(f"m must be at least 2 for a paired t-test, got {config.m}.")
+    if config.m_black_box < 2:
+        raise ModelproveError(f"m_black_box must be at least 2 for a paired t-test, got {config.m_black_box}.")
+    if config.verification_pool < max(config.m, config.m_black_box):
+        raise ModelproveError(
+            f"verification_pool ({config.verification_pool}) must hold at least max(m, m_black_box) = "
+            f"{max(config.m, config.m_black_box)} images."
+        )
+    if not 0.0 < config.alpha < 1.0:
+        raise ModelproveError(f"alpha must be in (0, 1), got {config.alpha}.")
+
+
+@dataclass
+class TriggerProtection:
+    """What ``protect`` made (also written to the protection directory)."""
+
+    directory: Path
+    victim: Classifier
+    results: dict = field(default_factory=dict)
+
+
+@dataclass
+class OpenedTrigger:
+    """A trigger watermark protection loaded for verification."""
+
+    protection: Protection
+    victim: Classifier
+    victim_card: ModelCard
+    pool_images: torch.Tensor  # uint8 benign held-out images, none of the target class
+    pool_labels: torch.Tensor
+    config: Any
+
+
+def check_task(defender: ImageDataset, test: ImageDataset, target: int) -> None:
+    if defender.input_shape != test.input_shape or defender.classes != test.classes:
+        raise ModelproveError(
+            f"the defender data {defender.name} {defender.input_shape} and test data {test.name} "
+            f"{test.input_shape} do not describe the same task."
+        )
+    if target >= defender.num_classes:
+        raise ModelproveError(
+            f"target = {target} is not a class of {defender.name} (classes 0..{defender.num_classes - 1}).",
+            fix="choose target with --set target=K for a class index K of the data.",
+        )
+
+
+def poison_badnets(defender: ImageDataset, rate: float, target: int, patch_size: int,
+                   seed: int) -> tuple[ImageDataset, torch.Tensor]:
+    """BadNets' poisoned training set: a random ``rate`` of the rows stamped with the trigger and
+    relabelled to ``target``; returns (the whole set with those rows replaced, the poisoned rows)."""
+    count = max(1, round(rate * len(defender)))
+    rows = torch.randperm(len(defender), generator=generator(seed))[:count].sort().values
+    images, labels = defender.images.clone(), defender.labels.clone()  # dataset tensors are shared: copy
+    images[rows] = stamp_patch(defender.images[rows], patch_size)
+    labels[rows] = target
+    poisoned = ImageDataset(images, labels, list(defender.classes), f"{defender.name}[badnets]", defender.indices)
+    return poisoned, rows
+
+
+def verification_pool(test: ImageDataset, target: int, size: int, seed: int) -> ImageDataset:
+    """``size`` random held-out test images whose true label is not ``target`` (a triggered
+    target-class image says nothing about the trigger)."""
+    candidates = torch.nonzero(test.labels != target).squeeze(1)
+    if len(candidates) < size:
+        raise ModelproveError(
+            f"the test data {test.name} has only {len(candidates)} images outside the target class, "
+            f"fewer than verification_pool = {size}.",
+            fix="lower verification_pool (and m_black_box), or give more test images.",
+        )
+    chosen = candidates[torch.randperm(len(candidates), generator=generator(seed))[:size]].sort().values
+    return test.subset(chosen, name=f"{test.name}[verification]")
+
+
+def new_model(arch: str, defender: ImageDataset, seed: int) -> Classifier:
+    """A fresh classifier for ``defender``'s task, normalised with its pixel statistics (as MOVE's)."""
+    channels, height, width = defender.input_shape
+    sample = defender.as_float(torch.arange(min(len(defender), 10000)))
+    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    torch.manual_seed(seed)
+    return build_model(arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+
+
+def target_probabilities(model: Classifier, images: torch.Tensor, target: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p_T, p_B): the model's target-class probability on triggered and on benign float images."""
+    return (predict_proba(model, stamp_patch(images, patch_size))[:, target],
+            predict_proba(model, images)[:, target])
+
+
+def trigger_results(victim: Classifier, test: ImageDataset, pool: ImageDataset, config: Any) -> dict:
+    """The victim's accuracy and how well it learned the trigger, on held-out images."""
+    others = test.subset(torch.nonzero(test.labels != config.target).squeeze(1))
+    triggered = predict_proba(victim, stamp_patch(others.as_float(), config.patch_size)).argmax(dim=1)
+    p_triggered, p_benign = target_probabilities(victim, pool.as_float(), config.target, config.patch_size)
+    return {
+        "victim_test_accuracy": evaluate(victim, test),
+        # attack success rate: triggered non-target test images the victim labels as the target
+        "victim_trigger_success_rate": float((triggered == config.target).float().mean()),
+        "victim_pool_mu_triggered": float(p_triggered.mean()),
+        "victim_pool_mu_benign": float(p_benign.mean()),
+    }
+
+
+def write_trigger_protection(out: Path, method: str, config: Any, victim: Classifier, record: TrainRecord,
+                             defender: ImageDataset, pool: ImageDataset, results: dict, dataset_info: dict,
+                             access: tuple[str, ...], *, force: bool, extra_tensors: dict | None = None,
+                             provenance: dict | None = None) -> None:
+    """The protection directory: victim.safetensors + victim.json, the verification pool, a manifest."""
+    with create_protection(out, method, asdict(config), force=force) as writer:
+        training = {"dataset": defender.name, "test_accuracy": results["victim_test_accuracy"], **record.to_dict()}
+        save_model(victim, card_for(victim, defender.classes, training, {"kind": "victim", "method": method,
+                                                                        **(provenance or {})}),
+                   writer.path("victim.safetensors"))
+        save_file({"images": pool.images.contiguous(), "labels": pool.labels.contiguous(),
+                   "indices": pool.indices.contiguous()}, str(writer.path(POOL_FILE)))
+        if extra_tensors:
+            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(writer.path(f"{method}.safetensors")))
+        writer.record(dataset=dataset_info, results=results, access=access)
+
+
+def protect(
+    defender: ImageDataset,
+    test: ImageDataset,
+    out: str | Path,
+    config: BadNetsConfig | None = None,
+    *,
+    force: bool = False,
+) -> TriggerProtection:
+    """Train a BadNets-watermarked victim on ``defender`` data and write its protection to ``out``."""
+    config = config or BadNetsConfig()
+    check_task(defender, test, config.target)
+    out = Path(out)
+    ensure_writable(out, force)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    poisoned, rows = poison_badnets(defender, config.poison_rate, config.target, config.patch_size, config.seed)
+    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)
+    timings["poison"] = time.perf_counter() - start
+    start = time.perf_counter()
+    victim = new_model(config.arch, defender, config.seed)
+    record = train(victim, poisoned, config.train_config(config.seed), description="victim (BadNets-poisoned D)")
+    timings["train_victim"] = time.perf_counter() - start
+    results = {**trigger_results(victim, test, pool, config), "poisoned": len(rows),
+               "seconds": {k: round(v, 2) for k, v in timings.items()}}
+    dataset_info = {"defender": defender.name, "defender_size": len(defender), "test": test.name,
+                    "classes": defender.classes, "input_shape": list(defender.input_shape),
+                    "poisoned": len(rows), "verification_pool": len(pool)}
+    write_trigger_protection(out, METHOD, config, victim, record, defender, pool, results, dataset_info, ACCESS,
+                             force=force, extra_tensors={"poisoned_rows": rows})
+    return TriggerProtection(directory=out, victim=victim, results=results)
+
+
+def open_trigger_protection(directory: str | Path | Protection, method: str, config_type: type) -> OpenedTrigger:
+    """Load a trigger watermark protection of ``method`` (a path is opened and hash-checked first)."""
+    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
+    if protection.method != method:
+        raise ProtectionError(
+            f"this protection was made with method {protection.method!r}, not {method!r}.", path=protection.directory
+        )
+    config = config_type(**{k: v for k, v in protection.config.items() if k in config_type.__dataclass_fields__})
+    victim, card = load_model(protection.path("victim.safetensors"))
+    pool = load_file(str(protection.path(POOL_FILE)))
+    return OpenedTrigger(protection, victim, card, pool["images"], pool["labels"], config)
+
+
+def open_protection(directory: str | Path | Protection) -> OpenedTrigger:
+    """Load a BadNets protection for verification."""
+    return open_trigger_protection(directory, METHOD, BadNetsConfig)
+
+
+def verify_trigger(
+    opened: OpenedTrigger,
+    suspect: LabelOnlyAccess | Classifier,
+    *,
+    method: str,
+    access: tuple[str, ...],
+    verify_options: tuple[str, ...],
+    setting: str | None,
+    seed: int,
+    suspect_name: str | None,
+    options: dict,
+) -> Verdict:
+    """The triggered-vs-benign paired t-test of the suspect's target-class probability (MOVE Sec. 5.4's
+    test applied to a trigger watermark)."""
+    if opened.protection.method != method:
+        raise ProtectionError(f"this protection was made with method {opened.protection.method!r}, not {method!r}.",
+                              path=opened.protection.directory)
+    unknown = sorted(set(options) - set(verify_options))
+    if unknown:
+        raise ModelproveError(
+            f"{method} verification has no option {', '.join(unknown)}; it takes {', '.join(verify_options)}.",
+            fix=f"other {method} parameters define the protection; protect again to change them.",
+        )
+    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})  # validates
+    if isinstance(suspect, Classifier):
+        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
+    name = suspect_name or suspect.name
+    if setting is None:
+        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
+    if setting not in access:
+        raise ModelproveError(f"{method} verifies {' or '.join(access)}, not {setting!r}.")
+    require_access(suspect, setting, f"{method} {setting} verification")
+    card = opened.victim_card
+    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
+    m = config.m if setting == WHITE_BOX else config.m_black_box
+    if m > len(opened.pool_images):
+        raise ModelproveError(
+            f"m = {m} exceeds the {len(opened.pool_images)} images of the verification pool.",
+            fix=f"use m <= {len(opened.pool_images)}, or protect with a larger verification_pool.",
+        )
+    start = time.perf_counter()
+    queries_before = suspect.queries
+    rows = torch.randperm(len(opened.pool_images), generator=generator(seed))[:m]
+    benign = opened.pool_images[rows].float() / 255
+    if setting == WHITE_BOX:  # the weights are ours to run: no queries
+        p_triggered, p_benign = target_probabilities(suspect.model, benign, config.target, config.patch_size)  # type: ignore[attr-defined]
+    else:  # one batch: m triggered images, then their m benign originals
+        outputs = suspect.probabilities(torch.cat([stamp_patch(benign, config.patch_size), benign]))  # type: ignore[attr-defined]
+        p_triggered, p_benign = outputs[:m, config.target], outputs[m:, config.target]
+    test = paired_ttest_greater(p_triggered.numpy(), p_benign.numpy())
+    return Verdict(
+        method=method,
+        setting=setting,
+        suspect=name,
+        stolen=test.p_value < config.alpha,
+        p_value=test.p_value,
+        alpha=config.alpha,
+        effect=test.delta_mu,
+        effect_name="delta_mu",
+        samples=m,
+        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
+        seconds=round(time.perf_counter() - start, 3),
+        hashes={
+            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
+            "victim_weights": opened.protection.manifest["files"]["victim.safetensors"],
+        },
+        details={
+            "mu_suspect": float(p_triggered.mean()),  # mu_T: target-class probability on triggered images
+            "mu_reference": float(p_benign.mean()),  # mu_B: the same on their benign originals
+            "target": config.target,
+            "t_statistic": test.statistic,
+            "degenerate": test.degenerate,
+            "seed": seed,
+            "suspect_access": suspect.level,
+        },
+    )
+
+
+def verify(
+    protection: str | Path | OpenedTrigger,
+    suspect: LabelOnlyAccess | Classifier,
+    *,
+    setting: str | None = None,
+    seed: int = 0,
+    suspect_name: str | None = None,
+    **options,
+) -> Verdict:
+    """Is ``suspect`` stolen from the BadNets-watermarked victim? The paired t-test of its target-class
+    probability on triggered vs benign images; ``options`` are VERIFY_OPTIONS (m, m_black_box, alpha)."""
+    opened = protection if isinstance(protection, OpenedTrigger) else open_protection(protection)
+    return verify_trigger(opened, suspect, method=METHOD, access=ACCESS, verify_options=VERIFY_OPTIONS,
+                          setting=setting, seed=seed, suspect_name=suspect_name, options=options)
