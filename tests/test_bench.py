@@ -176,3 +176,25 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
 
     again = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
     assert again.cells_run == 0 and again.cache_misses == 0 and again.records == resumed.records
+
+
+def test_cache_keeps_the_entry_a_concurrent_process_finished_first(tmp_path):
+    from modelprove.bench import BenchCache
+
+    ours, theirs = BenchCache(tmp_path), BenchCache(tmp_path)
+    recipe = {"kind": "model", "seed": 1}
+
+    def fill_theirs(staging):
+        (staging / "weights").write_text("theirs")
+        return {"by": "theirs"}
+
+    def fill_ours(staging):
+        theirs._build("models", recipe, fill_theirs)  # the other process renames its entry in first
+        (staging / "weights").write_text("ours")
+        return {"by": "ours"}
+
+    directory, entry = ours._build("models", recipe, fill_ours)
+    assert entry["info"] == {"by": "theirs"} and (directory / "weights").read_text() == "theirs"
+    assert not list(tmp_path.rglob("*.partial"))
+    again, _ = BenchCache(tmp_path)._build("models", recipe, fill_ours)  # complete: never rebuilt
+    assert again == directory and (again / "weights").read_text() == "theirs"

@@ -75,7 +75,15 @@ class BenchCache:
                      "seconds": round(time.perf_counter() - start, 2),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             atomic_write_json(staging / ENTRY, entry)
-            staging.rename(directory)
+            try:
+                staging.rename(directory)
+            except OSError:  # another process sharing the cache finished the same entry first: keep theirs
+                existing = self._complete(directory)
+                if existing is None:
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
+                self.hits += 1
+                return directory, existing
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -192,8 +192,14 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-              threads: int | None = None, progress: bool = True, reports: list[Path] | None = None) -> BenchRun:
-    """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report."""
+              threads: int | None = None, progress: bool = True, reports: list[Path] | None = None,
+              only_methods: list[str] | None = None) -> BenchRun:
+    """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report.
+
+    ``only_methods`` (method labels) runs part of the grid: several processes, each with its own part,
+    may share one cache and one run directory (cache entries and result lines are written whole), and
+    a last run without it collects every part and writes the report.
+    """
     from modelprove.bench.report import write_report
 
     start = time.perf_counter()
@@ -216,6 +222,13 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                            lr=config.training.lr, augmentation=config.training.augmentation, seed=seed)
 
     protections, suspect_recipes, plan = plan_grid(config, data)
+    if only_methods:
+        labels = {m.label for m in config.methods}
+        unknown = sorted(set(only_methods) - labels)
+        if unknown:
+            raise ModelproveError(f"the grid {config.source} has no method labelled {unknown[0]!r}.",
+                                  fix=f"pick from {', '.join(sorted(labels))}.")
+        plan = [cell for cell in plan if cell["method"] in only_methods]
 
     done = sum(cell["key"] in log for cell in plan)
     bar = _Progress(plan, {cell["key"] for cell in plan if cell["key"] in log}, progress)
@@ -298,7 +311,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
 
     records = [log.records[cell["key"]] for cell in plan]
     run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start)
-    run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
+    if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
+        run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run
 
 

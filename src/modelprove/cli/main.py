@@ -247,6 +247,9 @@ def bench(
     report: Annotated[Optional[list[Path]], typer.Option(
         help="Also write the Markdown report here (repeatable), e.g. docs/results/move-fmnist.md.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    methods: Annotated[Optional[str], typer.Option(
+        help="Run only these method labels (comma-separated): parallel processes may each take a part, "
+             "sharing --out and --cache; then run once without it for the report.")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
 ) -> None:
     """Run (or resume) a grid of methods x attacks x seeds; write results.jsonl, report.md and a plot."""
@@ -261,7 +264,7 @@ def bench(
         config = load_bench_config(grid)
         run = run_bench(config, out_dir or Path("runs/bench") / config.name,
                         cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
-                        progress=True)
+                        progress=True, only_methods=[m.strip() for m in methods.split(",")] if methods else None)
     except ModelproveError as error:
         _fail(error)
     out.print(f"{len(run.records)} cells ({run.cells_run} verified now) in {run.seconds / 60:.1f} min; cache "
