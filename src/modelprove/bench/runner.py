@@ -309,7 +309,10 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         bar.cell(cell, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}",
                  time.perf_counter() - cell_start)
 
-    records = [log.records[cell["key"]] for cell in plan]
+    # Labels are presentation, not part of any key: take them from this grid, not from the run that verified.
+    records = [{**log.records[cell["key"]], "method": cell["method"],
+                **({"row": cell["attack"].label, "paper_row": cell["attack"].paper} if cell["kind"] == "attack" else {})}
+               for cell in plan]
     run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start)
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
