@@ -72,8 +72,12 @@ def main(method: str, doc: str) -> int:
     def plain_model(data, seed: int):
         def make():
             channels, height, width = data.input_shape
+            # normalised like the methods' victims (statistics of the training data), so the plain
+            # model differs from the victim only by the method's training change
+            sample = data.as_float(torch.arange(min(len(data), 10000)))
+            mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
             torch.manual_seed(seed)
-            model = build_model(config.arch, channels, data.num_classes, (height, width))
+            model = build_model(config.arch, channels, data.num_classes, (height, width), mean=mean, std=std)
             train(model, data, config.train_config(seed), description=f"plain model on {data.name}, seed {seed}")
             return model, {"kind": "plain", "data": data.name, "seed": seed}
         return make
