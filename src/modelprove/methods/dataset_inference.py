@@ -29,7 +29,11 @@ Scaled for CPU (DI uses L1, L2 and L-inf and much longer searches over more samp
 fit the regressor. DI needs the victim to treat its training samples differently from unseen ones
 (it measures overfitting in the decision margin); a well-generalising small model on
 Fashion-MNIST may show little separation, and a model trained independently on the same
-distribution should show none.
+distribution should show none. Measured (scripts/dataset_inference_sanity.py, cnn_small, 1 thread):
+with 10k private images and 5 epochs (88% on private, 84% on test samples) nothing is flagged, not
+even the victim itself (median p 0.48 white-box, 0.53 black-box); with 1k private images and 40
+epochs without augmentation (99.5% vs 82%) the victim is flagged black-box in 1 of 3 draws
+(median p 0.011), white-box in none (0.15); the independent model is never flagged.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ victim, so the protection trains its own victim.
    EWE is a black-box method; the white-box setting computes the same statistic from the weights
    (MOVE: "methods designed under the black-box setting can also be used in the white-box
    scenarios"), with the white-box m (10) instead of the black-box m (100).
+
+Measured (scripts/entangled_sanity.py: Fashion-MNIST 10k/10k/2k, 5 epochs, cnn_small, kappa 0.1):
+victim 82.3% test accuracy vs 84.05% for the same model trained without watermarks; the victim, a
+copy and a fine-tuned copy flagged (p <= 1e-19), an independent model cleared (p >= 0.85).
 """
 
 from __future__ import annotations
