@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import badnets, gradient_matching, move
+from modelprove.methods import badnets, dataset_inference, entangled, gradient_matching, move
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,17 @@ METHODS: dict[str, MethodSpec] = {
                                     "Gradient-matching watermark: clean-label poisons crafted so their gradient "
                                     "matches the trigger's (Witches' Brew, Geiping et al. 2021); BadNets' t-test",
                                     verify_options=gradient_matching.VERIFY_OPTIONS),
+    "entangled": MethodSpec("entangled", entangled.ACCESS, entangled.EntangledConfig, entangled.protect,
+                            entangled.verify, entangled.open_protection,
+                            "Entangled Watermarks: triggered source-class images labelled as a target class, entangled "
+                            "with it by the soft nearest-neighbour loss; paired t-test triggered vs clean (Jia et al. 2021)",
+                            verify_options=entangled.VERIFY_OPTIONS),
+    "dataset-inference": MethodSpec("dataset-inference", dataset_inference.ACCESS,
+                                    dataset_inference.DatasetInferenceConfig, dataset_inference.protect,
+                                    dataset_inference.verify, dataset_inference.open_protection,
+                                    "Dataset Inference: distances to every class (MinGD white-box, Blind Walk "
+                                    "black-box), a private-vs-public regressor, Welch t-test (Maini et al. 2021)",
+                                    verify_options=dataset_inference.VERIFY_OPTIONS),
 }
 
 
