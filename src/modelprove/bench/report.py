@@ -54,8 +54,10 @@ def markdown(run) -> str:
         f"(independents: their own architecture). Seeds {list(config.seeds)} (victim, attack and verification seed). "
         f"alpha = {alpha}. Medians over seeds with [min, max]; a stolen suspect counts as detected when p < alpha.",
         "",
-        f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
-        f"cache {run.cache_hits} hits / {run.cache_misses} misses.",
+        (f"**Unfinished: {run.missing} of {len(records) + run.missing} cells have not been verified yet** "
+         "(marked 'not run'); rerun the same command to complete them." if run.missing else
+         f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
+         f"cache {run.cache_hits} hits / {run.cache_misses} misses."),
         "",
         "## Harmlessness: victims' test accuracy vs the benign model",
         "",

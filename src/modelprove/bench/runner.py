@@ -44,6 +44,7 @@ class BenchRun:
     cache_hits: int
     cache_misses: int
     seconds: float
+    missing: int = 0  # cells of the grid not verified yet (a report-only run of an unfinished grid)
     reports: list[Path] = field(default_factory=list)
 
 
@@ -193,12 +194,13 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
 
 def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
               threads: int | None = None, progress: bool = True, reports: list[Path] | None = None,
-              only_methods: list[str] | None = None) -> BenchRun:
+              only_methods: list[str] | None = None, report_only: bool = False) -> BenchRun:
     """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report.
 
     ``only_methods`` (method labels) runs part of the grid: several processes, each with its own part,
     may share one cache and one run directory (cache entries and result lines are written whole), and
-    a last run without it collects every part and writes the report.
+    a last run without it collects every part and writes the report. ``report_only`` trains and
+    verifies nothing: it writes the report from the cells already in the results, marking the rest.
     """
     from modelprove.bench.report import write_report
 
@@ -281,7 +283,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         return model, entry["info"]
 
     for cell in plan:
-        if cell["key"] in log:
+        if cell["key"] in log or report_only:
             continue
         cell_start = time.perf_counter()
         prot = cell["protection"]
@@ -312,8 +314,9 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     # Labels are presentation, not part of any key: take them from this grid, not from the run that verified.
     records = [{**log.records[cell["key"]], "method": cell["method"],
                 **({"row": cell["attack"].label, "paper_row": cell["attack"].paper} if cell["kind"] == "attack" else {})}
-               for cell in plan]
-    run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start)
+               for cell in plan if cell["key"] in log.records]
+    run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start,
+                   missing=len(plan) - len(records))
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run

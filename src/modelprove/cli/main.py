@@ -250,6 +250,8 @@ def bench(
     methods: Annotated[Optional[str], typer.Option(
         help="Run only these method labels (comma-separated): parallel processes may each take a part, "
              "sharing --out and --cache; then run once without it for the report.")] = None,
+    report_only: Annotated[bool, typer.Option(
+        help="Run nothing: write the report from the results so far, marking cells not yet verified.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
 ) -> None:
     """Run (or resume) a grid of methods x attacks x seeds; write results.jsonl, report.md and a plot."""
@@ -264,7 +266,7 @@ def bench(
         config = load_bench_config(grid)
         run = run_bench(config, out_dir or Path("runs/bench") / config.name,
                         cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
-                        progress=True, only_methods=[m.strip() for m in methods.split(",")] if methods else None)
+                        progress=True, report_only=report_only, only_methods=[m.strip() for m in methods.split(",")] if methods else None)
     except ModelproveError as error:
         _fail(error)
     out.print(f"{len(run.records)} cells ({run.cells_run} verified now) in {run.seconds / 60:.1f} min; cache "
