@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import move
+from modelprove.methods import blind_watermark, key_watermarks, move
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,15 @@ METHODS: dict[str, MethodSpec] = {
                        "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
                        "on probability differences under augmentations (black-box) (Li et al. 2022)",
                        verify_options=move.VERIFY_OPTIONS),
+    "blind-watermark": MethodSpec("blind-watermark", blind_watermark.ACCESS, blind_watermark.BlindWatermarkConfig,
+                                  blind_watermark.protect, blind_watermark.verify, blind_watermark.open_protection,
+                                  "Blind watermark: encoder-made key samples near ordinary images, from the owner's "
+                                  "logo; key accuracy with label-only access (Li et al. 2019)",
+                                  verify_options=blind_watermark.VERIFY_OPTIONS, inputs=("logo",)),
+    **{name: MethodSpec(name, key_watermarks.ACCESS, key_watermarks.CONFIGS[kind], key_watermarks.protect,
+                        key_watermarks.verify, key_watermarks.open_protection, description,
+                        verify_options=key_watermarks.VERIFY_OPTIONS)
+       for kind, name, description in key_watermarks.REGISTRY},
 }
 
 
