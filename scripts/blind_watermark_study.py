@@ -177,7 +177,7 @@ def main() -> None:
     n_detect = max(100, len(splits.defender) // 10)  # the thief's 10% of the training data
     attacker_rows = torch.randperm(len(splits.attacker), generator=torch.Generator().manual_seed(args.seed + 7))
     thief_clean = splits.attacker.images[attacker_rows[:n_detect]]
-    thief_source = splits.attacker.subset(attacker_rows[n_detect:2 * n_detect], name="thief key sources")
+    thief_source = splits.attacker.subset(attacker_rows[n_detect:3 * n_detect], name="thief key sources")
     held_out_clean = splits.test.images[: min(1000, len(splits.test))]
     methods = {"blind": ours[main_arch], **baselines}
     security_rows, roc_data = [], {}
@@ -397,7 +397,7 @@ def _page(args, splits, archs, main_arch, fidelity_rows, effect_rows, security_r
         "the paper's loss weights alpha=3, beta=5, gamma=0.1, delta=0.01, k1=k2=1, m=20, n=100. "
         f"Baselines use {main_arch} and the same number of key samples, mixed 10x into the training set.",
         "",
-        "Seeds: data split and every protection seed " + str(args.seed) + f"; the five transfer pairs seeds 100-{99 + len(pairs)}; "
+        "Seeds: data split and every protection seed " + str(args.seed) + f"; the {len(pairs)} transfer pairs seeds 100-{99 + len(pairs)}; "
         "detectors seed " + str(args.seed) + "; attacks seed 0.",
         "",
         "## 1. Fidelity — test accuracy, unwatermarked vs watermarked",
@@ -459,7 +459,7 @@ def _page(args, splits, archs, main_arch, fidelity_rows, effect_rows, security_r
     off = transfer[~np.eye(len(transfer), dtype=bool)]
     lines += [
         "",
-        f"(b) Five encoder+host pairs ({len(pairs[0].keys)} key samples each, lenet5 hosts on "
+        f"(b) {len(pairs)} encoder+host pairs ({len(pairs[0].keys)} key samples each, lenet5 hosts on "
         f"{pairs[0].protection.manifest['dataset']['defender_size']} defender images, seeds 100-{99 + len(pairs)}): "
         "key samples of encoder i (with their targets) queried on host j. Paper (Fig. 9, MobileNetV2 on CIFAR-10): "
         "high only on the diagonal (off-diagonal up to 68%).",
