@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import badnets, dataset_inference, entangled, gradient_matching, move
+from modelprove.methods import (
+    badnets, blind_watermark, dataset_inference, entangled, gradient_matching, key_watermarks, move,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ METHODS: dict[str, MethodSpec] = {
                                     "Dataset Inference: distances to every class (MinGD white-box, Blind Walk "
                                     "black-box), a private-vs-public regressor, Welch t-test (Maini et al. 2021)",
                                     verify_options=dataset_inference.VERIFY_OPTIONS),
+    "blind-watermark": MethodSpec("blind-watermark", blind_watermark.ACCESS, blind_watermark.BlindWatermarkConfig,
+                                  blind_watermark.protect, blind_watermark.verify, blind_watermark.open_protection,
+                                  "Blind watermark: encoder-made key samples near ordinary images, from the owner's "
+                                  "logo; key accuracy with label-only access (Li et al. 2019)",
+                                  verify_options=blind_watermark.VERIFY_OPTIONS, inputs=("logo",)),
+    **{name: MethodSpec(name, key_watermarks.ACCESS, key_watermarks.CONFIGS[kind], key_watermarks.protect,
+                        key_watermarks.verify, key_watermarks.open_protection, description,
+                        verify_options=key_watermarks.VERIFY_OPTIONS)
+       for kind, name, description in key_watermarks.REGISTRY},
 }
 
 

@@ -1,0 +1,1 @@
+"""Adaptive attacks on ownership methods: evasion detectors, fraudulent-claim attempts, and the like."""

@@ -1,0 +1,128 @@
+"""Evasion detectors against key-sample watermarks (blind watermark, Li et al. ACSAC 2019, Sec. 6.3).
+
+A thief who serves a stolen model can refuse to answer (or answer at random) whenever a query looks
+like a key sample. The paper's thief has 10% of the training data and generates as many key samples
+with the watermark's method, then trains a binary detector (Eq. 16, key sample = positive):
+
+- :class:`DenseDetector`: three fully connected layers of 512, 256 and 1 units on the flattened image;
+- :class:`FeatureDetector`: the feature layers of a trained classifier (the paper: ResNet-18; here the
+  stolen model itself, whose weights the thief has) followed by one linear unit. The features are
+  frozen (a cheaper, weaker detector than fine-tuning them; their BatchNorm statistics stay the model's).
+
+Both are trained with the project's one trainer (SGD at a fixed lr 0.01 for 20 epochs, as Sec. 6.3, but with
+the trainer's Nesterov momentum 0.9, which it always uses) and scored
+by ROC AUC on held-out ordinary images vs key samples.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modelprove.core.errors import ModelproveError
+from modelprove.data.dataset import ImageDataset
+from modelprove.models import Classifier, predict_logits
+from modelprove.stats import roc_auc
+from modelprove.training import TrainConfig, train
+
+CLASSES = ["ordinary", "key"]
+
+
+class DenseDetector(nn.Module):
+    """theta_d(x): flatten -> 512 -> 256 -> 1 (ReLU between), one logit for "x is a key sample"."""
+
+    def __init__(self, input_shape: tuple[int, int, int]):
+        super().__init__()
+        size = int(np.prod(input_shape))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(size, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                                 nn.Linear(256, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _without_last_linear(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` whose last nn.Linear is an identity: its penultimate features, and their size."""
+    features = copy.deepcopy(model)
+    last = None
+    for name, module in features.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ModelproveError("the feature detector needs a classifier that ends in a linear layer.")
+    name, linear = last
+    parent = features
+    *path, leaf = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    setattr(parent, leaf, nn.Identity())
+    return features, linear.in_features
+
+
+class FeatureDetector(nn.Module):
+    """A trained classifier's frozen penultimate features + one linear unit."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.features, size = _without_last_linear(model)
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Linear(size, 1)
+
+    def train(self, mode: bool = True) -> "FeatureDetector":
+        super().train(mode)
+        self.features.eval()  # frozen: BatchNorm keeps the stolen model's statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.features(x)
+        return self.head(z)
+
+
+def _bce(logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 16: logistic loss, key samples (label 1) against ordinary samples (label 0)."""
+    del index
+    return F.binary_cross_entropy_with_logits(logits.squeeze(1), labels.float())
+
+
+@dataclass
+class DetectorConfig:
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+
+
+def detector_data(ordinary: torch.Tensor, keys: torch.Tensor, name: str) -> ImageDataset:
+    """Ordinary (label 0) and key (label 1) uint8 images as one dataset."""
+    images = torch.cat([ordinary, keys])
+    labels = torch.cat([torch.zeros(len(ordinary), dtype=torch.int64), torch.ones(len(keys), dtype=torch.int64)])
+    return ImageDataset(images, labels, CLASSES, name)
+
+
+def train_detector(detector: nn.Module, data: ImageDataset, config: DetectorConfig | None = None,
+                   *, show_progress: bool = False) -> nn.Module:
+    """Eq. 16 by SGD at a fixed learning rate (the paper: 0.01, 20 epochs), no augmentation."""
+    config = config or DetectorConfig()
+    train(detector, data, TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer="sgd",
+                                      lr=config.lr, momentum=0.9, weight_decay=0.0, schedule="constant",
+                                      augmentation="none", seed=config.seed),
+          loss_fn=_bce, description="evasion detector", show_progress=show_progress)
+    return detector.eval()
+
+
+def detector_scores(detector: nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The detector's logit for uint8 images (higher: more key-like)."""
+    return predict_logits(detector, images.float() / 255).squeeze(1).numpy()
+
+
+def detection_auc(detector: nn.Module, ordinary: torch.Tensor, keys: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+    """ROC AUC of the detector separating held-out key samples (positive) from ordinary images."""
+    positive, negative = detector_scores(detector, keys), detector_scores(detector, ordinary)
+    return roc_auc(positive, negative), positive, negative

@@ -1,0 +1,236 @@
+"""Blind watermark and its key-sample baselines on the tiny bars task (no Fashion-MNIST needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from scipy import stats
+
+from modelprove.access import BlackBoxAccess, LabelOnlyAccess
+from modelprove.adversary.key_detector import DenseDetector, detection_auc, detector_data, train_detector
+from modelprove.core.config import config_from_pairs
+from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.core.fileio import sha256_file
+from modelprove.methods import METHODS, blind_watermark as bw, key_watermarks as kw
+from modelprove.methods.key_samples import key_accuracy, load_key_set
+from modelprove.models import build_model, load_model
+from modelprove.training import TrainConfig, train
+
+
+# -- SSIM -----------------------------------------------------------------------------------------
+
+
+def test_ssim_of_constant_images_matches_the_formula_by_hand(single_thread):
+    # Constant images: no variance, so SSIM = (2ab + C1) / (a² + b² + C1) with C1 = (0.01·1)².
+    a, b = 0.3, 0.5
+    x, y = (torch.full((1, 1, 16, 16), v, dtype=torch.float64) for v in (a, b))
+    c1 = 1e-4
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)  # = 0.882388
+    assert bw.ssim(x, y).item() == pytest.approx(expected, rel=1e-9)
+    # float32, as in training: E[x²] − mu² leaves ~1e-8 of rounding against C2 = 9e-4
+    assert bw.ssim(x.float(), y.float()).item() == pytest.approx(expected, rel=1e-4)
+    assert bw.ssim(x, x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ssim_of_an_image_and_its_negative_by_hand(single_thread):
+    # y = 1 - x: mu_y = 1 - mu_x, var_y = var_x, cov = -var_x, computed here window by window on a
+    # 11x11 image (one window position) with the Gaussian weights.
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 11, 11, generator=g, dtype=torch.float64)
+    y = 1 - x
+    w = bw.gaussian_window()
+    mu_x = (w * x[0, 0]).sum()
+    mu_y = 1 - mu_x
+    var = (w * x[0, 0] ** 2).sum() - mu_x**2
+    c1, c2 = 1e-4, 9e-4
+    expected = ((2 * mu_x * mu_y + c1) * (-2 * var + c2)) / ((mu_x**2 + mu_y**2 + c1) * (2 * var + c2))
+    assert bw.ssim(x, y).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_ssim_matches_skimage(single_thread):
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 28, 28, generator=g, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ours = bw.ssim(x, y)
+    for i in range(2):
+        reference = structural_similarity(x[i].numpy(), y[i].numpy(), channel_axis=0, data_range=1.0,
+                                          gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert ours[i].item() == pytest.approx(reference, abs=1e-9)
+
+
+# -- the blind watermark end to end ----------------------------------------------------------------
+
+# 20 key samples (2.5% of 800), each in every host step: enough for lenet5 to learn them in 8 epochs.
+CONFIG = bw.BlindWatermarkConfig(arch="lenet5", epochs=8, key_fraction=0.025, key_batch=20, clean_batch=50, seed=0)
+
+
+@pytest.fixture(scope="module")
+def protection(tmp_path_factory, bars_task, single_thread):
+    defender, _, test = bars_task
+    out = tmp_path_factory.mktemp("blind") / "protection"
+    made = bw.protect(defender, test, out, CONFIG)
+    return out, made
+
+
+@pytest.fixture(scope="module")
+def unwatermarked(bars_task, single_thread):
+    defender = bars_task[0]
+    torch.manual_seed(5)
+    model = build_model("lenet5", 1, defender.num_classes, (28, 28))
+    train(model, defender, TrainConfig(epochs=6, batch_size=50, seed=5), show_progress=False)
+    return model
+
+
+def test_key_samples_have_the_shape_range_and_labels_of_the_task(protection, bars_task):
+    out, made = protection
+    defender = bars_task[0]
+    keys = load_key_set(bw.open_protection(out).protection)
+    assert keys.images.shape == (20, 1, 28, 28) and keys.images.dtype == torch.uint8  # 2.5% of 800
+    assert keys.targets.dtype == torch.int64 and keys.targets.min() >= 0 and keys.targets.max() < defender.num_classes
+    assert len(keys.targets.unique()) > 1  # random target labels, not one class
+    # Stored and reloaded exactly, targets included; originals are the defender images at those rows.
+    assert torch.equal(keys.images, made.keys.images) and torch.equal(keys.targets, made.keys.targets)
+    assert torch.equal(keys.originals, defender.images[torch.isin(defender.indices, keys.indices)])
+    # Key samples are close to their originals but not equal to them (Sec. 4.3).
+    difference = (keys.as_float() - keys.originals.float() / 255).abs().mean().item()
+    assert 0 < difference < 0.15
+    assert made.results["key_ssim"] > 0.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"host.safetensors", "keys.safetensors", "encoder.safetensors", "logo.png"} <= set(manifest["files"])
+    assert manifest["config"]["alpha"] == 3.0 and manifest["config"]["delta"] == 0.01  # the paper's weights
+
+
+def test_default_logo_is_the_owners_name_rendered(bars_task):
+    logo = bw.render_logo("Alice", (1, 28, 28))
+    assert logo.shape == (1, 28, 28) and 0 <= logo.min() and logo.max() <= 1
+    assert logo.max() > 0.5 and (logo > 0.5).float().mean() < 0.5  # white text on black
+    assert not torch.equal(logo, bw.render_logo("Bob", (1, 28, 28)))
+
+
+def test_logo_file_is_read_and_resized(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((50, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "logo.png")
+    logo = bw.load_logo(tmp_path / "logo.png", (1, 28, 28))
+    assert logo.shape == (1, 28, 28) and logo.mean().item() == pytest.approx(200 / 255, abs=1e-3)
+    with pytest.raises(ModelproveError, match="logo file not found"):
+        bw.load_logo(tmp_path / "missing.png", (1, 28, 28))
+
+
+def test_host_is_flagged_and_unwatermarked_model_is_cleared(protection, unwatermarked):
+    out, made = protection
+    host, _ = load_model(out / "host.safetensors")
+    opened = bw.open_protection(out)
+    stolen = bw.verify(opened, host, suspect_name="host")
+    assert stolen.stolen and stolen.effect_name == "key_accuracy" and stolen.effect > 0.8 and stolen.p_value < 1e-6
+    cleared = bw.verify(opened, unwatermarked, suspect_name="independent")
+    assert not cleared.stolen and cleared.effect < 0.5
+    assert cleared.details["T_acc"] == 0.5
+
+
+def test_label_only_access_suffices_and_queries_are_counted(protection):
+    out, _ = protection
+    host, _ = load_model(out / "host.safetensors")
+    access = BlackBoxAccess.from_model(host, name="api").as_label_only()
+    verdict = bw.verify(out, access)
+    assert verdict.stolen and verdict.setting == "label-only" and verdict.queries == 20
+
+
+def test_key_accuracy_and_p_value_by_hand(protection):
+    out, made = protection
+    targets = made.keys.targets
+    answers = targets.clone()
+    answers[:7] = (targets[:7] + 1) % 4  # 13 of 20 right
+
+    suspect = LabelOnlyAccess(lambda images: answers[: len(images)], num_classes=4, input_shape=(1, 28, 28))
+    verdict = bw.verify(out, suspect, t_acc=0.6)
+    assert verdict.effect == pytest.approx(13 / 20)
+    assert verdict.p_value == pytest.approx(stats.binom.sf(12, 20, 0.25))  # P(X >= 13), chance 1/K = 1/4
+    assert verdict.stolen  # 0.65 > 0.6
+    assert not bw.verify(out, suspect, t_acc=0.7).stolen
+
+
+def test_protection_without_labels_is_refused(protection, tmp_path):
+    out, _ = protection
+    copy = tmp_path / "no-labels"
+    shutil.copytree(out, copy)
+    tensors = load_file(str(copy / "keys.safetensors"))
+    del tensors["targets"]
+    save_file(tensors, str(copy / "keys.safetensors"))
+    # Re-hash so that only the missing labels, not tampering, is what is refused.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["keys.safetensors"] = sha256_file(copy / "keys.safetensors")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProtectionError, match="no 'targets'.*prove nothing"):
+        bw.open_protection(copy)
+
+
+def test_unknown_verify_option_is_refused(protection):
+    out, _ = protection
+    host, _ = load_model(out / "host.safetensors")
+    with pytest.raises(ModelproveError, match="has no option m"):
+        bw.verify(out, host, m=10)
+
+
+def test_registry_and_cli_config(protection):
+    spec = METHODS["blind-watermark"]
+    assert spec.inputs == ("logo",) and spec.access == ("label-only",)
+    config = config_from_pairs(spec.config, ["owner=Alice Smith", "epochs=3"])
+    assert config.owner == "Alice Smith" and config.epochs == 3 and config.beta == 5.0
+    for name, kind in (("adi", "adi"), ("zhang-content", "content"), ("zhang-noise", "noise"),
+                       ("zhang-unrelated", "unrelated")):
+        assert config_from_pairs(METHODS[name].config, []).kind == kind
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["adi", "content", "noise", "unrelated"])
+def test_baseline_keys_are_learned_by_their_host_only(kind, bars_task, tmp_path, unwatermarked, single_thread):
+    defender, _, test = bars_task
+    config = kw.CONFIGS[kind](arch="lenet5", epochs=6, key_fraction=0.03, key_repeats=10, batch_size=50)
+    made = kw.protect(defender, test, tmp_path / kind, config)
+    keys = made.keys
+    assert keys.images.shape == (24, 1, 28, 28) and keys.images.dtype == torch.uint8
+    if kind != "adi":
+        assert (keys.targets == config.target_label).all()
+    opened = METHODS[config.method].open(tmp_path / kind)
+    assert torch.equal(opened.keys.targets, keys.targets)
+    verdict = METHODS[config.method].verify(opened, BlackBoxAccess.from_model(made.host).as_label_only())
+    assert verdict.method == config.method and verdict.stolen and verdict.effect > 0.8
+    if kind != "unrelated":  # a bars model may well call every digit "bar0", the unrelated target
+        assert key_accuracy(unwatermarked, keys) < 0.6
+
+
+def test_content_and_noise_keys_stamp_their_pattern(bars_task):
+    defender = bars_task[0]
+    content = kw.make_key_samples(kw.ZhangContentConfig(), defender, 10, seed=0)
+    assert (content.images >= content.originals).all()  # white text is a max over the image
+    assert (content.images != content.originals).any()
+    noise = kw.make_key_samples(kw.ZhangNoiseConfig(noise_std=0.3), defender, 10, seed=0)
+    spread = (noise.images.float() - noise.originals.float()).std().item() / 255
+    assert 0.15 < spread < 0.35  # about noise_std, less what clipping removes
+
+
+# -- evasion detector -----------------------------------------------------------------------------
+
+
+def test_dense_detector_spots_stamped_keys_and_not_random_labels(bars_task, single_thread):
+    defender, attacker, test = bars_task
+    config = kw.ZhangContentConfig()
+    train_keys = kw.make_key_samples(config, attacker, 200, seed=1).images
+    detector = train_detector(DenseDetector((1, 28, 28)), detector_data(attacker.images[:200], train_keys, "d"))
+    held_out = kw.make_key_samples(config, test, 100, seed=2).images
+    auc, _, _ = detection_auc(detector, test.images[200:300], held_out)
+    assert auc > 0.95
+    # A control that must fail: "keys" that are just other ordinary images cannot be told apart.
+    control = train_detector(DenseDetector((1, 28, 28)), detector_data(attacker.images[:200], attacker.images[200:400], "c"))
+    auc_control, _, _ = detection_auc(control, test.images[:100], test.images[100:200])
+    assert 0.3 < auc_control < 0.7
