@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
-from modelprove.methods import move
+from modelprove.methods import cae, ipguard, move
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,13 @@ METHODS: dict[str, MethodSpec] = {
                        "MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
                        "on probability differences under augmentations (black-box) (Li et al. 2022)",
                        verify_options=move.VERIFY_OPTIONS),
+    "cae": MethodSpec("cae", cae.ACCESS, cae.CaeConfig, cae.protect, cae.verify, cae.open_protection,
+                      "CAE: conferrable adversarial examples of an already trained source model; CAEAcc > rho, "
+                      "label-only (Lukas et al. 2021)", verify_options=cae.VERIFY_OPTIONS, inputs=("model",)),
+    "ipguard": MethodSpec("ipguard", ipguard.ACCESS, ipguard.IpguardConfig, ipguard.protect, ipguard.verify,
+                          ipguard.open_protection, "IPGuard: points near the source's classification boundary; "
+                          "matching rate > rho, label-only (Cao et al. 2021)", verify_options=ipguard.VERIFY_OPTIONS,
+                          inputs=("model",)),
 }
 
 
