@@ -18,7 +18,8 @@ The defender fingerprints an already trained *source* model M without retraining
    the target; top-1 labels suffice. Surrogate iff CAEAcc > ρ. ρ is chosen from held-out surrogates
    and references trained at protection time (the paper chooses it per ε, Table 1; 0.75 in the public
    code is the fallback). The verdict adds an exact binomial p-value of the suspect's matches against
-   the held-out references' rate, so that verdicts of every method read alike.
+   the held-out references' rate (or the fingerprint's largest target-class share, if higher: what a
+   constant-label suspect scores), so that verdicts of every method read alike.
 
 The paper's equations did not survive in our copy; /work/shared/papers/NOTES.md restates them and
 this module follows that restatement.
@@ -371,7 +372,9 @@ def model_plan(config: CaeConfig) -> dict[str, list[tuple[str, int]]]:
         ("held_out_surrogates", config.held_out_surrogates, config.arch_list("surrogate_archs")),
         ("held_out_references", config.held_out_references, config.arch_list("reference_archs")),
     )):
-        plan[role] = [(archs[i % len(archs)], config.seed * 10007 + 1000 * (offset + 1) + i) for i in range(count)]
+        # 1000·role + 100 + i: never a seed a user's source is likely to have (0, 1000, ...) — a surrogate
+        # sharing the source's architecture and seed would be a near-copy of it, not a retrained model.
+        plan[role] = [(archs[i % len(archs)], config.seed * 10007 + 1000 * (offset + 1) + 100 + i) for i in range(count)]
     return plan
 
 
@@ -606,7 +609,12 @@ def verify_fingerprint(opened: OpenedFingerprint, suspect: LabelOnlyAccess | Cla
     labels = suspect.labels(opened.images)
     matches = int((labels == opened.targets).sum())
     n = len(opened.targets)
-    test = binomial_greater(matches, n, opened.references_rate)
+    # The test's chance rate: the references' rate, but never below the largest target-class share —
+    # a suspect answering one constant label scores exactly that share, and must not look significant
+    # on a fingerprint whose classes CEM could not balance.
+    largest_share = float(torch.bincount(opened.targets).max()) / n
+    chance = min(max(opened.references_rate, largest_share), 1 - 0.5 / n)
+    test = binomial_greater(matches, n, chance)
     rate = matches / n
     return Verdict(
         method=method, setting=LABEL_ONLY, suspect=name,
@@ -617,7 +625,8 @@ def verify_fingerprint(opened: OpenedFingerprint, suspect: LabelOnlyAccess | Cla
         queries=suspect.queries - before, seconds=round(time.perf_counter() - start, 3),
         hashes={"protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
                 "fingerprint": opened.protection.manifest["files"]["fingerprint.safetensors"]},
-        details={"rho": rho, "references_rate": opened.references_rate, "matches": matches, "seed": seed,
+        details={"rho": rho, "references_rate": opened.references_rate, "largest_class_share": largest_share,
+                 "chance": chance, "matches": matches, "seed": seed,
                  "suspect_access": suspect.level, "decision_rule": f"{effect_name} > rho and p < alpha"},
     )
 
@@ -627,10 +636,9 @@ def verify(protection: str | Path | OpenedFingerprint, suspect: LabelOnlyAccess 
     """Is ``suspect`` a surrogate of the source? CAEAcc on the fingerprint (top-1 labels only), > ρ and
     p < alpha (exact binomial test against the held-out references' rate). ``options``: rho, alpha.
     The fingerprint is fixed, so ``seed`` changes nothing; it is recorded."""
-    if setting not in (None, LABEL_ONLY):
-        # Label-only is the least access; any richer suspect is read through its labels.
-        if setting not in ("black-box", "white-box"):
-            raise ModelproveError(f"CAE verifies with label-only access; setting {setting!r} is unknown.")
+    # Label-only is the least access; a richer suspect is read through its top-1 labels all the same.
+    if setting not in (None, LABEL_ONLY, "black-box", "white-box"):
+        raise ModelproveError(f"CAE verifies with label-only access; setting {setting!r} is unknown.")
     opened = protection if isinstance(protection, OpenedFingerprint) else open_protection(protection)
     return verify_fingerprint(opened, suspect, method=METHOD, effect_name="CAEAcc", seed=seed,
                               suspect_name=suspect_name, options=options)

@@ -145,6 +145,7 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
         "source_test_accuracy": evaluate(source, test),
         "fingerprint_size": int(len(kept)),
         "reached_boundary": int((labels == winner).sum()),
+        "k": config.k,
         "rho": float(rho),
         "held_out_surrogate_match": surrogate_scores,
         "held_out_reference_match": reference_scores,
