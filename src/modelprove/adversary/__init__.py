@@ -1,1 +1,3 @@
-"""Adaptive attacks on ownership methods: evasion detectors, fraudulent-claim attempts, and the like."""
+"""Adaptive adversaries against ownership methods: evasion detectors (query_detector for CAE,
+key_detector for key-sample watermarks), and later STRIP, trigger synthesis, saliency and
+fraudulent-claim attempts (DESIGN.md). Imports from every layer above it."""

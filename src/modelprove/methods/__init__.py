@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from modelprove.core.errors import ModelproveError
 from modelprove.methods import (
-    badnets, blind_watermark, dataset_inference, entangled, gradient_matching, key_watermarks, move,
+    badnets, blind_watermark, cae, dataset_inference, entangled, gradient_matching, ipguard, key_watermarks, move,
 )
 
 
@@ -63,6 +63,13 @@ METHODS: dict[str, MethodSpec] = {
                         key_watermarks.verify, key_watermarks.open_protection, description,
                         verify_options=key_watermarks.VERIFY_OPTIONS)
        for kind, name, description in key_watermarks.REGISTRY},
+    "cae": MethodSpec("cae", cae.ACCESS, cae.CaeConfig, cae.protect, cae.verify, cae.open_protection,
+                      "CAE: conferrable adversarial examples of an already trained source model; CAEAcc > rho, "
+                      "label-only (Lukas et al. 2021)", verify_options=cae.VERIFY_OPTIONS, inputs=("model",)),
+    "ipguard": MethodSpec("ipguard", ipguard.ACCESS, ipguard.IpguardConfig, ipguard.protect, ipguard.verify,
+                          ipguard.open_protection, "IPGuard: points near the source's classification boundary; "
+                          "matching rate > rho, label-only (Cao et al. 2021)", verify_options=ipguard.VERIFY_OPTIONS,
+                          inputs=("model",)),
 }
 
 

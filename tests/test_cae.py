@@ -1,0 +1,284 @@
+"""CAE fingerprinting and the IPGuard baseline: hand-computed pieces, then both end to end on the bars task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from modelprove.access import BlackBoxAccess, LabelOnlyAccess
+from modelprove.access.levels import QueryBudgetError
+from modelprove.adversary.query_detector import DetectorConfig, train_query_detector
+from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.methods import METHODS, cae, ipguard
+from modelprove.stats import roc_auc
+from modelprove.training import TrainConfig, train
+
+
+class Lookup(nn.Module):
+    """A toy classifier: image i (its first pixel holds i/100) gets the label table[i], as one-hot logits."""
+
+    def __init__(self, table: list[int], classes: int = 2):
+        super().__init__()
+        self.register_buffer("table", torch.tensor(table))
+        self.classes = classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = (x[:, 0, 0, 0] * 100).round().long()
+        return 10 * nn.functional.one_hot(self.table[index], self.classes).float() + 0 * self.dummy
+
+
+def indexed_images(count: int) -> torch.Tensor:
+    x = torch.zeros(count, 1, 4, 4)
+    x[:, 0, 0, 0] = torch.arange(count) / 100
+    return x
+
+
+def test_transfer_and_conferrability_match_a_hand_count():
+    surrogates = [Lookup([0, 1, 0]), Lookup([0, 1, 1]), Lookup([0, 0, 1])]
+    references = [Lookup([1, 1, 0]), Lookup([0, 1, 0])]
+    images, targets = indexed_images(3), torch.tensor([0, 1, 1])
+    # Transfer(S) = [3/3, 2/3, 2/3], Transfer(R) = [1/2, 2/2, 0/2]
+    assert torch.allclose(cae.transfer(surrogates, images, targets), torch.tensor([1.0, 2 / 3, 2 / 3]))
+    assert torch.allclose(cae.transfer(references, images, targets), torch.tensor([0.5, 1.0, 0.0]))
+    confer = cae.conferrability(surrogates, references, images, targets)
+    assert torch.allclose(confer, torch.tensor([0.5, 0.0, 2 / 3]))
+
+
+def test_ensemble_output_and_cem_loss_match_a_hand_computation():
+    s_probs = torch.tensor([[[0.8, 0.2]], [[0.6, 0.4]]])  # (members, N=1, K=2)
+    r_probs = torch.tensor([[[0.4, 0.6]], [[0.2, 0.8]]])
+    ensemble, s_bar, r_bar = cae.ensemble_output(s_probs, r_probs)
+    assert torch.allclose(s_bar, torch.tensor([[0.7, 0.3]])) and torch.allclose(r_bar, torch.tensor([[0.3, 0.7]]))
+    # S̄·(1 − R̄) = [0.49, 0.09]; softmax: e^0.49 / (e^0.49 + e^0.09)
+    top = math.exp(0.49) / (math.exp(0.49) + math.exp(0.09))
+    assert ensemble[0, 0].item() == pytest.approx(top, abs=1e-6)
+    source_adv, source_clean = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    confer_term = -math.log(top)
+    away = -(0.9 * math.log(0.5) + 0.1 * math.log(0.5))
+    agree = -(0.5 * math.log(0.7) + 0.5 * math.log(0.3))
+    loss = cae.cem_loss(ensemble, s_bar, source_adv, source_clean)
+    assert loss.item() == pytest.approx(confer_term - away + agree, abs=1e-5)
+    weighted = cae.cem_loss(ensemble, s_bar, source_adv, source_clean, (1.0, 0.1, 0.1))
+    assert weighted.item() == pytest.approx(confer_term - 0.1 * away + 0.1 * agree, abs=1e-5)
+    # member dropout: only the first surrogate and the second reference kept
+    ensemble, s_bar, r_bar = cae.ensemble_output(s_probs, r_probs, torch.tensor([True, False]), torch.tensor([False, True]))
+    assert torch.allclose(s_bar, torch.tensor([[0.8, 0.2]])) and torch.allclose(r_bar, torch.tensor([[0.2, 0.8]]))
+    with pytest.raises(ModelproveError, match="kept no member"):
+        cae.ensemble_output(s_probs, r_probs, torch.tensor([False, False]))
+
+
+def test_clip_to_ball_by_hand():
+    x0 = torch.tensor([0.0, 0.5, 0.98, 0.3])
+    x = torch.tensor([-0.2, 0.7, 1.2, 0.31])
+    assert torch.allclose(cae.clip_to_ball(x, x0, 0.05), torch.tensor([0.0, 0.55, 1.0, 0.31]))
+
+
+def test_cem_stays_in_the_eps_ball_and_moves(single_thread):
+    torch.manual_seed(0)
+
+    def net():
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+    source, surrogates, references = net(), [net(), net()], [net(), net()]
+    x0 = torch.rand(20, 1, 4, 4)
+    config = cae.CaeConfig(eps=0.03, steps=20, step_size=0.01, candidates=20, n=5)
+    x = cae.conferrable_examples(source, surrogates, references, x0, config)
+    assert (x - x0).abs().max() <= 0.03 + 1e-6
+    assert x.min() >= 0 and x.max() <= 1
+    assert (x - x0).abs().max() > 0.02  # it did optimise (Adam's steps of 0.01 reach the ball's edge)
+    assert all(p.requires_grad for p in source.parameters())  # the weights were only frozen for CEM
+    again = cae.conferrable_examples(source, surrogates, references, x0, config)
+    assert torch.equal(x, again)  # seeded member dropout: reproducible
+
+
+def test_comparison_attacks_stay_in_the_ball(single_thread):
+    torch.manual_seed(1)
+    source = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x0 = torch.rand(10, 1, 4, 4) * 0.8 + 0.1
+    for attack in cae.COMPARISON_ATTACKS:
+        x = cae.comparison_examples(attack, source, x0, 0.05, steps=4)
+        assert (x - x0).abs().max() <= 0.05 + 1e-6, attack
+    fgm = cae.comparison_examples("fgm", source, x0, 0.05)
+    assert torch.allclose((fgm - x0).abs(), torch.full_like(x0, 0.05), atol=1e-6)  # one full signed step
+    with pytest.raises(ModelproveError, match="unknown comparison attack"):
+        cae.comparison_examples("deepfool", source, x0, 0.05)
+
+
+def test_balanced_selection_by_hand():
+    targets = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.95, 0.4, 0.3, 0.2])
+    eligible = torch.ones(9, dtype=torch.bool)
+    # quota 2 per class: class 2 has one example; its place goes to the best leftover (0.7, class 0)
+    assert cae.balanced_selection(scores, targets, eligible, 6, 3).tolist() == [0, 1, 2, 5, 6, 8]
+    # ineligible examples never enter
+    eligible[0] = False
+    assert 0 not in cae.balanced_selection(scores, targets, eligible, 6, 3).tolist()
+    # plenty of each class: exact balance, and n not divisible by K: counts differ by at most one
+    targets = torch.arange(30) % 3
+    scores = torch.rand(30, generator=torch.Generator().manual_seed(0))
+    chosen = cae.balanced_selection(scores, targets, torch.ones(30, dtype=torch.bool), 9, 3)
+    assert torch.bincount(targets[chosen]).tolist() == [3, 3, 3]
+    chosen = cae.balanced_selection(scores, targets, torch.ones(30, dtype=torch.bool), 7, 3)
+    counts = torch.bincount(targets[chosen], minlength=3)
+    assert len(chosen) == 7 and counts.max() - counts.min() <= 1
+    # within a class the best scores are kept
+    for k in range(3):
+        kept = scores[chosen][targets[chosen] == k]
+        assert kept.min() >= scores[targets == k].sort(descending=True).values[len(kept) - 1] - 1e-9
+
+
+def test_threshold_choice_by_hand():
+    assert cae.choose_threshold([0.8, 0.9], [0.1, 0.3], 0.75) == pytest.approx(0.55)
+    # overlap: candidates 0.35 and 0.75 both reach TPR − FPR = 0.5; the higher one is taken
+    assert cae.choose_threshold([0.5, 0.9], [0.6, 0.2], 0.75) == pytest.approx(0.75)
+    assert cae.choose_threshold([], [0.1], 0.75) == 0.75
+    assert cae.choose_threshold([0.9], [], 0.6) == 0.6
+    assert cae.references_rate([0.1, 0.2], 10, 10) == pytest.approx(4 / 22)  # (1 + 2 + 1) / (20 + 2)
+    assert cae.references_rate([], 10, 10) == pytest.approx(0.1)
+
+
+# -- end to end on the bars task ------------------------------------------------------------------
+
+SMALL = dict(surrogate_archs="lenet5", reference_archs="lenet5", surrogates=2, references=2, held_out_surrogates=1,
+             held_out_references=1, epochs=6)
+
+
+@pytest.fixture(scope="module")
+def protections(tmp_path_factory, bars_task, single_thread):
+    defender, _, test = bars_task
+    torch.manual_seed(5)
+    source = cae.defender_model("lenet5", defender, 5)
+    train(source, defender, TrainConfig(epochs=8, seed=5), show_progress=False)
+    root = tmp_path_factory.mktemp("cae")
+    config = cae.CaeConfig(**SMALL, steps=30, step_size=0.02, eps=0.25, candidates=60, n=20)
+    made = cae.protect(defender, test, root / "cae", config, model=source)
+    ip_config = ipguard.IpguardConfig(**{k: v for k, v in SMALL.items() if k not in ("surrogates", "references")},
+                                      n=20, steps=40)
+    ip_made = ipguard.protect(defender, test, root / "ipguard", ip_config, model=source, defender_models=made.models)
+    return root, source, made, ip_made
+
+
+def test_protection_is_complete_and_balanced(protections, bars_task):
+    root, source, made, _ = protections
+    manifest = json.loads((root / "cae" / "manifest.json").read_text())
+    assert manifest["method"] == "cae"
+    assert {"source.safetensors", "source.json", "fingerprint.safetensors"} <= set(manifest["files"])
+    results = manifest["results"]
+    assert results["fingerprint_size"] == len(made.targets) == min(20, results["fooled_source"]) > 0
+    counts = results["target_class_counts"]
+    assert counts == torch.bincount(made.targets, minlength=4).tolist()
+    # balanced as far as CEM fooled the source into each class: quota ceil(20 / 4) = 5 per class
+    assert sum(counts) == len(made.targets)
+    assert all(c >= min(5, f) for c, f in zip(counts, results["fooled_class_counts"]))
+    assert results["rho_source"] == "held-out models"
+    assert len(results["held_out_surrogate_caeacc"]) == 1 and len(results["held_out_reference_caeacc"]) == 1
+    opened = cae.open_protection(root / "cae")
+    assert torch.equal(opened.images, made.fingerprint) and torch.equal(opened.targets, made.targets)
+    assert opened.rho == pytest.approx(results["rho"])
+    assert (made.fingerprint >= 0).all() and (made.fingerprint <= 1).all()
+
+
+def test_source_scores_one_and_is_flagged(protections):
+    root, source, made, _ = protections
+    verdict = cae.verify(root / "cae", source, suspect_name="source")
+    n = len(made.targets)
+    assert verdict.effect == 1.0 and verdict.effect_name == "CAEAcc" and verdict.queries == n
+    share = float(torch.bincount(made.targets).max()) / n
+    assert verdict.details["largest_class_share"] == pytest.approx(share)
+    rate = max(verdict.details["references_rate"], share)
+    assert verdict.p_value == pytest.approx(rate ** n, rel=1e-6)  # P(X >= n) = r^n for n of n
+    assert verdict.stolen == (1.0 > verdict.details["rho"] and verdict.p_value < 0.01)
+    assert verdict.stolen
+
+
+def test_constant_label_suspect(protections):
+    root, _, made, _ = protections
+    for label in range(4):
+        suspect = LabelOnlyAccess(lambda x, c=label: torch.full((len(x),), c), num_classes=4,
+                                  input_shape=(1, 28, 28), name=f"constant-{label}")
+        verdict = cae.verify(root / "cae", suspect)
+        expected = float((made.targets == label).float().mean())
+        assert verdict.effect == pytest.approx(expected)
+        assert not verdict.stolen and verdict.p_value > 0.4  # at most the largest class share: chance
+
+
+def test_label_only_access_suffices_and_queries_are_counted(protections):
+    root, source, made, _ = protections
+    n = len(made.targets)
+    label_only = BlackBoxAccess.from_model(source, name="api", budget=n).as_label_only()
+    verdict = cae.verify(root / "cae", label_only)
+    assert verdict.queries == n and label_only.queries == n and verdict.effect == 1.0
+    with pytest.raises(QueryBudgetError):
+        cae.verify(root / "cae", BlackBoxAccess.from_model(source, budget=n - 1).as_label_only())
+    # rho and alpha can be changed at verification, nothing else
+    strict = cae.verify(root / "cae", source, rho=0.5, alpha=1e-30)
+    assert strict.details["rho"] == 0.5 and strict.alpha == 1e-30
+    assert strict.p_value > 1e-30 and not strict.stolen  # 20 matches cannot reach p < 1e-30 at this rate
+    with pytest.raises(ModelproveError, match="no option eps"):
+        cae.verify(root / "cae", source, eps=0.1)
+
+
+def test_registry_and_wrong_method(protections):
+    root, *_ = protections
+    assert METHODS["cae"].inputs == ("model",) and METHODS["ipguard"].inputs == ("model",)
+    assert METHODS["cae"].access == ("label-only",)
+    with pytest.raises(ProtectionError, match="'ipguard', not 'cae'"):
+        cae.open_protection(root / "ipguard")
+    with pytest.raises(ModelproveError, match="source model"):
+        cae.protect(None, None, root / "nothing", model=None)  # type: ignore[arg-type]
+
+
+def test_ipguard_boundary_points_and_verification(protections, bars_task):
+    root, source, made, ip_made = protections
+    results = json.loads((root / "ipguard" / "manifest.json").read_text())["results"]
+    assert results["fingerprint_size"] == len(ip_made.targets) > 0
+    # the boundary points sit near the source's boundary: the top two logits are within the margin k
+    logits = source.eval()(ip_made.fingerprint).detach()
+    top2 = logits.topk(2, dim=1).values
+    assert ((top2[:, 0] - top2[:, 1]) < 0.5 + 0.3).float().mean() > 0.8
+    verdict = ipguard.verify(root / "ipguard", source)
+    assert verdict.effect == 1.0 and verdict.effect_name == "matching_rate" and verdict.queries == len(ip_made.targets)
+    # the held-out models are CAE's: IPGuard trained none of its own
+    assert ip_made.models.held_out_references[0] is made.models.held_out_references[0]
+
+
+def test_boundary_loss_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    winner, runner_up = torch.tensor([0, 0]), torch.tensor([1, 1])
+    # row 0: ReLU(1 − 2 + 0.5) + ReLU(0.5 − 1) = 0; row 1: ReLU(3 − 0 + 0.5) + ReLU(1 − 3) = 3.5
+    assert ipguard.boundary_loss(logits, winner, runner_up, 0.5).tolist() == pytest.approx([0.0, 3.5])
+
+
+def test_query_detector_separates_marked_queries(single_thread):
+    g = torch.Generator().manual_seed(0)
+    benign = torch.rand(120, 1, 16, 16, generator=g) * 0.5
+    marked = torch.rand(120, 1, 16, 16, generator=g) * 0.5
+    marked[:, :, 2:5, 2:5] = 1.0  # a visible perturbation
+    detector, auc = train_query_detector(benign, marked, DetectorConfig(epochs=4, lr=0.05))
+    assert auc > 0.95
+    # scored on other sets: the same mark is caught, unmarked images are not told apart
+    eval_benign = torch.rand(40, 1, 16, 16, generator=g) * 0.5
+    eval_clean = torch.rand(40, 1, 16, 16, generator=g) * 0.5
+    _, same = train_query_detector(benign, marked, DetectorConfig(epochs=4, lr=0.05),
+                                   eval_benign=eval_benign, eval_adversarial=eval_clean)
+    assert same < 0.8
+    with pytest.raises(ModelproveError, match="both"):
+        train_query_detector(benign, marked, eval_benign=eval_benign)
+    assert roc_auc([1.0], [0.0]) == 1.0
+
+
+def test_cli_verifies_a_model_file_label_only(protections, tmp_path):
+    from modelprove.cli.main import run_verify
+    from modelprove.models import card_for, save_model
+
+    root, source, made, _ = protections
+    path = save_model(source, card_for(source, [f"bar{k}" for k in range(4)]), tmp_path / "suspect.safetensors")
+    verdict = run_verify(root / "cae", path, access="label-only", options=["rho=0.5"])
+    assert verdict.method == "cae" and verdict.setting == "label-only" and verdict.effect == 1.0
+    assert verdict.details["rho"] == 0.5 and verdict.queries == len(made.targets)
+    assert verdict.details["suspect_access"] == "label-only"
