@@ -90,6 +90,11 @@ class BenchCache:
         self.misses += 1
         return directory, entry
 
+    def entry_seconds(self, kind: str, recipe: dict[str, Any]) -> float | None:
+        """How long the entry of ``recipe`` took to build, or None if it is not in the cache."""
+        entry = self._complete(self._entry_dir(kind, recipe_key(recipe)))
+        return None if entry is None else float(entry.get("seconds", 0.0))
+
     def model(self, recipe: dict[str, Any], build: Callable[[], tuple[Classifier, dict[str, Any]]],
               classes: list[str]) -> tuple[Classifier, dict[str, Any]]:
         """The model of ``recipe``: loaded from the cache, or ``build()`` -> (model, info) and stored."""

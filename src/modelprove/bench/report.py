@@ -57,7 +57,10 @@ def markdown(run) -> str:
         (f"**Unfinished: {run.missing} of {len(records) + run.missing} cells have not been verified yet** "
          "(marked 'not run'); rerun the same command to complete them." if run.missing else
          f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
-         f"cache {run.cache_hits} hits / {run.cache_misses} misses."),
+         f"cache {run.cache_hits} hits / {run.cache_misses} misses. From an empty cache the grid costs "
+         f"{run.build_seconds / 60:.0f} min of building models and protections (each cache entry's own build "
+         f"time, measured on the machine that built it, under whatever load it had) and "
+         f"{run.verify_seconds / 60:.0f} min of verification, plus loading."),
         "",
         "## Harmlessness: victims' test accuracy vs the benign model",
         "",

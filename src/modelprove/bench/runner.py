@@ -45,6 +45,8 @@ class BenchRun:
     cache_misses: int
     seconds: float
     missing: int = 0  # cells of the grid not verified yet (a report-only run of an unfinished grid)
+    build_seconds: float = 0.0  # the grid's models and protections, as long as each took to build
+    verify_seconds: float = 0.0  # every cell's verification
     reports: list[Path] = field(default_factory=list)
 
 
@@ -315,8 +317,16 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     records = [{**log.records[cell["key"]], "method": cell["method"],
                 **({"row": cell["attack"].label, "paper_row": cell["attack"].paper} if cell["kind"] == "attack" else {})}
                for cell in plan if cell["key"] in log.records]
+    # What the grid cost from an empty cache, from each cache entry's own build time (also when this run
+    # only read the cache): models and protections, plus every cell's verification.
+    recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in protections.values()}
+    recipes.update({recipe_key(r): ("models", r) for chain in suspect_recipes.values() for r in chain})
+    recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
+    built = [cache.entry_seconds(kind, recipe) for kind, recipe in recipes.values()]
     run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start,
-                   missing=len(plan) - len(records))
+                   missing=len(plan) - len(records),
+                   build_seconds=sum(b for b in built if b is not None),
+                   verify_seconds=sum(r.get("verify_seconds") or 0.0 for r in records))
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run
