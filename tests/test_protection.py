@@ -103,3 +103,13 @@ def test_verdict_json(tmp_path):
     verdict = Verdict("move", "white-box", "s", True, 1e-5, 0.01, 0.9, "delta_mu", 10)
     data = json.loads(verdict.save(tmp_path / "v.json").read_text())
     assert data["decision"] == "STOLEN" and data["p_value"] == 1e-5 and data["samples"] == 10
+
+
+def test_verdict_hashes_name_the_manifest_and_the_chosen_files(tmp_path):
+    import hashlib
+
+    protection = Protection.open(_make(tmp_path / "p"))
+    hashes = protection.hashes(weights="b.bin")
+    assert set(hashes) == {"protection_manifest", "weights"}
+    assert hashes["weights"] == hashlib.sha256(b"beta").hexdigest()
+    assert hashes["protection_manifest"] == hashlib.sha256((tmp_path / "p" / MANIFEST).read_bytes()).hexdigest()

@@ -32,7 +32,6 @@ from safetensors.torch import load_file, save_file
 
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.fileio import sha256_file
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
@@ -319,10 +318,7 @@ def verify_trigger(
         samples=m,
         queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
         seconds=round(time.perf_counter() - start, 3),
-        hashes={
-            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
-            "victim_weights": opened.protection.manifest["files"]["victim.safetensors"],
-        },
+        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
         details={
             "mu_suspect": float(p_triggered.mean()),  # mu_T: target-class probability on triggered images
             "mu_reference": float(p_benign.mean()),  # mu_B: the same on their benign originals

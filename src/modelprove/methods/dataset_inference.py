@@ -51,7 +51,6 @@ from scipy import stats
 
 from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.fileio import sha256_file
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
@@ -455,10 +454,7 @@ def verify(
         samples=m,
         queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
         seconds=round(time.perf_counter() - start, 3),
-        hashes={
-            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
-            "victim_weights": opened.protection.manifest["files"]["victim.safetensors"],
-        },
+        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
         details={
             "mu_suspect": float(scores_private.mean()),  # regressor score of private samples
             "mu_reference": float(scores_public.mean()),  # and of public samples

@@ -48,7 +48,6 @@ from safetensors.torch import load_file, save_file
 
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.fileio import sha256_file
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
@@ -405,10 +404,7 @@ def verify(
         samples=m,
         queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
         seconds=round(time.perf_counter() - start, 3),
-        hashes={
-            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
-            "victim_weights": opened.protection.manifest["files"]["victim.safetensors"],
-        },
+        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
         details={
             "mu_suspect": float(p_triggered.mean()),  # target-class probability, triggered
             "mu_reference": float(p_clean.mean()),  # the same images without the trigger

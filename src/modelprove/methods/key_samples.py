@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from modelprove.access import LABEL_ONLY, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.fileio import sha256_file
 from modelprove.core.verdict import Verdict
 from modelprove.methods.protection import Protection, ProtectionWriter
 from modelprove.models import Classifier, ModelCard, load_model, predict_labels
@@ -172,11 +171,7 @@ def verify_key_watermark(
         samples=n,
         queries=suspect.queries - before,
         seconds=round(time.perf_counter() - start, 3),
-        hashes={
-            "protection_manifest": sha256_file(opened.protection.directory / "manifest.json"),
-            "host_weights": opened.protection.manifest["files"][HOST_FILE],
-            "keys": opened.protection.manifest["files"][KEYS_FILE],
-        },
+        hashes=opened.protection.hashes(host_weights=HOST_FILE, keys=KEYS_FILE),
         details={
             "decision_rule": "key_accuracy > T_acc",
             "T_acc": t_acc,

@@ -38,6 +38,12 @@ class Protection:
     def config(self) -> dict[str, Any]:
         return self.manifest.get("config", {})
 
+    def hashes(self, **files: str) -> dict[str, str]:
+        """A verdict's record of its evidence: the manifest's sha256 and, under each given key, the
+        sha256 the manifest lists for that file (e.g. ``victim_weights="victim.safetensors"``)."""
+        return {"protection_manifest": sha256_file(self.directory / MANIFEST),
+                **{key: self.manifest["files"][name] for key, name in files.items()}}
+
     def path(self, name: str) -> Path:
         if name not in self.manifest.get("files", {}):
             raise ProtectionError(
