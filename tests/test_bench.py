@@ -141,12 +141,14 @@ def test_result_log_drops_a_truncated_last_line(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
-    """The smoke preset end to end: killed after its first results, resumed, then re-run from cache."""
+    """The smoke preset end to end in worker processes: killed after its first results, resumed, re-run
+    from cache, and verified again in one process from the same cache with the same numbers."""
     out, cache = tmp_path / "run", tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "modelprove", "bench", "smoke", "--out", str(out), "--cache", str(cache),
-         "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--threads", "1", "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     results = out / "results.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -154,7 +156,7 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
             break
         time.sleep(0.2)
     assert process.poll() is None, "the smoke run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes, as a killed job
     process.wait()
     before = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines() if line}
     assert 2 <= len(before) < 8
@@ -163,7 +165,7 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
     cached_models = {p.parent.name for p in cache.rglob("entry.json")}
 
     config = load_bench_config("smoke")
-    resumed = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
+    resumed = run_bench(config, out, cache_dir=cache, threads=1, workers=2, progress=False)
     assert len(resumed.records) == 8 and resumed.cells_run == 8 - len(before)
     after = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines()}
     assert len(after) == 8 and all(after[cell] == record for cell, record in before.items())
@@ -173,9 +175,47 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Verification, black-box" in report and "## False accusations" in report
     assert (out / "report-pvalues.png").stat().st_size > 0
+    assert [r["cells_run"] for r in resumed.history] == [8 - len(before)]  # the killed run never finished
+    assert "| 2 x 1 |" in report
 
     again = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
     assert again.cells_run == 0 and again.cache_misses == 0 and again.records == resumed.records
+
+    alone = run_bench(config, tmp_path / "alone", cache_dir=cache, threads=1, workers=1, progress=False)
+    assert alone.cells_run == 8 and alone.cache_misses == 0
+
+    def numbers(records):
+        return [{k: v for k, v in r.items() if k != "verify_seconds"} for r in records]
+
+    assert numbers(alone.records) == numbers(resumed.records)
+
+
+def test_workers_cut_the_grid_into_jobs_that_build_nothing_twice():
+    """Shared models (benign, independents) get one job each; every protection's cells one job, seed-major."""
+    from modelprove.bench.runner import _Grid  # noqa: PLC2701 - the job plan is the runner's own
+
+    grid = _Grid.__new__(_Grid)
+    grid.config = parse_bench_config(GRID)
+    grid.data = {"dataset": "x", "defender": "d0", "attacker": "a0", "test": "t0"}
+    grid.protections, grid.suspect_recipes, grid.plan = plan_grid(grid.config, grid.data)
+
+    class EmptyCache:
+        def entry_seconds(self, kind, recipe):
+            return None
+
+    grid.cache = EmptyCache()
+    jobs = grid.jobs(grid.plan)
+    kinds = [kind for kind, _ in jobs]
+    assert kinds == ["benign", "benign", "independent", "cells", "cells"]
+    cells = [key for kind, keys in jobs if kind == "cells" for key in keys]
+    assert sorted(cells) == sorted(c["key"] for c in grid.plan)  # every cell once
+    by_key = {c["key"]: c for c in grid.plan}
+    for kind, keys in jobs:
+        if kind == "cells":
+            group = [by_key[k] for k in keys]
+            assert len({c["protection"]["key"] for c in group}) == 1
+            assert [c["kind"] for c in group] == sorted((c["kind"] for c in group), key=lambda k: k != "attack")
+    assert [by_key[keys[0]]["seed"] for kind, keys in jobs if kind == "cells"] == [0, 1]
 
 
 def test_cache_keeps_the_entry_a_concurrent_process_finished_first(tmp_path):

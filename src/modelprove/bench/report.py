@@ -35,6 +35,21 @@ def _verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("outcome") not in (None, "n/a")]
 
 
+def _history(run) -> list[str]:
+    """The runs that verified or built this directory's results, from its runs.jsonl."""
+    if not run.history:
+        return []
+    lines = ["Runs that made these results (`runs.jsonl` of the run directory; load = 1-minute load average):", "",
+             "| started (UTC) | processes x torch threads | cores | load at start / end | cells verified "
+             "| cache hits / builds | wall time |", "|---|---|---|---|---|---|---|"]
+    for past in run.history:
+        part = "" if past.get("methods", "all") == "all" else f" (only {', '.join(past['methods'])})"
+        lines.append(f"| {past['started']} | {past['workers']} x {past['threads']} | {past['cores']} "
+                     f"| {past['load_at_start']} / {past['load_at_end']} | {past['cells_run']}{part} "
+                     f"| {past['cache_hits']} / {past['cache_misses']} | {past['seconds'] / 60:.1f} min |")
+    return [*lines, ""]
+
+
 def markdown(run) -> str:
     config, records = run.config, run.records
     alpha = config.alpha
@@ -62,6 +77,7 @@ def markdown(run) -> str:
          f"time, measured on the machine that built it, under whatever load it had) and "
          f"{run.verify_seconds / 60:.0f} min of verification, plus loading."),
         "",
+        *_history(run),
         "## Harmlessness: victims' test accuracy vs the benign model",
         "",
         "| method | victim | benign (same data, same seed, no protection) | difference |",

@@ -48,3 +48,25 @@ class ResultLog:
             handle.flush()
             os.fsync(handle.fileno())
         self.records[record["cell"]] = record
+
+
+class RunHistory:
+    """``runs.jsonl`` beside the results: one line per run that verified or built something (when, on
+    what, how long), so a report can say how its numbers were made, e.g. the empty-cache wall time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.runs: list[dict[str, Any]] = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    self.runs.append(json.loads(line))
+                except json.JSONDecodeError:  # a run killed mid-write: it left no numbers worth keeping
+                    continue
+
+    def add(self, run: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(run, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.runs.append(run)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import multiprocessing
+import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,7 @@ from modelprove.access import BLACK_BOX, WHITE_BOX, BlackBoxAccess, WhiteBoxAcce
 from modelprove.attacks import parse_attack, run_attack
 from modelprove.bench.cache import BenchCache, recipe_key
 from modelprove.bench.config import BenchConfig, DataSpec
-from modelprove.bench.results import ResultLog
+from modelprove.bench.results import ResultLog, RunHistory
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError, SuspectError
 from modelprove.core.progress import console
@@ -47,7 +51,9 @@ class BenchRun:
     missing: int = 0  # cells of the grid not verified yet (a report-only run of an unfinished grid)
     build_seconds: float = 0.0  # the grid's models and protections, as long as each took to build
     verify_seconds: float = 0.0  # every cell's verification
+    workers: int = 1  # processes that ran the grid side by side
     reports: list[Path] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every run of this directory (runs.jsonl)
 
 
 def bench_splits(spec: DataSpec) -> DataSplits:
@@ -112,16 +118,26 @@ class _Progress:
 
     Cells are uneven: the first cell of a suspect trains it (minutes), the others only verify
     (a second). The estimate counts the suspects still to be made and the cells that only verify,
-    each at the mean time measured so far for its kind.
+    each at the mean time measured so far for its kind, shared among the worker processes.
     """
 
-    def __init__(self, cells: list[dict[str, Any]], done: set[str], enabled: bool):
-        self.total, self.done, self.enabled = len(cells), len(done), enabled
+    def __init__(self, cells: list[dict[str, Any]], done: set[str], enabled: bool, workers: int = 1):
+        self.total, self.done, self.enabled, self.workers = len(cells), len(done), enabled, workers
         self.start = time.perf_counter()
         self.ran = 0
         self.times: dict[bool, list[float]] = {True: [], False: []}
         self.pending = [c for c in cells if c["key"] not in done]
         self.made = {c["suspect_key"] for c in cells if c["key"] in done}
+
+    def _elapsed(self) -> str:
+        return f"elapsed {(time.perf_counter() - self.start) / 60:.1f} min"
+
+    def built(self, key: str | None, what: str, seconds: float) -> None:
+        """A model every protection shares (benign, independent) was made by a job of its own."""
+        if key is not None:
+            self.made.add(key)
+        if self.enabled:
+            console.print(f"built {what} ({seconds:.1f} s) · {self._elapsed()}", highlight=False)
 
     def cell(self, cell: dict[str, Any], what: str, seconds: float) -> None:
         builds = cell["suspect_key"] not in self.made
@@ -134,9 +150,8 @@ class _Progress:
             return
         to_make = {c["suspect_key"] for c in self.pending} - self.made
         mean = {kind: (sum(t) / len(t) if t else seconds) for kind, t in self.times.items()}
-        left = len(to_make) * mean[True] + (len(self.pending) - len(to_make)) * mean[False]
-        elapsed = time.perf_counter() - self.start
-        console.print(f"[{self.done}/{self.total}] {what} ({seconds:.1f} s) · elapsed {elapsed / 60:.1f} min · "
+        left = (len(to_make) * mean[True] + (len(self.pending) - len(to_make)) * mean[False]) / self.workers
+        console.print(f"[{self.done}/{self.total}] {what} ({seconds:.1f} s) · {self._elapsed()} · "
                       f"about {left / 60:.0f} min left", highlight=False)
 
 
@@ -194,63 +209,50 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
     return protections, suspect_recipes, plan
 
 
-def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-              threads: int | None = None, progress: bool = True, reports: list[Path] | None = None,
-              only_methods: list[str] | None = None, report_only: bool = False) -> BenchRun:
-    """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report.
+class _Grid:
+    """The grid in one process: its data, cache, results log, plan, and the protections loaded so far."""
 
-    ``only_methods`` (method labels) runs part of the grid: several processes, each with its own part,
-    may share one cache and one run directory (cache entries and result lines are written whole), and
-    a last run without it collects every part and writes the report. ``report_only`` trains and
-    verifies nothing: it writes the report from the cells already in the results, marking the rest.
-    """
-    from modelprove.bench.report import write_report
+    def __init__(self, config: BenchConfig, out_dir: Path, cache_dir: Path, only_methods: list[str] | None):
+        self.config = config
+        self.cache = BenchCache(cache_dir)
+        self.log = ResultLog(out_dir / "results.jsonl")
+        self.splits = bench_splits(config.data)
+        self.data = data_recipe(config.data, self.splits)
+        self.classes = list(self.splits.defender.classes)
+        self.protections, self.suspect_recipes, plan = plan_grid(config, self.data)
+        if only_methods:
+            labels = {m.label for m in config.methods}
+            unknown = sorted(set(only_methods) - labels)
+            if unknown:
+                raise ModelproveError(f"the grid {config.source} has no method labelled {unknown[0]!r}.",
+                                      fix=f"pick from {', '.join(sorted(labels))}.")
+            plan = [cell for cell in plan if cell["method"] in only_methods]
+        self.plan = plan
+        self.cells = {cell["key"]: cell for cell in plan}
+        self.loaded: dict[Any, Any] = {}  # protection key -> (opened, victim, info); ("benign", seed) -> accuracy
 
-    start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = BenchCache(cache_dir or out_dir / "cache")
-    log = ResultLog(out_dir / "results.jsonl")
-    if log.dropped and progress:
-        console.print(f"dropped {log.dropped} unreadable line(s) of {log.path} (a run killed mid-write); "
-                      "those cells run again.")
-    splits = bench_splits(config.data)
-    data = data_recipe(config.data, splits)
-    classes = list(splits.defender.classes)
-    training = dataclasses.asdict(config.training)
+    def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
+        training = self.config.training
+        return TrainConfig(epochs=epochs or training.epochs, batch_size=training.batch_size, lr=training.lr,
+                           augmentation=training.augmentation, seed=seed)
 
-    def train_config(seed: int, epochs: int | None = None) -> TrainConfig:
-        return TrainConfig(epochs=epochs or config.training.epochs, batch_size=config.training.batch_size,
-                           lr=config.training.lr, augmentation=config.training.augmentation, seed=seed)
+    def benign_recipe(self, seed: int) -> dict[str, Any]:
+        defender_data = {k: v for k, v in self.data.items() if k not in ("attacker", "attacker_limit")}
+        return {"kind": "benign", "arch": self.config.training.arch, "seed": seed, "part": "defender",
+                "training": dataclasses.asdict(self.config.training), "data": defender_data}
 
-    protections, suspect_recipes, plan = plan_grid(config, data)
-    if only_methods:
-        labels = {m.label for m in config.methods}
-        unknown = sorted(set(only_methods) - labels)
-        if unknown:
-            raise ModelproveError(f"the grid {config.source} has no method labelled {unknown[0]!r}.",
-                                  fix=f"pick from {', '.join(sorted(labels))}.")
-        plan = [cell for cell in plan if cell["method"] in only_methods]
+    def benign_accuracy(self, seed: int) -> float:
+        if ("benign", seed) not in self.loaded:
+            arch, splits = self.config.training.arch, self.splits
+            _, entry = self.cache.model(self.benign_recipe(seed), lambda: train_plain_model(
+                arch, splits.defender, splits.test, self.train_config(seed), f"benign seed {seed}"), self.classes)
+            self.loaded[("benign", seed)] = entry["info"]["test_accuracy"]
+        return self.loaded[("benign", seed)]
 
-    done = sum(cell["key"] in log for cell in plan)
-    bar = _Progress(plan, {cell["key"] for cell in plan if cell["key"] in log}, progress)
-    if progress:
-        console.print(f"bench {config.name}: {len(plan)} cells, {done} already in {log.path}", highlight=False)
-
-    loaded: dict[str, Any] = {}  # protection key -> (opened, victim, info); model key -> model
-
-    def benign_accuracy(seed: int) -> float:
-        recipe = {"kind": "benign", "arch": config.training.arch, "seed": seed, "part": "defender",
-                  "training": training, "data": {k: v for k, v in data.items() if k not in ("attacker", "attacker_limit")}}
-        _, entry = cache.model(recipe, lambda: train_plain_model(config.training.arch, splits.defender, splits.test,
-                                                                  train_config(seed), f"benign seed {seed}"), classes)
-        return entry["info"]["test_accuracy"]
-
-    def protection(prot: dict[str, Any]):
-        if prot["key"] not in loaded:
+    def protection(self, prot: dict[str, Any]):
+        if prot["key"] not in self.loaded:
             spec: MethodSpec = prot["spec"]
+            splits = self.splits
 
             def build(out: Path) -> dict[str, Any]:
                 result = spec.protect(splits.defender, splits.test, out, prot["config"])
@@ -258,17 +260,18 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                 return {"victim_test_accuracy": round(evaluate(victim, splits.test), 4),
                         "results": getattr(result, "results", {})}
 
-            directory, entry = cache.protection(prot["recipe"], build)
+            directory, entry = self.cache.protection(prot["recipe"], build)
             opened = spec.open(Protection.open(directory))
             victim, _ = load_model(directory / "victim.safetensors")
-            loaded[prot["key"]] = (opened, victim.eval(), entry["info"])
-        return loaded[prot["key"]]
+            self.loaded[prot["key"]] = (opened, victim.eval(), entry["info"])
+        return self.loaded[prot["key"]]
 
-    def suspect(seed: int, label: str, attack, victim: Classifier) -> tuple[Classifier, dict[str, Any]]:
-        chain = suspect_recipes[(seed, label, attack.label)]
+    def suspect(self, seed: int, label: str, attack, victim: Classifier) -> tuple[Classifier, dict[str, Any]]:
+        chain = self.suspect_recipes[(seed, label, attack.label)]
+        splits = self.splits
         model = victim
         entry: dict[str, Any] = {}
-        for i, recipe in enumerate(chain):
+        for recipe in chain:
             previous = model
 
             def build(previous=previous, stage=recipe["stages"][-1]):
@@ -276,57 +279,221 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                 return stolen, {"lineage": lineage, "test_accuracy": round(evaluate(stolen, splits.test), 4),
                                 "fidelity": round(agreement(stolen, victim, splits.test), 4)}
 
-            model, entry = cache.model(recipe, build, classes)
+            model, entry = self.cache.model(recipe, build, self.classes)
         return model, entry["info"]
 
-    def independent(ind: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
-        model, entry = cache.model(ind["recipe"], lambda: train_plain_model(
-            ind["arch"], splits.attacker, splits.test, train_config(ind["seed"], ind["epochs"]), ind["name"]), classes)
+    def independent(self, ind: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
+        splits = self.splits
+        model, entry = self.cache.model(ind["recipe"], lambda: train_plain_model(
+            ind["arch"], splits.attacker, splits.test, self.train_config(ind["seed"], ind["epochs"]), ind["name"]),
+            self.classes)
         return model, entry["info"]
 
-    for cell in plan:
-        if cell["key"] in log or report_only:
-            continue
-        cell_start = time.perf_counter()
+    def run_cell(self, cell: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Verify one cell (building what it needs) and append its record to the results; -> (record, summary)."""
         prot = cell["protection"]
         seed, spec, setting = cell["seed"], prot["spec"], cell["setting"]
-        opened, victim, victim_info = protection(prot)
+        opened, victim, victim_info = self.protection(prot)
         if cell["kind"] == "attack":
-            model, info = suspect(seed, cell["method"], cell["attack"], victim)
+            model, info = self.suspect(seed, cell["method"], cell["attack"], victim)
             name = cell["attack"].label
             row = {"attack": cell["attack"].attack, "row": cell["attack"].label, "paper_row": cell["attack"].paper,
                    "fidelity": info["fidelity"], "stolen_truth": True}
         else:
             ind = cell["independent"]
-            model, info = independent(ind)
+            model, info = self.independent(ind)
             name = ind["name"]
             row = {"attack": None, "row": "Independent", "paper_row": "Independent", "independent": ind["name"],
-                   "independent_arch": ind["arch"], "fidelity": round(agreement(model, victim, splits.test), 4),
+                   "independent_arch": ind["arch"], "fidelity": round(agreement(model, victim, self.splits.test), 4),
                    "stolen_truth": False}
-        record = {"cell": cell["key"], "grid": config.name, "seed": seed, "method": cell["method"],
+        record = {"cell": cell["key"], "grid": self.config.name, "seed": seed, "method": cell["method"],
                   "method_name": spec.name, "setting": setting, "suspect": name, "suspect_arch": model.arch,
                   "suspect_test_accuracy": info["test_accuracy"],
                   "victim_test_accuracy": victim_info["victim_test_accuracy"],
-                  "benign_test_accuracy": benign_accuracy(seed), **row}
+                  "benign_test_accuracy": self.benign_accuracy(seed), **row}
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
-        log.add(record)
-        bar.cell(cell, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}",
-                 time.perf_counter() - cell_start)
+        self.log.add(record)
+        return record, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}"
 
+    def jobs(self, pending: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        """The pending work cut into jobs that processes can run side by side without building anything twice.
+
+        Models every protection shares (benign models, independent models) come first, one job each, the
+        slowest first; then one job per protection: its victim, its suspects and its cells, seed by seed.
+        """
+        jobs: list[tuple[str, Any]] = []
+        for seed in sorted({cell["seed"] for cell in pending}, key=self.config.seeds.index):
+            if self.cache.entry_seconds("models", self.benign_recipe(seed)) is None:
+                jobs.append(("benign", seed))
+        independents = {cell["suspect_key"]: cell["independent"] for cell in pending if cell["kind"] == "independent"}
+        epochs_x_cost = {"vgg_small": 20, "cnn_small": 2, "lenet5": 1}  # rough relative cost per epoch
+        for key, ind in sorted(independents.items(),
+                               key=lambda item: -epochs_x_cost.get(item[1]["arch"], 5) * item[1]["epochs"]):
+            if self.cache.entry_seconds("models", ind["recipe"]) is None:
+                jobs.append(("independent", key))
+        groups: dict[str, list[str]] = {}
+        for cell in sorted(pending, key=lambda c: c["kind"] != "attack"):  # a protection's suspects before the rest
+            groups.setdefault(cell["protection"]["key"], []).append(cell["key"])
+        order = {cell["protection"]["key"]: i for i, cell in reversed(list(enumerate(pending)))}
+        jobs.extend(("cells", groups[key]) for key in sorted(groups, key=order.__getitem__))
+        return jobs
+
+    def run_job(self, job: tuple[str, Any], report) -> None:
+        kind, what = job
+        start = time.perf_counter()
+        if kind == "benign":
+            self.benign_accuracy(what)
+            report(("built", None, f"benign model, seed {what}", time.perf_counter() - start))
+        elif kind == "independent":
+            ind = next(c["independent"] for c in self.plan if c["suspect_key"] == what)
+            self.independent(ind)
+            report(("built", what, ind["name"], time.perf_counter() - start))
+        else:
+            for key in what:
+                cell_start = time.perf_counter()
+                _, summary = self.run_cell(self.cells[key])
+                report(("cell", key, summary, time.perf_counter() - cell_start))
+
+
+# One grid per worker process, made once by the pool's initializer.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: BenchConfig, out_dir: Path, cache_dir: Path, only_methods: list[str] | None,
+                 threads: int, events) -> None:
+    torch.set_num_threads(threads)
+    console.quiet = True  # the parent prints each cell; bars from several processes would garble a terminal
+    parent = os.getppid()
+
+    def watch_parent() -> None:  # a killed run must not leave workers writing to its cache and results
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    _WORKER.update(grid=_Grid(config, out_dir, cache_dir, only_methods), events=events)
+
+
+def _work(job: tuple[str, Any]) -> tuple[int, int] | str:
+    """Run one job in a worker -> (cache hits, misses), or the message of the error that stopped it."""
+    grid: _Grid = _WORKER["grid"]
+    hits, misses = grid.cache.hits, grid.cache.misses
+    try:
+        grid.run_job(job, _WORKER["events"].put)
+    except ModelproveError as error:  # its keyword-only constructor does not survive pickling: send the text
+        return str(error)
+    return grid.cache.hits - hits, grid.cache.misses - misses
+
+
+def _run_in_workers(grid: _Grid, pending: list[dict[str, Any]], workers: int, threads: int,
+                    out_dir: Path, cache_dir: Path, only_methods: list[str] | None, bar: "_Progress") -> None:
+    """Run the pending cells in ``workers`` processes of ``threads`` torch threads each.
+
+    On 2 cores, two 1-thread processes train about twice as fast as one (../CPU-NOTES: 1.6x from a
+    second thread, 2x from a second process): the grid's models are many and small. Every process
+    shares the cache and the results log, which are written whole, so a kill at any moment resumes.
+    """
+    context = multiprocessing.get_context("spawn")  # fork under torch's thread pools can deadlock
+    events = context.Queue()
+    with context.Pool(workers, initializer=_init_worker,
+                      initargs=(grid.config, out_dir, cache_dir, only_methods, threads, events)) as pool:
+        results = [pool.apply_async(_work, (job,)) for job in grid.jobs(pending)]
+
+        def drain(timeout: float) -> None:
+            try:
+                kind, key, summary, seconds = events.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if kind == "cell":
+                bar.cell(grid.cells[key], summary, seconds)
+            else:
+                bar.built(key, summary, seconds)
+
+        while not all(result.ready() for result in results):
+            drain(0.5)
+        while not events.empty():
+            drain(0.1)
+        for result in results:
+            outcome = result.get()
+            if isinstance(outcome, str):
+                raise ModelproveError(outcome)
+            grid.cache.hits += outcome[0]
+            grid.cache.misses += outcome[1]
+
+
+def default_workers(threads: int | None = None) -> int:
+    """As many processes as the machine has cores for, at ``threads`` torch threads each (default 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, threads or 1))
+
+
+def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+              threads: int | None = None, workers: int = 1, progress: bool = True,
+              reports: list[Path] | None = None, only_methods: list[str] | None = None,
+              report_only: bool = False) -> BenchRun:
+    """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report.
+
+    ``workers`` > 1 runs the grid in that many processes (``threads`` torch threads each, default 1;
+    see :func:`default_workers`). ``only_methods`` (method labels) runs part of the grid: several
+    processes, each with its own part, may share one cache and one run directory (cache entries and
+    result lines are written whole), and a last run without it collects every part and writes the
+    report. ``report_only`` trains and verifies nothing: it writes the report from the cells already in
+    the results, marking the rest.
+    """
+    from modelprove.bench.report import write_report
+
+    if workers < 1:
+        raise ModelproveError(f"workers must be an integer >= 1, got {workers}.", fix="pass --workers 1 or more.")
+    start, started, load_at_start = time.perf_counter(), time.gmtime(), os.getloadavg()[0]
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir or out_dir / "cache")
+    grid = _Grid(config, out_dir, cache_dir, only_methods)
+    if grid.log.dropped and progress:
+        console.print(f"dropped {grid.log.dropped} unreadable line(s) of {grid.log.path} (a run killed mid-write); "
+                      "those cells run again.")
+    plan = grid.plan
+    pending = [] if report_only else [cell for cell in plan if cell["key"] not in grid.log]
+    bar = _Progress(plan, {cell["key"] for cell in plan if cell["key"] in grid.log}, progress,
+                    workers=min(workers, max(1, len(pending))))
+    if progress:
+        console.print(f"bench {config.name}: {len(plan)} cells, {len(plan) - len(pending) if not report_only else 0} "
+                      f"already in {grid.log.path}" + (f"; {workers} worker processes" if workers > 1 else ""),
+                      highlight=False)
+    if pending and workers > 1:
+        _run_in_workers(grid, pending, workers, threads or 1, out_dir, cache_dir, only_methods, bar)
+        grid.log = ResultLog(grid.log.path)  # the workers' lines
+    else:
+        for cell in pending:
+            cell_start = time.perf_counter()
+            _, summary = grid.run_cell(cell)
+            bar.cell(cell, summary, time.perf_counter() - cell_start)
+
+    log, cache = grid.log, grid.cache
     # Labels are presentation, not part of any key: take them from this grid, not from the run that verified.
     records = [{**log.records[cell["key"]], "method": cell["method"],
                 **({"row": cell["attack"].label, "paper_row": cell["attack"].paper} if cell["kind"] == "attack" else {})}
                for cell in plan if cell["key"] in log.records]
     # What the grid cost from an empty cache, from each cache entry's own build time (also when this run
     # only read the cache): models and protections, plus every cell's verification.
-    recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in protections.values()}
-    recipes.update({recipe_key(r): ("models", r) for chain in suspect_recipes.values() for r in chain})
+    recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in grid.protections.values()}
+    recipes.update({recipe_key(r): ("models", r) for chain in grid.suspect_recipes.values() for r in chain})
     recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
     built = [cache.entry_seconds(kind, recipe) for kind, recipe in recipes.values()]
     run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start,
-                   missing=len(plan) - len(records),
+                   missing=len(plan) - len(records), workers=workers,
                    build_seconds=sum(b for b in built if b is not None),
                    verify_seconds=sum(r.get("verify_seconds") or 0.0 for r in records))
+    history = RunHistory(out_dir / "runs.jsonl")
+    if run.cells_run or run.cache_misses:
+        history.add({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started), "seconds": round(run.seconds, 1),
+                     "workers": workers, "threads": threads or torch.get_num_threads(), "cores": default_workers(1),
+                     "load_at_start": round(load_at_start, 2), "load_at_end": round(os.getloadavg()[0], 2),
+                     "cells_run": run.cells_run, "cache_hits": run.cache_hits, "cache_misses": run.cache_misses,
+                     "methods": only_methods or "all"})
+    run.history = history.runs
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run
@@ -348,5 +515,5 @@ def verify_cell(spec: MethodSpec, opened: Any, model: Classifier, setting: str, 
             "verdict_setting": verdict.setting}
 
 
-__all__ = ["BLACK_BOX", "BenchRun", "bench_splits", "data_recipe", "method_config", "run_bench", "train_plain_model",
+__all__ = ["BLACK_BOX", "BenchRun", "bench_splits", "data_recipe", "default_workers", "method_config", "run_bench", "train_plain_model",
            "verify_cell"]

@@ -246,7 +246,10 @@ def bench(
         help="Model cache shared between grids (default runs/bench/cache).")] = None,
     report: Annotated[Optional[list[Path]], typer.Option(
         help="Also write the Markdown report here (repeatable), e.g. docs/results/move-fmnist.md.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="torch threads per worker process (default: 1 with several workers, else torch's).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Processes that build and verify side by side (default: the machine's cores / --threads).")] = None,
     methods: Annotated[Optional[str], typer.Option(
         help="Run only these method labels (comma-separated): parallel processes may each take a part, "
              "sharing --out and --cache; then run once without it for the report.")] = None,
@@ -255,7 +258,7 @@ def bench(
     list_: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
 ) -> None:
     """Run (or resume) a grid of methods x attacks x seeds; write results.jsonl, report.md and a plot."""
-    from modelprove.bench import load_bench_config, preset_names, run_bench
+    from modelprove.bench import default_workers, load_bench_config, preset_names, run_bench
 
     if list_ or grid is None:
         for name in preset_names():
@@ -266,6 +269,7 @@ def bench(
         config = load_bench_config(grid)
         run = run_bench(config, out_dir or Path("runs/bench") / config.name,
                         cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
+                        workers=workers if workers is not None else default_workers(threads),
                         progress=True, report_only=report_only, only_methods=[m.strip() for m in methods.split(",")] if methods else None)
     except ModelproveError as error:
         _fail(error)
