@@ -57,7 +57,12 @@ from modelprove.methods.common import (
     t_test_verdict,
     verification_config,
 )
-from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig, train_meta_classifier
+from modelprove.methods.meta_classifier import (
+    MetaClassifier,
+    MetaClassifierConfig,
+    load_meta_classifier,
+    train_meta_classifier,
+)
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
@@ -424,16 +429,6 @@ class OpenedMove:
         return self.held_out_pool if which == "test" else self.pool
 
 
-def _load_meta(protection: Protection, name: str) -> MetaClassifier:
-    state = load_file(str(protection.path(name)))
-    weight = state.get("net.0.weight")
-    if weight is None:
-        raise ProtectionError(f"{name} has no 'net.0.weight'.", path=protection.directory)
-    meta = MetaClassifier(weight.shape[1], weight.shape[0])
-    meta.load_state_dict(state)
-    return meta.eval()
-
-
 def open_protection(directory: str | Path | Protection) -> OpenedMove:
     """Load a MOVE protection for verification (a path is opened and hash-checked first)."""
     protection = Protection.open_for(directory, METHOD)
@@ -454,8 +449,8 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
         protection=protection,
         victim_card=victim_card,
         benign=benign,
-        meta=_load_meta(protection, "meta_classifier.safetensors"),
-        meta_black_box=_load_meta(protection, "meta_classifier_black_box.safetensors"),
+        meta=load_meta_classifier(protection, "meta_classifier.safetensors"),
+        meta_black_box=load_meta_classifier(protection, "meta_classifier_black_box.safetensors"),
         pool=VerificationPool(transformed["images"][pool], transformed["originals"][pool], transformed["labels"][pool]),
         held_out_pool=VerificationPool(transformed["test_images"], transformed["test_originals"],
                                        transformed["test_labels"]),
