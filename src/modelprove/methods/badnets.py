@@ -36,16 +36,8 @@ from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import stamp_patch
-from modelprove.methods.common import (
-    TrainsModels,
-    check_same_task,
-    check_t_test_fields,
-    dataset_info,
-    fresh_model,
-    open_suspect,
-    t_test_verdict,
-    verification_config,
-)
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
@@ -81,12 +73,12 @@ class BadNetsConfig(TrainsModels):
 
     def __post_init__(self) -> None:
         check_trigger_fields(self)
-        if not 0.0 < self.poison_rate < 1.0:
-            raise ModelproveError(f"poison_rate must be in (0, 1), got {self.poison_rate}.")
 
 
 def check_trigger_fields(config: Any) -> None:
     """Checks shared by every trigger watermark config (BadNets, gradient matching)."""
+    if not 0.0 < config.poison_rate < 1.0:
+        raise ModelproveError(f"poison_rate must be in (0, 1), got {config.poison_rate}.")
     if config.target < 0:
         raise ModelproveError(f"target must be a class index >= 0, got {config.target}.")
     if config.patch_size < 1:
@@ -258,15 +250,11 @@ def verify_trigger(
     config = verification_config(opened.config, options, verify_options, method)
     suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=access,
                                           who=method, card=opened.victim_card, protection=opened.protection)
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > len(opened.pool_images):
-        raise ModelproveError(
-            f"m = {m} exceeds the {len(opened.pool_images)} images of the verification pool.",
-            fix=f"use m <= {len(opened.pool_images)}, or protect with a larger verification_pool.",
-        )
+    rows = draw_rows(config, setting, len(opened.pool_images), seed,
+                     remedy=", or protect with a larger verification_pool")
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(opened.pool_images), generator=generator(seed))[:m]
     benign = opened.pool_images[rows].float() / 255
     if setting == WHITE_BOX:  # the weights are ours to run: no queries
         p_triggered, p_benign = target_probabilities(suspect.model, benign, config.target, config.patch_size)  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ import torch
 
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError
+from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.protection import Protection
@@ -111,6 +112,16 @@ def open_suspect(
     require_access(suspect, (needs or {}).get(setting, setting), f"{who} {setting} verification")
     suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {protection.directory}")
     return suspect, name, setting
+
+
+def draw_rows(config: Any, setting: str, pool_size: int, seed: int, *,
+              what: str = "images of the verification pool", remedy: str = "") -> torch.Tensor:
+    """The rows of one verification: m of them (``config.m`` white-box, ``config.m_black_box`` else),
+    drawn at random by ``seed`` from a pool of ``pool_size``, which must hold them."""
+    m = config.m if setting == WHITE_BOX else config.m_black_box
+    if m > pool_size:
+        raise ModelproveError(f"m = {m} exceeds the {pool_size} {what}.", fix=f"use m <= {pool_size}{remedy}.")
+    return torch.randperm(pool_size, generator=generator(seed))[:m]
 
 
 class TTest(Protocol):

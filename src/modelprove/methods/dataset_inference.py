@@ -56,22 +56,10 @@ from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
-from modelprove.methods.common import (
-    TrainsModels,
-    check_same_task,
-    check_t_test_fields,
-    dataset_info,
-    fresh_model,
-    open_suspect,
-    t_test_verdict,
-    verification_config,
-)
-from modelprove.methods.meta_classifier import (
-    MetaClassifier,
-    MetaClassifierConfig,
-    load_meta_classifier,
-    train_meta_classifier,
-)
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import open_suspect, t_test_verdict, verification_config
+from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
+from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_labels, save_model
 from modelprove.training import evaluate, train

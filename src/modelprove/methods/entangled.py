@@ -52,16 +52,8 @@ from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import PatchTransformer
-from modelprove.methods.common import (
-    TrainsModels,
-    check_same_task,
-    check_t_test_fields,
-    dataset_info,
-    fresh_model,
-    open_suspect,
-    t_test_verdict,
-    verification_config,
-)
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
@@ -347,13 +339,10 @@ def verify(
     config = verification_config(opened.config, options, VERIFY_OPTIONS, "EWE")
     suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
                                           who="EWE", card=opened.victim_card, protection=opened.protection)
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > len(opened.pool):
-        raise ModelproveError(f"m = {m} exceeds the {len(opened.pool)} images of the verification pool.",
-                              fix=f"use m <= {len(opened.pool)}.")
+    rows = draw_rows(config, setting, len(opened.pool), seed)
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(opened.pool), generator=generator(seed))[:m]
     clean = opened.pool[rows].float() / 255
     triggered = config.trigger()(clean)
     if setting == WHITE_BOX:

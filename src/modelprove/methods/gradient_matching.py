@@ -99,8 +99,6 @@ class GradientMatchingConfig(TrainsModels):
 
     def __post_init__(self) -> None:
         check_trigger_fields(self)
-        if not 0.0 < self.poison_rate < 1.0:
-            raise ModelproveError(f"poison_rate must be in (0, 1), got {self.poison_rate}.")
         if not 0.0 < self.eps <= 1.0:
             raise ModelproveError(f"eps must be in (0, 1] (pixel units; Witches' Brew: 16/255), got {self.eps}.")
         for name in ("craft_steps", "restarts", "craft_batch", "source_samples"):

@@ -47,22 +47,10 @@ from modelprove.data.style import (
     load_style_image,
     make_style_transformer,
 )
-from modelprove.methods.common import (
-    TrainsModels,
-    check_same_task,
-    check_t_test_fields,
-    dataset_info,
-    fresh_model,
-    open_suspect,
-    t_test_verdict,
-    verification_config,
-)
-from modelprove.methods.meta_classifier import (
-    MetaClassifier,
-    MetaClassifierConfig,
-    load_meta_classifier,
-    train_meta_classifier,
-)
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
+from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
+from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
@@ -482,16 +470,13 @@ def verify(
                                           who="MOVE", card=opened.victim_card, protection=opened.protection,
                                           needs=needs)
     card = opened.victim_card
-    m = config.m if setting == WHITE_BOX else config.m_black_box
     pool = opened.pool_for(config.verification_images)
-    if m > len(pool):
-        raise ModelproveError(
-            f"m = {m} exceeds the {len(pool)} transformed images of the {config.verification_images} verification pool.",
-            fix=f"use m <= {len(pool)}, or protect with a larger transformation_rate / test_transformed.",
-        )
+    rows = draw_rows(config, setting, len(pool), seed,
+                     what=f"transformed images of the {config.verification_images} verification pool",
+                     remedy=", or protect with a larger transformation_rate / test_transformed")
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(pool), generator=generator(seed))[:m]
     images, originals, labels = pool.images[rows].float() / 255, pool.originals[rows].float() / 255, pool.labels[rows]
     if not config.meta_classifier:
         # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'.
