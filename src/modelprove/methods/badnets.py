@@ -23,23 +23,25 @@ victim learns the trigger.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
-from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess
+from modelprove.core.errors import ModelproveError
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import stamp_patch
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_proba, save_model
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
-from modelprove.training import TrainConfig, TrainRecord, evaluate, train
+from modelprove.training import TrainRecord, evaluate, train
 
 METHOD = "badnets"
 ACCESS = (WHITE_BOX, BLACK_BOX)  # the same test in both; white-box preferred when weights are offered
@@ -49,7 +51,7 @@ POOL_FILE = "verification.safetensors"
 
 
 @dataclass
-class BadNetsConfig:
+class BadNetsConfig(TrainsModels):
     """BadNets watermark parameters; defaults follow MOVE's baseline setting (3x3 white square at the
     bottom-right, 10% poisoned, m = 10 white-box / 100 black-box, alpha = 0.01)."""
 
@@ -71,32 +73,22 @@ class BadNetsConfig:
 
     def __post_init__(self) -> None:
         check_trigger_fields(self)
-        if not 0.0 < self.poison_rate < 1.0:
-            raise ModelproveError(f"poison_rate must be in (0, 1), got {self.poison_rate}.")
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation, seed=seed
-        )
 
 
 def check_trigger_fields(config: Any) -> None:
     """Checks shared by every trigger watermark config (BadNets, gradient matching)."""
+    if not 0.0 < config.poison_rate < 1.0:
+        raise ModelproveError(f"poison_rate must be in (0, 1), got {config.poison_rate}.")
     if config.target < 0:
         raise ModelproveError(f"target must be a class index >= 0, got {config.target}.")
     if config.patch_size < 1:
         raise ModelproveError(f"patch_size must be at least 1 pixel, got {config.patch_size}.")
-    if config.m < 2:
-        raise ModelproveError(f"m must be at least 2 for a paired t-test, got {config.m}.")
-    if config.m_black_box < 2:
-        raise ModelproveError(f"m_black_box must be at least 2 for a paired t-test, got {config.m_black_box}.")
+    check_t_test_fields(config)
     if config.verification_pool < max(config.m, config.m_black_box):
         raise ModelproveError(
             f"verification_pool ({config.verification_pool}) must hold at least max(m, m_black_box) = "
             f"{max(config.m, config.m_black_box)} images."
         )
-    if not 0.0 < config.alpha < 1.0:
-        raise ModelproveError(f"alpha must be in (0, 1), got {config.alpha}.")
 
 
 @dataclass
@@ -121,11 +113,7 @@ class OpenedTrigger:
 
 
 def check_task(defender: ImageDataset, test: ImageDataset, target: int) -> None:
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(
-            f"the defender data {defender.name} {defender.input_shape} and test data {test.name} "
-            f"{test.input_shape} do not describe the same task."
-        )
+    check_same_task(defender, test)
     if target >= defender.num_classes:
         raise ModelproveError(
             f"target = {target} is not a class of {defender.name} (classes 0..{defender.num_classes - 1}).",
@@ -160,13 +148,7 @@ def verification_pool(test: ImageDataset, target: int, size: int, seed: int) -> 
     return test.subset(chosen, name=f"{test.name}[verification]")
 
 
-def new_model(arch: str, defender: ImageDataset, seed: int) -> Classifier:
-    """A fresh classifier for ``defender``'s task, normalised with its pixel statistics (as MOVE's)."""
-    channels, height, width = defender.input_shape
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(seed)
-    return build_model(arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+new_model = fresh_model  # the name scripts and tests know it by
 
 
 def target_probabilities(model: Classifier, images: torch.Tensor, target: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,27 +207,21 @@ def protect(
     pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)
     timings["poison"] = time.perf_counter() - start
     start = time.perf_counter()
-    victim = new_model(config.arch, defender, config.seed)
+    victim = fresh_model(config.arch, defender, config.seed)
     record = train(victim, poisoned, config.train_config(config.seed), description="victim (BadNets-poisoned D)")
     timings["train_victim"] = time.perf_counter() - start
     results = {**trigger_results(victim, test, pool, config), "poisoned": len(rows),
                "seconds": {k: round(v, 2) for k, v in timings.items()}}
-    dataset_info = {"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                    "classes": defender.classes, "input_shape": list(defender.input_shape),
-                    "poisoned": len(rows), "verification_pool": len(pool)}
-    write_trigger_protection(out, METHOD, config, victim, record, defender, pool, results, dataset_info, ACCESS,
+    data_record = dataset_info(defender, test, poisoned=len(rows), verification_pool=len(pool))
+    write_trigger_protection(out, METHOD, config, victim, record, defender, pool, results, data_record, ACCESS,
                              force=force, extra_tensors={"poisoned_rows": rows})
     return TriggerProtection(directory=out, victim=victim, results=results)
 
 
 def open_trigger_protection(directory: str | Path | Protection, method: str, config_type: type) -> OpenedTrigger:
     """Load a trigger watermark protection of ``method`` (a path is opened and hash-checked first)."""
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
-    if protection.method != method:
-        raise ProtectionError(
-            f"this protection was made with method {protection.method!r}, not {method!r}.", path=protection.directory
-        )
-    config = config_type(**{k: v for k, v in protection.config.items() if k in config_type.__dataclass_fields__})
+    protection = Protection.open_for(directory, method)
+    config = protection.config_as(config_type)
     victim, card = load_model(protection.path("victim.safetensors"))
     pool = load_file(str(protection.path(POOL_FILE)))
     return OpenedTrigger(protection, victim, card, pool["images"], pool["labels"], config)
@@ -270,35 +246,15 @@ def verify_trigger(
 ) -> Verdict:
     """The triggered-vs-benign paired t-test of the suspect's target-class probability (MOVE Sec. 5.4's
     test applied to a trigger watermark)."""
-    if opened.protection.method != method:
-        raise ProtectionError(f"this protection was made with method {opened.protection.method!r}, not {method!r}.",
-                              path=opened.protection.directory)
-    unknown = sorted(set(options) - set(verify_options))
-    if unknown:
-        raise ModelproveError(
-            f"{method} verification has no option {', '.join(unknown)}; it takes {', '.join(verify_options)}.",
-            fix=f"other {method} parameters define the protection; protect again to change them.",
-        )
-    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})  # validates
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
-    if setting not in access:
-        raise ModelproveError(f"{method} verifies {' or '.join(access)}, not {setting!r}.")
-    require_access(suspect, setting, f"{method} {setting} verification")
-    card = opened.victim_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > len(opened.pool_images):
-        raise ModelproveError(
-            f"m = {m} exceeds the {len(opened.pool_images)} images of the verification pool.",
-            fix=f"use m <= {len(opened.pool_images)}, or protect with a larger verification_pool.",
-        )
+    Protection.open_for(opened.protection, method)  # an opened protection of another method is refused
+    config = verification_config(opened.config, options, verify_options, method)
+    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=access,
+                                          who=method, card=opened.victim_card, protection=opened.protection)
+    rows = draw_rows(config, setting, len(opened.pool_images), seed,
+                     remedy=", or protect with a larger verification_pool")
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(opened.pool_images), generator=generator(seed))[:m]
     benign = opened.pool_images[rows].float() / 255
     if setting == WHITE_BOX:  # the weights are ours to run: no queries
         p_triggered, p_benign = target_probabilities(suspect.model, benign, config.target, config.patch_size)  # type: ignore[attr-defined]
@@ -306,27 +262,13 @@ def verify_trigger(
         outputs = suspect.probabilities(torch.cat([stamp_patch(benign, config.patch_size), benign]))  # type: ignore[attr-defined]
         p_triggered, p_benign = outputs[:m, config.target], outputs[m:, config.target]
     test = paired_ttest_greater(p_triggered.numpy(), p_benign.numpy())
-    return Verdict(
-        method=method,
-        setting=setting,
-        suspect=name,
-        stolen=test.p_value < config.alpha,
-        p_value=test.p_value,
-        alpha=config.alpha,
-        effect=test.delta_mu,
-        effect_name="delta_mu",
-        samples=m,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
+    return t_test_verdict(
+        test, method=method, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
+        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
         details={
             "mu_suspect": float(p_triggered.mean()),  # mu_T: target-class probability on triggered images
             "mu_reference": float(p_benign.mean()),  # mu_B: the same on their benign originals
             "target": config.target,
-            "t_statistic": test.statistic,
-            "degenerate": test.degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
         },
     )
 

@@ -42,23 +42,24 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from modelprove.access import LABEL_ONLY, LabelOnlyAccess
-from modelprove.core.errors import DataError, ModelproveError, ProtectionError
+from modelprove.core.errors import DataError, ModelproveError
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.augment import AUGMENTATIONS
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.key_samples import (
-    HOST_FILE,
     VERIFY_OPTIONS,
     KeySet,
     OpenedKeyWatermark,
     key_accuracy,
     open_key_watermark,
+    save_host_and_keys,
     verify_key_watermark,
 )
+from modelprove.methods.common import check_same_task, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, build_model, card_for, save_model
+from modelprove.models import Classifier
 from modelprove.training import evaluate
 
 METHOD = "blind-watermark"
@@ -384,11 +385,8 @@ def train_blind_watermark(
     defender: ImageDataset, config: BlindWatermarkConfig, logo: torch.Tensor, *, show_progress: bool = True
 ) -> tuple[Classifier, Encoder, Discriminator, KeySet, EmbedRecord]:
     """Build h, e, d with ``config.seed``, run Algorithm 1, and make the final key set from D'."""
-    channels, height, width = defender.input_shape
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(config.seed)
-    host = build_model(config.arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+    channels = defender.input_shape[0]
+    host = fresh_model(config.arch, defender, config.seed)  # seeds torch: e and d are initialised after h
     encoder = Encoder(channels, config.encoder_width)
     discriminator = Discriminator(channels)
     rows, targets = choose_keys(defender, config)
@@ -414,8 +412,7 @@ def protect(
     and the encoder (and discriminator), all the owner needs to verify and to regenerate key samples.
     """
     config = config or BlindWatermarkConfig()
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(f"the defender data {defender.name} and test data {test.name} do not describe the same task.")
+    check_same_task(defender, test)
     out = Path(out)
     ensure_writable(out, force)
     shape = defender.input_shape
@@ -443,16 +440,11 @@ def protect(
     }
     with create_protection(out, METHOD, {**asdict(config), "logo": logo_source}, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": results["host_test_accuracy"], "algorithm_1": asdict(record)}
-        save_model(host, card_for(host, defender.classes, training, {"kind": "host", "method": METHOD}),
-                   writer.path(HOST_FILE))
-        keys.save(writer)
+        save_host_and_keys(writer, METHOD, host, training, keys, defender, test, results)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(writer.path(ENCODER_FILE)))
         save_file({k: v.contiguous() for k, v in discriminator.state_dict().items()},
                   str(writer.path(DISCRIMINATOR_FILE)))
         _save_logo(logo_tensor, writer.path(LOGO_FILE))
-        writer.record(dataset={"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                               "classes": defender.classes, "input_shape": list(shape)},
-                      results=results, access=list(ACCESS))
     return BlindWatermarkProtection(out, host, encoder, logo_tensor, keys, results)
 
 
@@ -499,9 +491,7 @@ def verify(
     binomial p-value against chance agreement 1/K is reported alongside (see key_samples).
     """
     opened = protection if isinstance(protection, OpenedKeyWatermark) else open_protection(protection)
-    if opened.method != METHOD:
-        raise ProtectionError(f"this protection was made with method {opened.method!r}, not {METHOD!r}.",
-                              path=opened.protection.directory)
+    Protection.open_for(opened.protection, METHOD)  # an opened protection of another method is refused
     return verify_key_watermark(opened, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
 
 

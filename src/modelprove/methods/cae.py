@@ -44,12 +44,13 @@ from modelprove.core.progress import progress_default, task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
+from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import (
-    ARCHITECTURES, Classifier, ModelCard, build_model, card_for, load_model, model_paths, predict_labels, save_model,
+    ARCHITECTURES, Classifier, ModelCard, card_for, load_model, model_paths, predict_labels, save_model,
 )
 from modelprove.stats import binomial_greater
-from modelprove.training import TrainConfig, evaluate, train
+from modelprove.training import evaluate, train
 
 METHOD = "cae"
 ACCESS = (LABEL_ONLY,)
@@ -59,7 +60,7 @@ CHUNK = 256  # candidates optimised at once (bounds memory: every defender model
 
 
 @dataclass
-class CaeConfig:
+class CaeConfig(TrainsModels):
     """CAE's parameters. Paper defaults where it states them (λ1 = λ2 = λ3 = 1, dropout keep 0.7,
     conferrability threshold 0.85 and ρ fallback 0.75 from the public code, n = 100, 300 Adam steps
     in its sensitivity study); model counts and epochs sized for a CPU."""
@@ -120,10 +121,6 @@ class CaeConfig:
 
     def arch_list(self, name: str) -> list[str]:
         return [a.strip() for a in str(getattr(self, name)).split(",") if a.strip()]
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           augmentation=self.augmentation, seed=seed)
 
 
 # -- conferrability (Sec. 3) --------------------------------------------------------------------
@@ -354,13 +351,7 @@ def source_labelled(source: nn.Module, data: ImageDataset) -> ImageDataset:
     return ImageDataset(data.images, labels, data.classes, f"{data.name} labelled by the source", data.indices)
 
 
-def defender_model(arch: str, data: ImageDataset, seed: int) -> Classifier:
-    """A fresh model for ``data``'s task, normalised with its statistics, initialised from ``seed``."""
-    channels, height, width = data.input_shape
-    sample = data.as_float(torch.arange(min(len(data), 10000)))
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(seed)
-    return build_model(arch, channels, data.num_classes, (height, width), mean=mean, std=std)
+defender_model = fresh_model  # the name the CAE study and tests know it by
 
 
 def model_plan(config: CaeConfig) -> dict[str, list[tuple[str, int]]]:
@@ -471,6 +462,29 @@ def load_source(model: str | Path | Classifier | None, defender: ImageDataset) -
     return source.eval(), info
 
 
+def held_out_threshold(models: DefenderModels, fingerprint: torch.Tensor, targets: torch.Tensor, rho: float | None,
+                       fallback: float) -> tuple[list[float], list[float], float]:
+    """The held-out surrogates' and references' match rates on the fingerprint, and ρ: ``rho`` when the
+    config sets it, else chosen between the two groups (:func:`choose_threshold`). CAE and IPGuard."""
+    surrogate_scores = [match_rate(m, fingerprint, targets) for m in models.held_out_surrogates]
+    reference_scores = [match_rate(m, fingerprint, targets) for m in models.held_out_references]
+    return surrogate_scores, reference_scores, (rho if rho is not None else
+                                                choose_threshold(surrogate_scores, reference_scores, fallback))
+
+
+def write_fingerprint_protection(out: Path, method: str, config: dict, source: Classifier, defender: ImageDataset,
+                                 test: ImageDataset, results: dict, fingerprint: dict[str, torch.Tensor], *,
+                                 force: bool) -> None:
+    """The protection directory of a fingerprint (CAE, IPGuard): the source model, the fingerprint's
+    tensors (images, targets, origins, ...) and a manifest."""
+    with create_protection(out, method, config, force=force) as writer:
+        training = {"dataset": defender.name, "test_accuracy": results["source_test_accuracy"]}
+        save_model(source, card_for(source, defender.classes, training, {"kind": "source", "method": method}),
+                   writer.path("source.safetensors"))
+        save_file({k: v.contiguous() for k, v in fingerprint.items()}, str(writer.path("fingerprint.safetensors")))
+        writer.record(dataset=dataset_info(defender, test), results=results, access=ACCESS)
+
+
 def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,
             force: bool = False, model: str | Path | Classifier | None = None,
             defender_models: DefenderModels | None = None) -> CaeProtection:
@@ -513,10 +527,8 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
                               fix="raise eps or steps.")
     fingerprint, fingerprint_targets = adversarial[chosen], targets[chosen]
 
-    surrogate_scores = [match_rate(m, fingerprint, fingerprint_targets) for m in models.held_out_surrogates]
-    reference_scores = [match_rate(m, fingerprint, fingerprint_targets) for m in models.held_out_references]
-    rho = config.rho if config.rho is not None else choose_threshold(surrogate_scores, reference_scores,
-                                                                     config.rho_fallback)
+    surrogate_scores, reference_scores, rho = held_out_threshold(models, fingerprint, fingerprint_targets, config.rho,
+                                                                config.rho_fallback)
     results = {
         "source_test_accuracy": evaluate(source, test),
         "fingerprint_size": int(len(chosen)),
@@ -537,16 +549,10 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
         "training": records,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                    "classes": defender.classes, "input_shape": list(defender.input_shape)}
-    with create_protection(out, METHOD, {**asdict(config), **source_info}, force=force) as writer:
-        training = {"dataset": defender.name, "test_accuracy": results["source_test_accuracy"]}
-        save_model(source, card_for(source, defender.classes, training, {"kind": "source", "method": METHOD}),
-                   writer.path("source.safetensors"))
-        save_file({"images": fingerprint.contiguous(), "targets": fingerprint_targets.contiguous(),
-                   "origins": defender.indices[rows[chosen]].contiguous(),
-                   "conferrability": confer[chosen].contiguous()}, str(writer.path("fingerprint.safetensors")))
-        writer.record(dataset=dataset_info, results=results, access=ACCESS)
+    write_fingerprint_protection(out, METHOD, {**asdict(config), **source_info}, source, defender, test, results,
+                                 {"images": fingerprint, "targets": fingerprint_targets,
+                                  "origins": defender.indices[rows[chosen]], "conferrability": confer[chosen]},
+                                 force=force)
     return CaeProtection(out, source, fingerprint, fingerprint_targets, models, results)
 
 
@@ -565,10 +571,7 @@ class OpenedFingerprint:
 
 
 def open_fingerprint(directory: str | Path | Protection, method: str) -> OpenedFingerprint:
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
-    if protection.method != method:
-        raise ProtectionError(f"this protection was made with method {protection.method!r}, not {method!r}.",
-                              path=protection.directory)
+    protection = Protection.open_for(directory, method)
     _, card = load_model(protection.path("source.safetensors"))
     stored = load_file(str(protection.path("fingerprint.safetensors")))
     results = protection.manifest.get("results", {})

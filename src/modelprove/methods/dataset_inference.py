@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,16 +50,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from scipy import stats
 
-from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
-from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess
+from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
-from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig, train_meta_classifier
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import open_suspect, t_test_verdict, verification_config
+from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
+from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_labels, save_model
-from modelprove.training import TrainConfig, evaluate, train
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_labels, save_model
+from modelprove.training import evaluate, train
 
 METHOD = "dataset-inference"
 ACCESS = (WHITE_BOX, BLACK_BOX)  # MinGD, Blind Walk (which needs only labels; label-only suspects work too)
@@ -67,7 +71,7 @@ NORMS = ("linf", "l2")
 
 
 @dataclass
-class DatasetInferenceConfig:
+class DatasetInferenceConfig(TrainsModels):
     """DI's parameters. The shared fields (arch .. alpha, m) mean what they mean in MoveConfig."""
 
     arch: str = "cnn_small"
@@ -103,26 +107,18 @@ class DatasetInferenceConfig:
         if self.regressor_samples < 2 or self.verification_pool < 2:
             raise ModelproveError(f"regressor_samples and verification_pool must be >= 2; got "
                                   f"{self.regressor_samples}, {self.verification_pool}.")
-        if self.m < 2 or self.m_black_box < 2:
-            raise ModelproveError(f"m and m_black_box must be at least 2 for a t-test, got {self.m}, {self.m_black_box}.")
+        check_t_test_fields(self, test="a t-test")
         if max(self.m, self.m_black_box) > self.verification_pool:
             raise ModelproveError(
                 f"m = {self.m} / m_black_box = {self.m_black_box} exceed verification_pool = {self.verification_pool}.",
                 fix="raise verification_pool or lower m.",
             )
-        if not 0.0 < self.alpha < 1.0:
-            raise ModelproveError(f"alpha must be in (0, 1), got {self.alpha}.")
 
     def norm_list(self) -> list[str]:
         names = [name.strip() for name in self.norms.split(",") if name.strip()]
         if not names or any(name not in NORMS for name in names):
             raise ModelproveError(f"norms must be comma-separated names from {', '.join(NORMS)}; got {self.norms!r}.")
         return names
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation, seed=seed
-        )
 
 
 def mingd_distances(model: Classifier, images: torch.Tensor, norm: str, steps: int, step: float,
@@ -198,7 +194,16 @@ def blind_walk_distances(labels_of: Callable[[torch.Tensor], torch.Tensor], imag
     return walked.view(n, directions).sort(dim=1).values
 
 
-def welch_ttest_greater(private: np.ndarray, public: np.ndarray) -> tuple[float, float, float, bool]:
+class WelchTTest(NamedTuple):
+    """H0: mu_private <= mu_public against H1: mu_private > mu_public, on two independent samples."""
+
+    p_value: float
+    delta_mu: float
+    statistic: float
+    degenerate: bool  # neither sample varies: the t statistic is undefined
+
+
+def welch_ttest_greater(private: np.ndarray, public: np.ndarray) -> WelchTTest:
     """One-sided Welch t-test of mean(private) > mean(public) (scipy.stats.ttest_ind, equal_var=False).
 
     Returns (p, delta_mu, t, degenerate); with no variance in either sample the limit is used:
@@ -207,9 +212,9 @@ def welch_ttest_greater(private: np.ndarray, public: np.ndarray) -> tuple[float,
     private, public = np.asarray(private, np.float64), np.asarray(public, np.float64)
     delta_mu = float(private.mean() - public.mean())
     if np.ptp(private) == 0.0 and np.ptp(public) == 0.0:
-        return (0.0 if delta_mu > 0 else 1.0), delta_mu, float("nan"), True
+        return WelchTTest((0.0 if delta_mu > 0 else 1.0), delta_mu, float("nan"), True)
     result = stats.ttest_ind(private, public, equal_var=False, alternative="greater")
-    return float(result.pvalue), delta_mu, float(result.statistic), False
+    return WelchTTest(float(result.pvalue), delta_mu, float(result.statistic), False)
 
 
 @dataclass
@@ -259,11 +264,7 @@ def protect(
     """Train a plain victim on ``defender`` (private) data, fit DI's regressors against ``test``
     (public) data, and write the protection to ``out``."""
     config = config or DatasetInferenceConfig()
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(
-            f"the defender data {defender.name} {defender.input_shape} and test data {test.name} "
-            f"{test.input_shape} do not describe the same task."
-        )
+    check_same_task(defender, test)
     need = config.regressor_samples + config.verification_pool
     for data, role in ((defender, "defender (private)"), (test, "test (public)")):
         if len(data) < need:
@@ -276,11 +277,7 @@ def protect(
     ensure_writable(out, force)
     timings: dict[str, float] = {}
 
-    channels, height, width = defender.input_shape
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))  # normalisation statistics
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(config.seed)
-    victim = build_model(config.arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+    victim = fresh_model(config.arch, defender, config.seed)
     start = time.perf_counter()
     record = train(victim, defender, config.train_config(config.seed), description="victim (plain)")
     timings["train_victim"] = time.perf_counter() - start
@@ -327,15 +324,8 @@ def protect(
         "mean_distance_gap_blind_walk": gap(private_bb, public_bb),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {
-        "defender": defender.name,
-        "defender_size": len(defender),
-        "test": test.name,
-        "classes": defender.classes,
-        "input_shape": list(defender.input_shape),
-        "regressor_samples": config.regressor_samples,
-        "verification_pool": config.verification_pool,
-    }
+    data_record = dataset_info(defender, test, regressor_samples=config.regressor_samples,
+                               verification_pool=config.verification_pool)
     full_config = {**asdict(config), "regressor": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": results["victim_test_accuracy"], **record.to_dict()}
@@ -355,7 +345,7 @@ def protect(
             },
             str(writer.path("samples.safetensors")),
         )
-        writer.record(dataset=dataset_info, results=results, access=ACCESS)
+        writer.record(dataset=data_record, results=results, access=ACCESS)
     return DatasetInferenceProtection(directory=out, victim=victim, results=results)
 
 
@@ -371,24 +361,11 @@ class OpenedDatasetInference:
 
 def open_protection(directory: str | Path | Protection) -> OpenedDatasetInference:
     """Load a DI protection for verification (a path is opened and hash-checked first)."""
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
-    if protection.method != METHOD:
-        raise ProtectionError(f"this protection was made with method {protection.method!r}, not {METHOD!r}.",
-                              path=protection.directory)
-    config = DatasetInferenceConfig(
-        **{k: v for k, v in protection.config.items() if k in DatasetInferenceConfig.__dataclass_fields__}
-    )
+    protection = Protection.open_for(directory, METHOD)
+    config = protection.config_as(DatasetInferenceConfig)
     victim, card = load_model(protection.path("victim.safetensors"))
-    regressors = {}
-    for setting in ACCESS:
-        name = f"regressor_{setting.replace('-', '_')}.safetensors"
-        state = load_file(str(protection.path(name)))
-        weight = state.get("net.0.weight")
-        if weight is None:
-            raise ProtectionError(f"{name} has no 'net.0.weight'.", path=protection.directory)
-        regressors[setting] = MetaClassifier(weight.shape[1], weight.shape[0])
-        regressors[setting].load_state_dict(state)
-        regressors[setting].eval()
+    regressors = {setting: load_meta_classifier(protection, f"regressor_{setting.replace('-', '_')}.safetensors")
+                  for setting in ACCESS}
     samples = load_file(str(protection.path("samples.safetensors")))
     return OpenedDatasetInference(protection, victim, card, regressors, samples, config)
 
@@ -408,21 +385,12 @@ def verify(
     top-1 labels (a label-only suspect works too). ``options``: m, m_black_box, alpha.
     """
     opened = protection if isinstance(protection, OpenedDatasetInference) else open_protection(protection)
-    unknown = sorted(set(options) - set(VERIFY_OPTIONS))
-    if unknown:
-        raise ModelproveError(f"Dataset Inference verification has no option {', '.join(unknown)}; it takes "
-                              f"{', '.join(VERIFY_OPTIONS)}.")
-    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
-    if setting not in ACCESS:
-        raise ModelproveError(f"Dataset Inference verifies white-box (MinGD) or black-box (Blind Walk), not {setting!r}.")
-    require_access(suspect, WHITE_BOX if setting == WHITE_BOX else LABEL_ONLY, f"Dataset Inference {setting} verification")
-    card = opened.victim_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
+    config = verification_config(opened.config, options, VERIFY_OPTIONS, "Dataset Inference")
+    # Blind Walk reads only top-1 labels: a label-only suspect is enough for the black-box setting.
+    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
+                                          who="Dataset Inference", card=opened.victim_card,
+                                          protection=opened.protection, needs={BLACK_BOX: LABEL_ONLY},
+                                          settings="white-box (MinGD) or black-box (Blind Walk)")
     m = config.m if setting == WHITE_BOX else config.m_black_box
     samples = opened.samples
     start = time.perf_counter()
@@ -441,29 +409,15 @@ def verify(
     regressor = opened.regressors[setting]
     scores_private = regressor.victim_probability(features["private"])
     scores_public = regressor.victim_probability(features["public"])
-    p_value, delta_mu, statistic, degenerate = welch_ttest_greater(scores_private.numpy(), scores_public.numpy())
-    return Verdict(
-        method=METHOD,
-        setting=setting,
-        suspect=name,
-        stolen=p_value < config.alpha,
-        p_value=p_value,
-        alpha=config.alpha,
-        effect=delta_mu,
-        effect_name="delta_mu",
-        samples=m,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
+    test = welch_ttest_greater(scores_private.numpy(), scores_public.numpy())
+    return t_test_verdict(
+        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
+        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
         details={
             "mu_suspect": float(scores_private.mean()),  # regressor score of private samples
             "mu_reference": float(scores_public.mean()),  # and of public samples
             "mean_distance_private": float(features["private"].mean()),
             "mean_distance_public": float(features["public"].mean()),
-            "t_statistic": statistic,
-            "degenerate": degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
             "embedding": "MinGD" if setting == WHITE_BOX else "Blind Walk",
         },
     )

@@ -38,7 +38,7 @@ copy and a fine-tuned copy flagged (p <= 1e-19), an independent model cleared (p
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,16 +46,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
-from modelprove.core.errors import ModelproveError, ProtectionError
+from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess
+from modelprove.core.errors import ModelproveError
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import PatchTransformer
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_proba, save_model
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
-from modelprove.training import TrainConfig, evaluate, train
+from modelprove.training import evaluate, train
 
 METHOD = "entangled"
 ACCESS = (WHITE_BOX, BLACK_BOX)
@@ -63,7 +65,7 @@ VERIFY_OPTIONS = ("m", "m_black_box", "alpha")
 
 
 @dataclass
-class EntangledConfig:
+class EntangledConfig(TrainsModels):
     """EWE's parameters. The shared fields (arch .. alpha, m) mean what they mean in MoveConfig."""
 
     arch: str = "cnn_small"
@@ -102,16 +104,7 @@ class EntangledConfig:
             raise ModelproveError(f"snnl_layers must be at least 1, got {self.snnl_layers}.")
         if self.temperature_lr < 0:
             raise ModelproveError(f"temperature_lr must be >= 0, got {self.temperature_lr}.")
-        if self.m < 2 or self.m_black_box < 2:
-            raise ModelproveError(f"m and m_black_box must be at least 2 for a paired t-test, got {self.m}, "
-                                  f"{self.m_black_box}.")
-        if not 0.0 < self.alpha < 1.0:
-            raise ModelproveError(f"alpha must be in (0, 1), got {self.alpha}.")
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation, seed=seed
-        )
+        check_t_test_fields(self)
 
     def trigger(self) -> PatchTransformer:
         return PatchTransformer(size=self.trigger_size)
@@ -258,11 +251,7 @@ def protect(
 ) -> EntangledProtection:
     """Train an EWE-watermarked victim on ``defender`` data and write its protection to ``out``."""
     config = config or EntangledConfig()
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(
-            f"the defender data {defender.name} {defender.input_shape} and test data {test.name} "
-            f"{test.input_shape} do not describe the same task."
-        )
+    check_same_task(defender, test)
     _check_classes(defender, config)
     out = Path(out)
     ensure_writable(out, force)
@@ -280,11 +269,7 @@ def protect(
         )
     pool = test.subset(pool_rows, name=f"{test.name}[source]")
 
-    channels, height, width = defender.input_shape
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))  # normalisation statistics
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(config.seed)
-    victim = build_model(config.arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+    victim = fresh_model(config.arch, defender, config.seed)
     training_set = ImageDataset.concat([defender, watermarks], name=f"{defender.name}+EWE watermarks")
     is_watermark = torch.arange(len(training_set)) >= len(defender)
     loss = EntanglementLoss(victim, is_watermark, config.target_class, config)
@@ -308,21 +293,14 @@ def protect(
         "temperatures": loss.temperatures(),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {
-        "defender": defender.name,
-        "defender_size": len(defender),
-        "test": test.name,
-        "classes": defender.classes,
-        "input_shape": list(defender.input_shape),
-        "verification_pool": len(pool),
-    }
+    data_record = dataset_info(defender, test, verification_pool=len(pool))
     with create_protection(out, METHOD, asdict(config), force=force) as writer:
         training = {"dataset": training_set.name, "test_accuracy": results["victim_test_accuracy"], **record.to_dict()}
         save_model(victim, card_for(victim, defender.classes, training, {"kind": "victim", "method": METHOD}),
                    writer.path("victim.safetensors"))
         save_file({"images": pool.images.contiguous(), "labels": pool.labels.contiguous(),
                    "indices": pool.indices.contiguous()}, str(writer.path("verification.safetensors")))
-        writer.record(dataset=dataset_info, results=results, access=ACCESS)
+        writer.record(dataset=data_record, results=results, access=ACCESS)
     return EntangledProtection(directory=out, victim=victim, results=results)
 
 
@@ -337,11 +315,8 @@ class OpenedEntangled:
 
 def open_protection(directory: str | Path | Protection) -> OpenedEntangled:
     """Load an EWE protection for verification (a path is opened and hash-checked first)."""
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
-    if protection.method != METHOD:
-        raise ProtectionError(f"this protection was made with method {protection.method!r}, not {METHOD!r}.",
-                              path=protection.directory)
-    config = EntangledConfig(**{k: v for k, v in protection.config.items() if k in EntangledConfig.__dataclass_fields__})
+    protection = Protection.open_for(directory, METHOD)
+    config = protection.config_as(EntangledConfig)
     victim, card = load_model(protection.path("victim.safetensors"))
     pool = load_file(str(protection.path("verification.safetensors")))["images"]
     return OpenedEntangled(protection, victim, card, pool, config)
@@ -361,28 +336,13 @@ def verify(
     ``options``: m, m_black_box, alpha (VERIFY_OPTIONS). A bare model is a white-box suspect.
     """
     opened = protection if isinstance(protection, OpenedEntangled) else open_protection(protection)
-    unknown = sorted(set(options) - set(VERIFY_OPTIONS))
-    if unknown:
-        raise ModelproveError(f"EWE verification has no option {', '.join(unknown)}; it takes "
-                              f"{', '.join(VERIFY_OPTIONS)}.")
-    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
-    if setting not in ACCESS:
-        raise ModelproveError(f"EWE verifies white-box or black-box, not {setting!r}.")
-    require_access(suspect, setting, f"EWE {setting} verification")
-    card = opened.victim_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > len(opened.pool):
-        raise ModelproveError(f"m = {m} exceeds the {len(opened.pool)} images of the verification pool.",
-                              fix=f"use m <= {len(opened.pool)}.")
+    config = verification_config(opened.config, options, VERIFY_OPTIONS, "EWE")
+    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
+                                          who="EWE", card=opened.victim_card, protection=opened.protection)
+    rows = draw_rows(config, setting, len(opened.pool), seed)
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(opened.pool), generator=generator(seed))[:m]
     clean = opened.pool[rows].float() / 255
     triggered = config.trigger()(clean)
     if setting == WHITE_BOX:
@@ -392,26 +352,12 @@ def verify(
     p_triggered, p_clean = probabilities[:m, config.target_class], probabilities[m:, config.target_class]
     success = probabilities[:m].argmax(1) == config.target_class
     test = paired_ttest_greater(p_triggered.numpy(), p_clean.numpy())
-    return Verdict(
-        method=METHOD,
-        setting=setting,
-        suspect=name,
-        stolen=test.p_value < config.alpha,
-        p_value=test.p_value,
-        alpha=config.alpha,
-        effect=test.delta_mu,
-        effect_name="delta_mu",
-        samples=m,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
+    return t_test_verdict(
+        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
+        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
         details={
             "mu_suspect": float(p_triggered.mean()),  # target-class probability, triggered
             "mu_reference": float(p_clean.mean()),  # the same images without the trigger
             "watermark_success_rate": float(success.float().mean()),
-            "t_statistic": test.statistic,
-            "degenerate": test.degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
         },
     )

@@ -53,23 +53,23 @@ from modelprove.methods.badnets import (
     TriggerProtection,
     check_task,
     check_trigger_fields,
-    new_model,
     open_trigger_protection,
     trigger_results,
     verification_pool,
     verify_trigger,
     write_trigger_protection,
 )
+from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
 from modelprove.methods.protection import Protection, ensure_writable
 from modelprove.models import Classifier
-from modelprove.training import TrainConfig, train
+from modelprove.training import train
 
 METHOD = "gradient-matching"
 VERIFY_OPTIONS = ("m", "m_black_box", "alpha")
 
 
 @dataclass
-class GradientMatchingConfig:
+class GradientMatchingConfig(TrainsModels):
     """Gradient-matching watermark parameters (Witches' Brew's eps = 16/255, scaled-down crafting)."""
 
     arch: str = "cnn_small"
@@ -99,8 +99,6 @@ class GradientMatchingConfig:
 
     def __post_init__(self) -> None:
         check_trigger_fields(self)
-        if not 0.0 < self.poison_rate < 1.0:
-            raise ModelproveError(f"poison_rate must be in (0, 1), got {self.poison_rate}.")
         if not 0.0 < self.eps <= 1.0:
             raise ModelproveError(f"eps must be in (0, 1] (pixel units; Witches' Brew: 16/255), got {self.eps}.")
         for name in ("craft_steps", "restarts", "craft_batch", "source_samples"):
@@ -112,10 +110,6 @@ class GradientMatchingConfig:
             raise ModelproveError(f"retrain_every must be >= 0 (0: never retrain), got {self.retrain_every}.")
         if self.surrogate_epochs is not None and self.surrogate_epochs < 1:
             raise ModelproveError(f"surrogate_epochs must be at least 1 (or None), got {self.surrogate_epochs}.")
-
-    def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size, lr=self.lr,
-                           augmentation=self.augmentation, seed=seed)
 
 
 def _parameters(model: Classifier) -> list[torch.Tensor]:
@@ -237,7 +231,7 @@ def protect(
 
     start = time.perf_counter()
     surrogate_seed = config.seed + 7919  # not the victim's: crafting must transfer to another model
-    surrogate = new_model(config.arch, defender, surrogate_seed)
+    surrogate = fresh_model(config.arch, defender, surrogate_seed)
     train(surrogate, defender, config.train_config(surrogate_seed, config.surrogate_epochs),
           description="surrogate (clean D)")
     timings["train_surrogate"] = time.perf_counter() - start
@@ -263,7 +257,7 @@ def protect(
 
     def retrain(delta: torch.Tensor, round_: int) -> tuple[Classifier, list[torch.Tensor]]:
         seed = surrogate_seed + round_
-        model = new_model(config.arch, defender, seed)
+        model = fresh_model(config.arch, defender, seed)
         train(model, poison(delta)[1], config.train_config(seed, config.surrogate_epochs),
               description=f"surrogate retraining {round_}", show_progress=False)
         return model, adversarial_gradient(model.eval(), sources, config.target, config.patch_size)
@@ -274,7 +268,7 @@ def protect(
     timings["craft_poisons"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    victim = new_model(config.arch, defender, config.seed)
+    victim = fresh_model(config.arch, defender, config.seed)
     record = train(victim, poisoned, config.train_config(config.seed), description="victim (clean-label poisoned D)")
     timings["train_victim"] = time.perf_counter() - start
     linf = (perturbed.int() - defender.images[poison_rows].int()).abs().amax().item() if len(poison_rows) else 0
@@ -288,10 +282,8 @@ def protect(
         **craft_record,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                    "classes": defender.classes, "input_shape": list(defender.input_shape),
-                    "poisons": len(poison_rows), "verification_pool": len(pool)}
-    write_trigger_protection(out, METHOD, config, victim, record, defender, pool, results, dataset_info, ACCESS,
+    data_record = dataset_info(defender, test, poisons=len(poison_rows), verification_pool=len(pool))
+    write_trigger_protection(out, METHOD, config, victim, record, defender, pool, results, data_record, ACCESS,
                              force=force, extra_tensors={"poison_rows": poison_rows, "poisons": perturbed})
     return TriggerProtection(directory=out, victim=victim, results=results)
 

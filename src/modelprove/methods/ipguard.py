@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from modelprove.access import LABEL_ONLY, LabelOnlyAccess
@@ -32,8 +31,8 @@ from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods import cae
-from modelprove.methods.protection import create_protection, ensure_writable
-from modelprove.models import Classifier, card_for, predict_labels, save_model
+from modelprove.methods.protection import ensure_writable
+from modelprove.models import Classifier, predict_labels
 from modelprove.training import evaluate
 
 METHOD = "ipguard"
@@ -137,10 +136,8 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
     fingerprint, targets = points[kept], labels[kept]
     timings["boundary_points"] = time.perf_counter() - start
 
-    surrogate_scores = [cae.match_rate(m, fingerprint, targets) for m in models.held_out_surrogates]
-    reference_scores = [cae.match_rate(m, fingerprint, targets) for m in models.held_out_references]
-    rho = config.rho if config.rho is not None else cae.choose_threshold(surrogate_scores, reference_scores,
-                                                                         config.rho_fallback)
+    surrogate_scores, reference_scores, rho = cae.held_out_threshold(models, fingerprint, targets, config.rho,
+                                                                    config.rho_fallback)
     results = {
         "source_test_accuracy": evaluate(source, test),
         "fingerprint_size": int(len(kept)),
@@ -153,15 +150,9 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
         "training": records,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                    "classes": defender.classes, "input_shape": list(defender.input_shape)}
-    with create_protection(out, METHOD, {**asdict(config), **source_info}, force=force) as writer:
-        training = {"dataset": defender.name, "test_accuracy": results["source_test_accuracy"]}
-        save_model(source, card_for(source, defender.classes, training, {"kind": "source", "method": METHOD}),
-                   writer.path("source.safetensors"))
-        save_file({"images": fingerprint.contiguous(), "targets": targets.contiguous(),
-                   "origins": defender.indices[rows[kept]].contiguous()}, str(writer.path("fingerprint.safetensors")))
-        writer.record(dataset=dataset_info, results=results, access=ACCESS)
+    cae.write_fingerprint_protection(out, METHOD, {**asdict(config), **source_info}, source, defender, test, results,
+                                     {"images": fingerprint, "targets": targets, "origins": defender.indices[rows[kept]]},
+                                     force=force)
     held_out = cae.DefenderModels([], [], models.held_out_surrogates, models.held_out_references)
     return cae.CaeProtection(out, source, fingerprint, targets, held_out, results)
 

@@ -25,8 +25,10 @@ from safetensors.torch import load_file, save_file
 from modelprove.access import LABEL_ONLY, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError, ProtectionError
 from modelprove.core.verdict import Verdict
+from modelprove.data.dataset import ImageDataset
+from modelprove.methods.common import dataset_info
 from modelprove.methods.protection import Protection, ProtectionWriter
-from modelprove.models import Classifier, ModelCard, load_model, predict_labels
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_labels, save_model
 from modelprove.stats import binomial_greater
 
 KEYS_FILE = "keys.safetensors"
@@ -102,13 +104,19 @@ class OpenedKeyWatermark:
 
 
 def open_key_watermark(directory, method: str, config_type: type) -> OpenedKeyWatermark:
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
-    if protection.method != method:
-        raise ProtectionError(f"this protection was made with method {protection.method!r}, not {method!r}.",
-                              path=protection.directory)
-    saved = {k: v for k, v in protection.config.items() if k in config_type.__dataclass_fields__}
+    protection = Protection.open_for(directory, method)
     _, card = load_model(protection.path(HOST_FILE))
-    return OpenedKeyWatermark(protection, method, load_key_set(protection), card, config_type(**saved))
+    return OpenedKeyWatermark(protection, method, load_key_set(protection), card, protection.config_as(config_type))
+
+
+def save_host_and_keys(writer: ProtectionWriter, method: str, host: Classifier, training: dict, keys: KeySet,
+                       defender: ImageDataset, test: ImageDataset, results: dict) -> None:
+    """What every key-sample watermark's protection holds: the host (with its training record), the
+    key set, and the manifest's dataset, results and access records."""
+    save_model(host, card_for(host, defender.classes, training, {"kind": "host", "method": method}),
+               writer.path(HOST_FILE))
+    keys.save(writer)
+    writer.record(dataset=dataset_info(defender, test), results=results, access=[LABEL_ONLY])
 
 
 def key_accuracy(model: Classifier, keys: KeySet) -> float:

@@ -33,24 +33,25 @@ from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.key_samples import (
-    HOST_FILE,
     VERIFY_OPTIONS,
     KeySet,
     OpenedKeyWatermark,
     key_accuracy,
     open_key_watermark,
+    save_host_and_keys,
     verify_key_watermark,
 )
+from modelprove.methods.common import TrainsModels, check_same_task, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, build_model, card_for, save_model
-from modelprove.training import TrainConfig, evaluate, train
+from modelprove.models import Classifier
+from modelprove.training import evaluate, train
 
 ACCESS = (LABEL_ONLY,)
 KINDS = {"adi": "adi", "content": "zhang-content", "noise": "zhang-noise", "unrelated": "zhang-unrelated"}
 
 
 @dataclass
-class KeyWatermarkConfig:
+class KeyWatermarkConfig(TrainsModels):
     """A baseline key-sample watermark; ``kind`` is adi, content, noise or unrelated."""
 
     kind: str = "adi"
@@ -85,10 +86,6 @@ class KeyWatermarkConfig:
     @property
     def method(self) -> str:
         return KINDS[self.kind]
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           augmentation=self.augmentation, seed=self.seed)
 
 
 @dataclass
@@ -228,13 +225,9 @@ class KeyWatermarkProtection:
 
 def train_host(defender: ImageDataset, keys: KeySet, config: KeyWatermarkConfig, *, show_progress: bool = True):
     """The host, trained with training.train on D plus ``key_repeats`` copies of the key set."""
-    channels, height, width = defender.input_shape
     key_data = ImageDataset(keys.images, keys.targets, defender.classes, f"{config.method} keys")
     data = ImageDataset.concat([defender, *[key_data] * config.key_repeats], name=f"{defender.name}+{config.method}")
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(config.seed)
-    host = build_model(config.arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+    host = fresh_model(config.arch, defender, config.seed)
     record = train(host, data, config.train_config(), description=f"host ({config.method})",
                    show_progress=show_progress)
     return host, record
@@ -250,8 +243,7 @@ def protect(
 ) -> KeyWatermarkProtection:
     """Make the key samples, train a host that learns them, and write the protection to ``out``."""
     config = config or AdiConfig()
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(f"the defender data {defender.name} and test data {test.name} do not describe the same task.")
+    check_same_task(defender, test)
     out = Path(out)
     ensure_writable(out, force)
     count = max(2, round(config.key_fraction * len(defender)))
@@ -265,12 +257,7 @@ def protect(
     }
     with create_protection(out, config.method, asdict(config), force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": results["host_test_accuracy"], **record.to_dict()}
-        save_model(host, card_for(host, defender.classes, training, {"kind": "host", "method": config.method}),
-                   writer.path(HOST_FILE))
-        keys.save(writer)
-        writer.record(dataset={"defender": defender.name, "defender_size": len(defender), "test": test.name,
-                               "classes": defender.classes, "input_shape": list(defender.input_shape)},
-                      results=results, access=list(ACCESS))
+        save_host_and_keys(writer, config.method, host, training, keys, defender, test, results)
     return KeyWatermarkProtection(out, host, keys, results)
 
 

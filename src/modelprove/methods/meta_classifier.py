@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from modelprove.core.errors import ModelproveError
+from modelprove.core.errors import ModelproveError, ProtectionError
 from modelprove.core.seeding import generator
+from modelprove.methods.protection import Protection
 
 VICTIM = 1  # class index of "contains the external feature"
 
@@ -100,3 +102,15 @@ def train_meta_classifier(
     probability = model.victim_probability(features)
     accuracy = ((probability > 0.5).long() == targets).float().mean().item()
     return model, {"train_accuracy": accuracy, "train_samples": len(features), "in_features": features.shape[1]}
+
+
+def load_meta_classifier(protection: Protection, name: str) -> MetaClassifier:
+    """A trained meta-classifier (MOVE's C, Dataset Inference's regressor) from the protection's file
+    ``name``, in eval mode; its sizes are read from the saved first layer."""
+    state = load_file(str(protection.path(name)))
+    weight = state.get("net.0.weight")
+    if weight is None:
+        raise ProtectionError(f"{name} has no 'net.0.weight'.", path=protection.directory)
+    meta = MetaClassifier(weight.shape[1], weight.shape[0])
+    meta.load_state_dict(state)
+    return meta.eval()

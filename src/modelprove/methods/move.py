@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
+from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError, ProtectionError, SuspectError
 from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.progress import task
@@ -47,11 +47,14 @@ from modelprove.data.style import (
     load_style_image,
     make_style_transformer,
 )
-from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig, train_meta_classifier
+from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
+from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
+from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
+from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, build_model, card_for, load_model, predict_proba, save_model
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import paired_ttest_greater
-from modelprove.training import TrainConfig, evaluate, train
+from modelprove.training import evaluate, train
 from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
 METHOD = "move"
@@ -71,7 +74,7 @@ VERIFY_OPTIONS = ("m", "m_black_box", "alpha", "meta_classifier", "verification_
 
 
 @dataclass
-class MoveConfig:
+class MoveConfig(TrainsModels):
     """MOVE's parameters; defaults follow the paper where it states them (gamma 10%, m 10, alpha 0.01)."""
 
     arch: str = "cnn_small"
@@ -129,14 +132,9 @@ class MoveConfig:
             raise ModelproveError(f"feature must be 'sign' or 'gradient', got {self.feature!r}.")
         if not 0.0 < self.meta_fraction < 1.0:
             raise ModelproveError(f"meta_fraction must be in (0, 1), got {self.meta_fraction}.")
-        if self.m < 2:
-            raise ModelproveError(f"m must be at least 2 for a paired t-test, got {self.m}.")
+        check_t_test_fields(self)
         if self.benign_models < 1:
             raise ModelproveError(f"benign_models must be at least 1, got {self.benign_models}.")
-        if not 0.0 < self.alpha < 1.0:
-            raise ModelproveError(f"alpha must be in (0, 1), got {self.alpha}.")
-        if self.m_black_box < 2:
-            raise ModelproveError(f"m_black_box must be at least 2 for a paired t-test, got {self.m_black_box}.")
         if self.verification_images not in ("train", "test"):
             raise ModelproveError(f"verification_images must be 'train' or 'test', got {self.verification_images!r}.")
         if self.shift < 1:
@@ -157,11 +155,6 @@ class MoveConfig:
 
     def feature_spec(self) -> GradientFeatureSpec:
         return GradientFeatureSpec(self.reduction, signed=self.feature == "sign")  # type: ignore[arg-type]
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation, seed=seed
-        )
 
 
 @dataclass
@@ -238,11 +231,7 @@ def protect(
     when ``hold_out_reference`` is off (the paper's setting).
     """
     config = config or MoveConfig()
-    if defender.input_shape != test.input_shape or defender.classes != test.classes:
-        raise ModelproveError(
-            f"the defender data {defender.name} {defender.input_shape} and test data {test.name} "
-            f"{test.input_shape} do not describe the same task."
-        )
+    check_same_task(defender, test)
     out = Path(out)
     ensure_writable(out, force)
     transformer = transformer or make_style_transformer(
@@ -259,13 +248,8 @@ def protect(
                                         description="style transfer (held-out test images)")
     timings["style_transfer"] = time.perf_counter() - start
 
-    channels, height, width = defender.input_shape
-    sample = defender.as_float(torch.arange(min(len(defender), 10000)))  # normalisation statistics
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-
     def new_model(seed: int) -> Classifier:
-        torch.manual_seed(seed)
-        return build_model(config.arch, channels, defender.num_classes, (height, width), mean=mean, std=std)
+        return fresh_model(config.arch, defender, seed)
 
     benign_seed = config.seed if config.benign_seed is None else config.benign_seed
     start = time.perf_counter()
@@ -335,16 +319,8 @@ def protect(
         "benign_accuracy_on_held_out_transformed": evaluate(benign, test_transformed),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    dataset_info = {
-        "defender": defender.name,
-        "defender_size": len(defender),
-        "test": test.name,
-        "classes": defender.classes,
-        "input_shape": list(defender.input_shape),
-        "transformed": len(d_t),
-        "verification_pool": len(verify_rows),
-        "held_out_transformed": len(test_transformed),
-    }
+    data_record = dataset_info(defender, test, transformed=len(d_t), verification_pool=len(verify_rows),
+                               held_out_transformed=len(test_transformed))
     full_config = {**asdict(config), "transformer_used": _describe(transformer), "meta_classifier": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": victim_accuracy, **victim_record.to_dict()}
@@ -378,7 +354,7 @@ def protect(
                 atomic_write_bytes(writer.path("style" + style_path.suffix.lower()), style_path.read_bytes())
             else:
                 _save_png(load_style_image(str(style_source)), writer.path("style.png"))
-        writer.record(dataset=dataset_info, results=results, access=ACCESS)
+        writer.record(dataset=data_record, results=results, access=ACCESS)
     return MoveProtection(directory=out, victim=victim, benign=benign, results=results)
 
 
@@ -441,24 +417,10 @@ class OpenedMove:
         return self.held_out_pool if which == "test" else self.pool
 
 
-def _load_meta(protection: Protection, name: str) -> MetaClassifier:
-    state = load_file(str(protection.path(name)))
-    weight = state.get("net.0.weight")
-    if weight is None:
-        raise ProtectionError(f"{name} has no 'net.0.weight'.", path=protection.directory)
-    meta = MetaClassifier(weight.shape[1], weight.shape[0])
-    meta.load_state_dict(state)
-    return meta.eval()
-
-
 def open_protection(directory: str | Path | Protection) -> OpenedMove:
     """Load a MOVE protection for verification (a path is opened and hash-checked first)."""
-    protection = directory if isinstance(directory, Protection) else Protection.open(directory)
+    protection = Protection.open_for(directory, METHOD)
     directory = protection.directory
-    if protection.method != METHOD:
-        raise ProtectionError(
-            f"this protection was made with method {protection.method!r}, not {METHOD!r}.", path=directory
-        )
     missing = [name for name in ("meta_classifier_black_box.safetensors",) if name not in protection.manifest["files"]]
     if missing:
         raise ProtectionError(
@@ -466,8 +428,7 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
             path=directory,
             fix="protect again with this version of modelprove.",
         )
-    saved = {k: v for k, v in protection.config.items() if k in MoveConfig.__dataclass_fields__}
-    config = MoveConfig(**saved)
+    config = protection.config_as(MoveConfig)
     _, victim_card = load_model(protection.path("victim.safetensors"))
     benign, _ = load_model(protection.path("benign.safetensors"))
     transformed = load_file(str(protection.path("transformed.safetensors")))
@@ -476,8 +437,8 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
         protection=protection,
         victim_card=victim_card,
         benign=benign,
-        meta=_load_meta(protection, "meta_classifier.safetensors"),
-        meta_black_box=_load_meta(protection, "meta_classifier_black_box.safetensors"),
+        meta=load_meta_classifier(protection, "meta_classifier.safetensors"),
+        meta_black_box=load_meta_classifier(protection, "meta_classifier_black_box.safetensors"),
         pool=VerificationPool(transformed["images"][pool], transformed["originals"][pool], transformed["labels"][pool]),
         held_out_pool=VerificationPool(transformed["test_images"], transformed["test_originals"],
                                        transformed["test_labels"]),
@@ -502,33 +463,20 @@ def verify(
     meta_classifier, verification_images). A bare model is taken as a white-box suspect.
     """
     opened = protection if isinstance(protection, OpenedMove) else open_protection(protection)
-    unknown = sorted(set(options) - set(VERIFY_OPTIONS))
-    if unknown:
-        raise ModelproveError(
-            f"MOVE verification has no option {', '.join(unknown)}; it takes {', '.join(VERIFY_OPTIONS)}.",
-            fix="other MOVE parameters define the protection; protect again to change them.",
-        )
-    config = replace(opened.config, **{k: v for k, v in options.items() if v is not None})  # validates
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
-    if setting not in ACCESS:
-        raise ModelproveError(f"MOVE verifies white-box or black-box, not {setting!r}.")
-    require_access(suspect, BLACK_BOX if not config.meta_classifier else setting, f"MOVE {setting} verification")
+    config = verification_config(opened.config, options, VERIFY_OPTIONS, "MOVE")
+    # Without C (the confidence ablation) any setting reads only the suspect's probabilities.
+    needs = None if config.meta_classifier else dict.fromkeys(ACCESS, BLACK_BOX)
+    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
+                                          who="MOVE", card=opened.victim_card, protection=opened.protection,
+                                          needs=needs)
     card = opened.victim_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
-    m = config.m if setting == WHITE_BOX else config.m_black_box
     pool = opened.pool_for(config.verification_images)
-    if m > len(pool):
-        raise ModelproveError(
-            f"m = {m} exceeds the {len(pool)} transformed images of the {config.verification_images} verification pool.",
-            fix=f"use m <= {len(pool)}, or protect with a larger transformation_rate / test_transformed.",
-        )
+    rows = draw_rows(config, setting, len(pool), seed,
+                     what=f"transformed images of the {config.verification_images} verification pool",
+                     remedy=", or protect with a larger transformation_rate / test_transformed")
+    m = len(rows)
     start = time.perf_counter()
     queries_before = suspect.queries
-    rows = torch.randperm(len(pool), generator=generator(seed))[:m]
     images, originals, labels = pool.images[rows].float() / 255, pool.originals[rows].float() / 255, pool.labels[rows]
     if not config.meta_classifier:
         # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'.
@@ -545,26 +493,12 @@ def verify(
         p_suspect = opened.meta_black_box.victim_probability(suspect_features)
         p_benign = opened.meta_black_box.victim_probability(benign_features)
     test = paired_ttest_greater(p_suspect.numpy(), p_benign.numpy(), margin=config.margin)
-    return Verdict(
-        method=METHOD,
-        setting=setting,
-        suspect=name,
-        stolen=test.p_value < config.alpha,
-        p_value=test.p_value,
-        alpha=config.alpha,
-        effect=test.delta_mu,
-        effect_name="delta_mu",
-        samples=m,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(victim_weights="victim.safetensors"),
+    return t_test_verdict(
+        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
+        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
         details={
             "mu_suspect": float(p_suspect.mean()),
             "mu_benign": float(p_benign.mean()),
-            "t_statistic": test.statistic,
-            "degenerate": test.degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
             "verification_images": config.verification_images,
             "margin": config.margin,
         },

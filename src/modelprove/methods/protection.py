@@ -44,6 +44,11 @@ class Protection:
         return {"protection_manifest": sha256_file(self.directory / MANIFEST),
                 **{key: self.manifest["files"][name] for key, name in files.items()}}
 
+    def config_as(self, config_type: type) -> Any:
+        """The saved config as ``config_type`` (a method's config dataclass); manifest keys that are not
+        its fields (e.g. records of what was used) are left out."""
+        return config_type(**{k: v for k, v in self.config.items() if k in config_type.__dataclass_fields__})
+
     def path(self, name: str) -> Path:
         if name not in self.manifest.get("files", {}):
             raise ProtectionError(
@@ -98,6 +103,15 @@ class Protection:
                     fix="restore the original file from your backup; a tampered protection proves nothing.",
                 )
         return cls(directory, manifest)
+
+    @classmethod
+    def open_for(cls, directory: "str | Path | Protection", method: str) -> "Protection":
+        """A protection made by ``method``: a path is opened (and hash-checked), an opened one is checked."""
+        protection = directory if isinstance(directory, Protection) else cls.open(directory)
+        if protection.method != method:
+            raise ProtectionError(f"this protection was made with method {protection.method!r}, not {method!r}.",
+                                  path=protection.directory)
+        return protection
 
 
 def ensure_writable(directory: str | Path, force: bool = False) -> None:
