@@ -180,6 +180,7 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
 
     again = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
     assert again.cells_run == 0 and again.cache_misses == 0 and again.records == resumed.records
+    assert [r["cells_run"] for r in again.history] == [8 - len(before), 0]
 
     alone = run_bench(config, tmp_path / "alone", cache_dir=cache, threads=1, workers=1, progress=False)
     assert alone.cells_run == 8 and alone.cache_misses == 0

@@ -36,7 +36,7 @@ def _verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _history(run) -> list[str]:
-    """The runs that verified or built this directory's results, from its runs.jsonl."""
+    """The runs of this directory (its runs.jsonl), the ones that only read the cache included."""
     if not run.history:
         return []
     lines = ["Runs that made these results (`runs.jsonl` of the run directory; load = 1-minute load average):", "",

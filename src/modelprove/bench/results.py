@@ -51,8 +51,8 @@ class ResultLog:
 
 
 class RunHistory:
-    """``runs.jsonl`` beside the results: one line per run that verified or built something (when, on
-    what, how long), so a report can say how its numbers were made, e.g. the empty-cache wall time."""
+    """``runs.jsonl`` beside the results: one line per run that was not report-only (when, on what, how
+    long), so a report can say how its numbers were made, e.g. the empty-cache wall time."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

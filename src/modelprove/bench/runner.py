@@ -32,8 +32,9 @@ from modelprove.core.errors import ModelproveError, SuspectError
 from modelprove.core.progress import console
 from modelprove.data import DataSplits, ImageDataset, load_splits, make_splits
 from modelprove.methods import METHODS, MethodSpec
+from modelprove.methods.common import fresh_model
 from modelprove.methods.protection import Protection
-from modelprove.models import Classifier, build_model, load_model
+from modelprove.models import Classifier, load_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
 
 
@@ -92,11 +93,7 @@ def data_recipe(spec: DataSpec, splits: DataSplits) -> dict[str, Any]:
 def train_plain_model(arch: str, data: ImageDataset, test: ImageDataset, config: TrainConfig,
                       description: str) -> tuple[Classifier, dict[str, Any]]:
     """A model trained on ``data`` with no protection: the benign model, or an independent one."""
-    sample = data.as_float(torch.arange(min(len(data), 10000)))
-    mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(config.seed)
-    channels, height, width = data.input_shape
-    model = build_model(arch, channels, len(data.classes), (height, width), mean=mean, std=std)
+    model = fresh_model(arch, data, config.seed)
     record = train(model, data, config, description=description)
     return model.eval(), {"training": record.to_dict(), "test_accuracy": round(evaluate(model, test), 4)}
 
@@ -487,7 +484,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                    build_seconds=sum(b for b in built if b is not None),
                    verify_seconds=sum(r.get("verify_seconds") or 0.0 for r in records))
     history = RunHistory(out_dir / "runs.jsonl")
-    if run.cells_run or run.cache_misses:
+    if not report_only:
         history.add({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started), "seconds": round(run.seconds, 1),
                      "workers": workers, "threads": threads or torch.get_num_threads(), "cores": default_workers(1),
                      "load_at_start": round(load_at_start, 2), "load_at_end": round(os.getloadavg()[0], 2),
