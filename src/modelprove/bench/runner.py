@@ -393,11 +393,16 @@ def _run_in_workers(grid: _Grid, pending: list[dict[str, Any]], workers: int, th
     context = multiprocessing.get_context("spawn")  # fork under torch's thread pools can deadlock
     # glibc reads these at process start, so the workers (new processes) can have them: they spare tens of
     # thousands of page faults per training step (../CPU-NOTES). A user's own setting wins.
-    for variable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
-        os.environ.setdefault(variable, str(4 * 1024**3))
+    added = {v: str(4 * 1024**3) for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if v not in os.environ}
+    os.environ.update(added)
     events = context.Queue()
-    with context.Pool(workers, initializer=_init_worker,
-                      initargs=(grid.config, out_dir, cache_dir, only_methods, threads, events)) as pool:
+    try:
+        pool = context.Pool(workers, initializer=_init_worker,
+                            initargs=(grid.config, out_dir, cache_dir, only_methods, threads, events))
+    finally:  # the workers have started: the caller's environment is as it was
+        for variable in added:
+            del os.environ[variable]
+    with pool:
         results = [pool.apply_async(_work, (job,)) for job in grid.jobs(pending)]
 
         def drain(timeout: float) -> None:
@@ -463,8 +468,9 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         console.print(f"bench {config.name}: {len(plan)} cells, {len(plan) - len(pending) if not report_only else 0} "
                       f"already in {grid.log.path}" + (f"; {workers} worker processes" if workers > 1 else ""),
                       highlight=False)
+    worker_threads = threads or (1 if workers > 1 else torch.get_num_threads())
     if pending and workers > 1:
-        _run_in_workers(grid, pending, workers, threads or 1, out_dir, cache_dir, only_methods, bar)
+        _run_in_workers(grid, pending, workers, worker_threads, out_dir, cache_dir, only_methods, bar)
         grid.log = ResultLog(grid.log.path)  # the workers' lines
     else:
         for cell in pending:
@@ -490,7 +496,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     history = RunHistory(out_dir / "runs.jsonl")
     if not report_only:
         history.add({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started), "seconds": round(run.seconds, 1),
-                     "workers": workers, "threads": threads or torch.get_num_threads(), "cores": default_workers(1),
+                     "workers": workers, "threads": worker_threads, "cores": default_workers(1),
                      "load_at_start": round(load_at_start, 2), "load_at_end": round(os.getloadavg()[0], 2),
                      "cells_run": run.cells_run, "cache_hits": run.cache_hits, "cache_misses": run.cache_misses,
                      "methods": only_methods or "all"})
