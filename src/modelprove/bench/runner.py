@@ -121,7 +121,6 @@ class _Progress:
     def __init__(self, cells: list[dict[str, Any]], done: set[str], enabled: bool, workers: int = 1):
         self.total, self.done, self.enabled, self.workers = len(cells), len(done), enabled, workers
         self.start = time.perf_counter()
-        self.ran = 0
         self.times: dict[bool, list[float]] = {True: [], False: []}
         self.pending = [c for c in cells if c["key"] not in done]
         self.made = {c["suspect_key"] for c in cells if c["key"] in done}
@@ -142,7 +141,6 @@ class _Progress:
         self.times[builds].append(seconds)
         self.pending.remove(cell)
         self.done += 1
-        self.ran += 1
         if not self.enabled:
             return
         to_make = {c["suspect_key"] for c in self.pending} - self.made
@@ -405,20 +403,23 @@ def _run_in_workers(grid: _Grid, pending: list[dict[str, Any]], workers: int, th
     with pool:
         results = [pool.apply_async(_work, (job,)) for job in grid.jobs(pending)]
 
-        def drain(timeout: float) -> None:
+        def drain(timeout: float) -> bool:
             try:
                 kind, key, summary, seconds = events.get(timeout=timeout)
             except queue.Empty:
-                return
+                return False
             if kind == "cell":
                 bar.cell(grid.cells[key], summary, seconds)
             else:
                 bar.built(key, summary, seconds)
+            return True
 
         while not all(result.ready() for result in results):
             drain(0.5)
-        while not events.empty():
-            drain(0.1)
+        pool.close()
+        pool.join()  # a worker's last events may still be in its queue's feeder thread until it exits
+        while drain(0.1):
+            pass
         for result in results:
             outcome = result.get()
             if isinstance(outcome, str):
@@ -489,7 +490,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     recipes.update({recipe_key(r): ("models", r) for chain in grid.suspect_recipes.values() for r in chain})
     recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
     built = [cache.entry_seconds(kind, recipe) for kind, recipe in recipes.values()]
-    run = BenchRun(config, out_dir, records, bar.ran, cache.hits, cache.misses, time.perf_counter() - start,
+    cells_run = len(records) - (len(plan) - len(pending)) if pending else 0  # from the log, not the events
+    run = BenchRun(config, out_dir, records, cells_run, cache.hits, cache.misses, time.perf_counter() - start,
                    missing=len(plan) - len(records), workers=workers,
                    build_seconds=sum(b for b in built if b is not None),
                    verify_seconds=sum(r.get("verify_seconds") or 0.0 for r in records))
