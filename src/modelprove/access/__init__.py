@@ -21,6 +21,7 @@ from modelprove.access.levels import (
     QueryBudgetError,
     SuspectAccess,
     WhiteBoxAccess,
+    local_access,
     require_access,
     restrict,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "QueryBudgetError",
     "SuspectAccess",
     "WhiteBoxAccess",
+    "local_access",
     "onnx_access",
     "open_suspect",
     "require_access",

@@ -1,5 +1,5 @@
 """What the ownership methods share: a fresh model for the defender's task, the checks their configs
-and ``protect`` functions repeat, the verification preamble, and the verdict of a one-sided t-test.
+and ``protect`` functions repeat, and the verification preamble.
 
 Each piece was written out by hand in several methods (MOVE, BadNets, EWE, Dataset Inference, the
 key-sample and fingerprint methods) with the same logic; one copy keeps their behaviour identical.
@@ -7,16 +7,13 @@ key-sample and fingerprint methods) with the same logic; one copy keeps their be
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
+from modelprove.access import ACCESS_LEVELS, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError
-from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, ModelCard, build_model
@@ -105,71 +102,12 @@ def open_suspect(
     if isinstance(suspect, Classifier):
         suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
     name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
+    needs = needs or {}
+    if setting is None:  # the first setting (preferred first) whose needs the suspect's access meets
+        offered = [s for s in access if ACCESS_LEVELS.index(suspect.level) >= ACCESS_LEVELS.index(needs.get(s, s))]
+        setting = offered[0] if offered else access[-1]
     if setting not in access:
         raise ModelproveError(f"{who} verifies {settings or ' or '.join(access)}, not {setting!r}.")
-    require_access(suspect, (needs or {}).get(setting, setting), f"{who} {setting} verification")
+    require_access(suspect, needs.get(setting, setting), f"{who} {setting} verification")
     suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {protection.directory}")
     return suspect, name, setting
-
-
-def draw_rows(config: Any, setting: str, pool_size: int, seed: int, *,
-              what: str = "images of the verification pool", remedy: str = "") -> torch.Tensor:
-    """The rows of one verification: m of them (``config.m`` white-box, ``config.m_black_box`` else),
-    drawn at random by ``seed`` from a pool of ``pool_size``, which must hold them."""
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > pool_size:
-        raise ModelproveError(f"m = {m} exceeds the {pool_size} {what}.", fix=f"use m <= {pool_size}{remedy}.")
-    return torch.randperm(pool_size, generator=generator(seed))[:m]
-
-
-class TTest(Protocol):
-    """A one-sided t-test's result (stats.PairedTTest, or dataset_inference's Welch test)."""
-
-    p_value: float
-    delta_mu: float
-    statistic: float
-    degenerate: bool
-
-
-def t_test_verdict(
-    test: TTest,
-    *,
-    method: str,
-    setting: str,
-    suspect: LabelOnlyAccess,
-    name: str,
-    alpha: float,
-    samples: int,
-    start: float,
-    queries_before: int,
-    protection: Protection,
-    seed: int,
-    details: dict[str, Any],
-) -> Verdict:
-    """The verdict of a one-sided t-test of H0: mu_suspect <= mu_reference (MOVE Sec. 5.4, Eq. 9):
-    stolen iff p < alpha, effect delta_mu. Queries count only when the suspect was queried (not
-    white-box); ``start`` is the ``time.perf_counter()`` at which verification began; ``details`` (the
-    method's own values) are followed by the test's statistic, the seed and the suspect's access."""
-    return Verdict(
-        method=method,
-        setting=setting,
-        suspect=name,
-        stolen=test.p_value < alpha,
-        p_value=test.p_value,
-        alpha=alpha,
-        effect=test.delta_mu,
-        effect_name="delta_mu",
-        samples=samples,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=protection.hashes(victim_weights="victim.safetensors"),
-        details={
-            **details,
-            "t_statistic": test.statistic,
-            "degenerate": test.degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
-        },
-    )
