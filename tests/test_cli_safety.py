@@ -46,6 +46,7 @@ def workspace(tmp_path_factory, bars_task, single_thread):
         "protect", "--method", "move", "--data", str(root / "bars_train.npz"), "--out", str(root / "prot"),
         "--set", "arch=lenet5", "--set", "epochs=2", "--set", "meta_samples=30", "--set", "meta_epochs=2",
         "--set", "m=5", "--set", "m_black_box=5", "--set", "benign_models=1", "--set", "test_transformed=20",
+        "--panel-size", "4", "--panel-archs", "lenet5", "--panel-epochs", "1", "--panel-store", str(root / "panels"),
     ])
     assert result.exit_code == 0, result.output
     (root / "protect.out").write_text(result.stdout)
@@ -147,7 +148,7 @@ def test_protection_id_is_printed_recorded_and_checked(workspace, tmp_path):
                                             "--protection-id", protection_id.upper()))
     assert result.exit_code == 0, result.output
     assert f"checked protection id {protection_id}" in result.stdout
-    assert json.loads((tmp_path / "v.json").read_text())["hashes"]["protection_id"] == protection_id
+    assert json.loads((tmp_path / "v.json").read_text())["protection_id"] == protection_id
 
 
 def test_an_edited_manifest_changes_the_id_and_is_refused(workspace, tmp_path):

@@ -213,7 +213,8 @@ def run_verify(
                 raise ModelproveError(f"method {spec.name!r} has no --m: its verification uses every key sample.",
                                       fix="drop --m.")
             overrides[key] = _agree(key, "--m", m, overrides.get(key))
-        alpha = _agree("alpha", "--alpha", alpha, overrides.pop("alpha", None))
+        alpha_field = getattr(spec, "alpha_field", "alpha")  # --alpha names every method's significance level
+        alpha = _agree(alpha_field, "--alpha", alpha, overrides.pop(alpha_field, None))
         verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, rule=rule, competence=competence,
                               **overrides)
         verdict.hashes.update(suspect_access.file_hashes)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from modelprove.core.errors import ModelproveError
+from modelprove.core.verdict import FORMAT as VERDICT_FORMAT
 from modelprove.methods.protection import protection_containing
 
 
@@ -55,13 +56,18 @@ def check_output_file(
 
 
 def is_verdict_file(path: Path) -> bool:
-    """Whether ``path`` holds a verdict saved by modelprove (today's record or the calibrated one)."""
+    """Whether ``path`` holds a verdict saved by modelprove: one with the verdict format, or a record of
+    the first verdict layout (no format field; method, setting, suspect and the decision)."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return (isinstance(record, dict) and all(isinstance(record.get(key), str) for key in ("method", "setting", "suspect"))
-            and ("stolen" in record or "outcome" in record) and isinstance(record.get("hashes", {}), dict))
+    if not isinstance(record, dict):
+        return False
+    if "format" in record:
+        return record["format"] == VERDICT_FORMAT
+    return (all(isinstance(record.get(key), str) for key in ("method", "setting", "suspect", "decision"))
+            and isinstance(record.get("stolen"), bool))
 
 
 def _same_file(a: Path, b: Path) -> bool:
