@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from conftest import save_npz_task
 from modelprove.access import WhiteBoxAccess, suspect_files
 from modelprove.cli.main import app
 from modelprove.core.errors import ModelFileError, ProtectionError, SuspectError
@@ -40,8 +41,7 @@ def workspace(tmp_path_factory, bars_task, single_thread):
     """A tiny MOVE protection of the bars task, a copy of its victim as a suspect, and its ONNX export."""
     defender, _, test = bars_task
     root = tmp_path_factory.mktemp("safety")
-    for part, name in ((defender, "bars_train.npz"), (test, "bars_test.npz")):
-        np.savez(root / name, x=part.images.numpy(), y=part.labels.numpy())
+    save_npz_task(root, defender, test)
     result = runner.invoke(app, [
         "protect", "--method", "move", "--data", str(root / "bars_train.npz"), "--out", str(root / "prot"),
         "--set", "arch=lenet5", "--set", "epochs=2", "--set", "meta_samples=30", "--set", "meta_epochs=2",
