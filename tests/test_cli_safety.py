@@ -37,8 +37,9 @@ ID_LINE = re.compile(r"protection id: ([0-9a-f]{64})")
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, bars_task, single_thread):
-    """A tiny MOVE protection of the bars task, a copy of its victim as a suspect, and its ONNX export."""
+def workspace(tmp_path_factory, bars_task, tiny_panel, single_thread):
+    """A tiny MOVE protection of the bars task (calibrated on the session's shared null panel), a copy
+    of its victim as a suspect, and its ONNX export."""
     defender, _, test = bars_task
     root = tmp_path_factory.mktemp("safety")
     save_npz_task(root, defender, test)
@@ -46,7 +47,8 @@ def workspace(tmp_path_factory, bars_task, single_thread):
         "protect", "--method", "move", "--data", str(root / "bars_train.npz"), "--out", str(root / "prot"),
         "--set", "arch=lenet5", "--set", "epochs=2", "--set", "meta_samples=30", "--set", "meta_epochs=2",
         "--set", "m=5", "--set", "m_black_box=5", "--set", "benign_models=1", "--set", "test_transformed=20",
-        "--panel-size", "4", "--panel-archs", "lenet5", "--panel-epochs", "1", "--panel-store", str(root / "panels"),
+        "--panel-size", str(tiny_panel.size), "--panel-archs", tiny_panel.architectures,
+        "--panel-epochs", str(tiny_panel.epochs), "--panel-store", tiny_panel.store,
     ])
     assert result.exit_code == 0, result.output
     (root / "protect.out").write_text(result.stdout)

@@ -103,7 +103,7 @@ class ModelCard:
             raise bad("mean", f"a list of {shape[0]} finite numbers (one per channel)", self.mean)
         std = _floats(self.std, shape[0])
         if std is None or min(std) < MIN_STD:
-            raise bad("std", f"a list of {shape[0]} finite numbers >= {MIN_STD:g} (one per channel)", self.std)
+            raise bad("std", f"a list of {shape[0]} finite positive numbers >= {MIN_STD:g} (one per channel)", self.std)
         for name in ("training", "lineage"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "a JSON object", getattr(self, name))
