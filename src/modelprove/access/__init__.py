@@ -25,7 +25,7 @@ from modelprove.access.levels import (
     require_access,
     restrict,
 )
-from modelprove.access.open import onnx_access, open_suspect
+from modelprove.access.open import onnx_access, open_suspect, suspect_file_hashes, suspect_files
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -42,4 +42,6 @@ __all__ = [
     "open_suspect",
     "require_access",
     "restrict",
+    "suspect_file_hashes",
+    "suspect_files",
 ]
