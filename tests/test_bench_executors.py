@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from modelprove.bench import BenchCache, load_bench_config
+from modelprove.bench import BenchCache, load_bench_config, parse_bench_config
 from modelprove.bench.executors import MALLOC_ENV, DaskExecutor, InProcessExecutor, Job, JobError, parse_cluster
 from modelprove.bench.results import ResultLog
 from modelprove.bench.runner import run_bench
@@ -193,29 +193,46 @@ def test_smoke_on_a_dask_local_cluster_gives_the_local_executors_records(smoke_i
     assert json.loads((smoke_in_process.out_dir / "runs.jsonl").read_text())["executor"] == "local"
 
 
+# The smallest grid whose protection trains for seconds: long enough to be killed in the middle of it.
+TINY = {
+    "name": "tiny", "seeds": [0], "settings": ["white-box", "black-box"],
+    "data": {"dataset": "mnist-digits", "defender_limit": 400, "attacker_limit": 300, "test_limit": 200},
+    "training": {"arch": "cnn_small", "epochs": 2},
+    "panel": {"size": 4, "architectures": "cnn_small", "epochs": 1},
+    "methods": [{"name": "move", "set": {"benign_models": 1, "m": 5, "m_black_box": 20, "test_transformed": 20,
+                                         "meta_epochs": 5}}],
+    "attacks": [{"label": "Direct-copy", "attack": "copy"}],
+    "independents": [{"arch": "lenet5", "seeds": [200]}],
+}
+
+
 @pytest.mark.slow
-def test_a_worker_killed_mid_job_has_its_job_run_again_and_every_cell_is_written_once(smoke_in_process, tmp_path):
+def test_a_worker_killed_mid_job_has_its_job_run_again_and_every_cell_is_written_once(tmp_path):
     """Two worker processes of a scheduler at an address; one is killed while it builds the protection. The
     scheduler runs that job again on a worker that lives; the grid completes with every cell once, and the
-    same records as the local executor's."""
+    same records as the grid run in this process."""
     import dask
     from distributed import Client, LocalCluster
 
+    config = parse_bench_config(TINY)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {
             **dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     killed: list[str] = []
 
+    def executing(client: Client, **where) -> dict[str, list[str]]:
+        return client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing], **where)
+
     def kill_the_protections_worker(client: Client) -> None:
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            executing = client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing])
-            for address, keys in executing.items():
+            for address, keys in executing(client).items():
                 if any(key.startswith("protection-") for key in keys):
-                    time.sleep(1.0)  # well into the job: it trains for several seconds
-                    os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
-                    killed.extend(keys)
-                    return
+                    time.sleep(0.5)  # into the job (it trains for seconds), and still in it:
+                    if executing(client, workers=[address])[address] == keys:
+                        os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+                        killed.extend(keys)
+                        return
             time.sleep(0.1)
 
     try:
@@ -223,7 +240,7 @@ def test_a_worker_killed_mid_job_has_its_job_run_again_and_every_cell_is_written
             before = set(client.run(os.getpid).values())
             killer = threading.Thread(target=kill_the_protections_worker, args=(client,))
             killer.start()
-            run = run_bench(load_bench_config("smoke"), tmp_path / "run", cache_dir=tmp_path / "cache", threads=1,
+            run = run_bench(config, tmp_path / "run", cache_dir=tmp_path / "cache", threads=1,
                             cluster=cluster.scheduler_address, progress=False)
             killer.join()
             after = set(client.run(os.getpid).values())
@@ -233,6 +250,9 @@ def test_a_worker_killed_mid_job_has_its_job_run_again_and_every_cell_is_written
     assert len(before - after) == 1  # the killed process is gone (its nanny started another)
     lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     cells = [json.loads(line)["cell"] for line in lines]
-    total = len(smoke_in_process.records)
+    alone = run_bench(config, tmp_path / "alone", cache_dir=tmp_path / "alone-cache", threads=1, workers=1,
+                      progress=False)
+    total = len(alone.records)
+    assert total == 4 and alone.missing == 0  # 2 settings x (the copy, the independent model)
     assert len(cells) == len(set(cells)) == total and run.cells_run == total and run.missing == 0
-    assert without_timings(run.records) == without_timings(smoke_in_process.records)
+    assert without_timings(run.records) == without_timings(alone.records)
