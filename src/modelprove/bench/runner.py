@@ -14,6 +14,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -308,6 +309,7 @@ class _Grid:
                   "benign_test_accuracy": self.benign_accuracy(seed), **row}
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
         self.log.add(record)
+        _kill_for_a_test(self.log)
         return record, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}"
 
     def jobs(self, pending: list[dict[str, Any]]) -> list[tuple[str, Any]]:
@@ -352,6 +354,21 @@ class _Grid:
 
 # One grid per worker process, made once by the pool's initializer.
 _WORKER: dict[str, Any] = {}
+
+# Tests only: a run SIGKILLs itself once its results hold this many lines, so a test can resume a run
+# killed mid-grid for sure (killing it from outside when the lines appeared raced a run that finished first).
+KILL_AFTER_VARIABLE = "MODELPROVE_TEST_KILL_AFTER_RESULTS"
+
+
+def _kill_for_a_test(log: ResultLog) -> None:
+    after = os.environ.get(KILL_AFTER_VARIABLE)
+    if not after or len(log.path.read_text().splitlines()) < int(after):
+        return
+    main = os.getppid() if _WORKER else os.getpid()  # the run's own process: a worker's parent
+    if os.getpgid(0) == main:  # the run leads its own process group (a job): kill it whole, workers too
+        os.killpg(main, signal.SIGKILL)
+    os.kill(main, signal.SIGKILL)  # else the run; its other workers exit when they see it gone
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _init_worker(config: BenchConfig, out_dir: Path, cache_dir: Path, only_methods: list[str] | None,
