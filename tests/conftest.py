@@ -1,13 +1,57 @@
-"""Shared fixtures: a tiny synthetic image task the tests make themselves (no downloads, no Debian data)."""
+"""Shared fixtures: a tiny synthetic image task the tests make themselves (no downloads, no Debian data).
+
+Two environment variables audit the suite for CPU-fragile tests (CI sets neither). A CPU of another
+make (Intel or AMD, AVX-512 or AVX2) sums floats in another order, so a trained model follows another
+trajectory; these knobs make the same happen on one machine, and a test that flips under them would
+flip on another CPU:
+
+- ``MODELPROVE_TEST_THREADS=N`` runs every test with N torch threads (``single_thread`` included),
+  which changes the blocking of oneDNN's and MKL's reductions;
+- ``MODELPROVE_TEST_SEED=K`` adds K to every seed given to a ``torch.Generator`` and to
+  ``torch.manual_seed`` (data, initialisation, shuffling, augmentation): another draw of every tiny
+  task and model.
+
+Setting ``ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2`` on an
+AVX-512 machine runs the kernels an AVX2-only CPU would.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from modelprove.data.dataset import ImageDataset
+
+AUDIT_THREADS = int(os.environ.get("MODELPROVE_TEST_THREADS", "0"))
+AUDIT_SEED = int(os.environ.get("MODELPROVE_TEST_SEED", "0"))
+
+
+def _shift_every_seed(offset: int) -> None:
+    """Make every seeded draw in this process another one (the MODELPROVE_TEST_SEED audit)."""
+
+    class ShiftedGenerator(torch.Generator):
+        def manual_seed(self, seed):
+            return super().manual_seed(int(seed) + offset)
+
+    manual_seed = torch.manual_seed
+    torch.Generator = ShiftedGenerator
+    torch.manual_seed = lambda seed: manual_seed(int(seed) + offset)
+
+
+def pytest_configure(config):
+    if AUDIT_THREADS:
+        torch.set_num_threads(AUDIT_THREADS)
+    if AUDIT_SEED:
+        _shift_every_seed(AUDIT_SEED)
+
+
+def pytest_report_header(config):
+    if AUDIT_THREADS or AUDIT_SEED:
+        return f"fragility audit: torch threads {AUDIT_THREADS or 'default'}, seed offset {AUDIT_SEED}"
+    return None
 
 
 def make_bars(n: int, seed: int, size: int = 28, classes: int = 4, name: str = "bars") -> ImageDataset:
@@ -54,7 +98,7 @@ def single_thread():
     on a shared 2-core machine oversubscribed threads made them 5-10x slower (measured: a 2-iteration
     zero-shot run took 16 s with 2 threads, 1.2 s with 1, under a load average of 6)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(AUDIT_THREADS or 1)
     yield
     torch.set_num_threads(before)
 

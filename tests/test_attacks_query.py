@@ -132,10 +132,12 @@ def test_label_query_steals_through_labels_only(monkeypatch, victim, bars_task):
 
 
 
-@pytest.mark.parametrize("attack", ["logit_query", "jagielski"])
+# jagielski with 1 epoch reached fidelity 0.665-0.95 over 4 seeds of the bars task; 3 epochs 0.92-1.0.
+# logit_query with 1 epoch 0.91-0.99 (with 3, once 0.79: its student overshoots).
+@pytest.mark.parametrize("attack", ["logit_query:epochs=1", "jagielski:epochs=3"])
 def test_probability_attacks_match_the_victims_outputs(monkeypatch, victim, bars_task, attack):
     _, attacker, _ = bars_task
-    _, lineage, spy = _run(monkeypatch, f"{attack}:epochs=1", victim, bars_task)
+    _, lineage, spy = _run(monkeypatch, attack, victim, bars_task)
     _check_access(spy, BLACK_BOX)
     assert lineage["queries"] == len(attacker)
     assert lineage["stages"][0]["data"] == attacker.name

@@ -2,7 +2,7 @@
 MinGD / Blind Walk / the t-test against hand computations.
 
 DI detects a model that treats its training samples differently from unseen ones, so the tiny task
-is one a small model can only memorise: random-noise images with random labels (the victim is
+is one a small model can only memorise: random images (of 4x4-pixel squares) with random labels (the victim is
 right on its 200 private images and at chance on public ones). On the well-generalising bars task
 the victim is not detectable at all (measured: p 0.28 / 0.51), which is DI's known limit, not a bug.
 """
@@ -26,13 +26,23 @@ from modelprove.models import build_model, predict_labels
 from modelprove.training import TrainConfig, evaluate, train
 
 EPOCHS = 100
-CONFIG = dict(arch="lenet5", epochs=EPOCHS, augmentation="none", regressor_samples=100, verification_pool=60,
+CONFIG = dict(arch="lenet5", epochs=EPOCHS, augmentation="none", regressor_samples=100, verification_pool=60, m=20,
               m_black_box=30, mingd_steps=30, walk_steps=30)
+# m = 20 white-box samples, not DI's 10: with 10 the copy's p reached 0.0074 (alpha 0.01) with every seed
+# shifted by 1; with 20 it is 1.1e-11, 5.9e-6 and 2.0e-14 with seeds shifted by 0, 1 and 2.
 
 
-def noise_task(n: int, seed: int, name: str, classes: int = 4) -> ImageDataset:
+def noise_task(n: int, seed: int, name: str, classes: int = 4, block: int = 4) -> ImageDataset:
+    """Random labels on random images of ``block`` x ``block`` pixel squares (a 7x7 grid for 28x28).
+
+    Per-pixel noise was too hard for LeNet-5 to memorise after its pooling: at 100 epochs its private
+    accuracy was 1.0, 0.47, 1.0, 0.80, 0.99 for seeds 0-4 (and 0.85 on an AMD EPYC). Coarse squares
+    survive the pooling (measured: 1.0 in 22 of 22 runs, seeds 0-13, AVX-512 and AVX2 kernels).
+    """
     g = torch.Generator().manual_seed(seed)
-    images = (torch.rand(n, 1, 28, 28, generator=g) * 255).round().to(torch.uint8)
+    side = 28 // block
+    grid = torch.rand(n, 1, side, side, generator=g)
+    images = (grid.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3) * 255).round().to(torch.uint8)
     labels = torch.randint(0, classes, (n,), generator=g)
     return ImageDataset(images, labels, [f"c{k}" for k in range(classes)], name, torch.arange(n))
 
@@ -73,7 +83,8 @@ def test_protection_is_complete(protection, task):
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"victim.safetensors", "victim.json", "regressor_white_box.safetensors",
             "regressor_black_box.safetensors", "samples.safetensors"} <= set(manifest["files"])
-    assert made.results["victim_private_accuracy"] == 1.0  # memorised
+    # memorised: right on its private images (measured 1.0 in 22 of 22 runs), at chance (1/4) on public ones
+    assert made.results["victim_private_accuracy"] > 0.95 and made.results["victim_test_accuracy"] < 0.5
     opened = di.open_protection(out)
     defender = task[0]
     private = set(opened.samples["private_indices"].tolist())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import signal
 import threading
 import time
 import uuid
@@ -473,6 +474,21 @@ class JobResult:
     hits: int
     misses: int
 
+# Tests only: a run SIGKILLs itself once its results hold this many lines, so a test can resume a run
+# killed mid-grid for sure (killing it from outside when the lines appeared raced a run that finished first).
+KILL_AFTER_VARIABLE = "MODELPROVE_TEST_KILL_AFTER_RESULTS"
+
+
+def _kill_for_a_test(log: ResultLog) -> None:
+    after = os.environ.get(KILL_AFTER_VARIABLE)
+    if not after or len(log.path.read_text().splitlines()) < int(after):
+        return
+    main = os.getppid() if _WORKER else os.getpid()  # the run's own process: a worker's parent
+    if os.getpgid(0) == main:  # the run leads its own process group (a job): kill it whole, workers too
+        os.killpg(main, signal.SIGKILL)
+    os.kill(main, signal.SIGKILL)  # else the run; its other workers exit when they see it gone
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 # The grid of the run this worker process works for, made by its first job of that run.
 _PROCESS_GRID: dict[str, _Grid] = {}
@@ -504,6 +520,18 @@ class GridWork:
                 return self.grid().run_job(job)
             except ModelproveError as error:
                 raise JobError(str(error)) from None
+
+
+# Tests only: a run SIGKILLs itself once its results hold this many lines, so a test can resume a run
+# killed mid-grid for sure (killing it from outside when the lines appeared raced a run that finished first).
+KILL_AFTER_VARIABLE = "MODELPROVE_TEST_KILL_AFTER_RESULTS"
+
+
+def _kill_for_a_test(log: ResultLog) -> None:
+    after = os.environ.get(KILL_AFTER_VARIABLE)
+    if not after or len(log) < int(after):
+        return
+    os.kill(os.getpid(), signal.SIGKILL)  # the coordinator alone: its workers must end when they see it gone
 
 
 def default_workers(threads: int | None = None) -> int:
@@ -566,6 +594,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                     for record in result.records:
                         if record["cell"] not in log:  # a job that ran twice (its worker died) writes once
                             log.add(record)
+                            _kill_for_a_test(log)
                     for event, name, summary, seconds in result.events:
                         if event == "cell":
                             bar.cell(summary, seconds)
