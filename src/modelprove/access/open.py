@@ -18,8 +18,10 @@ from modelprove.access.levels import (
     check_level,
     restrict,
 )
+from modelprove.access.remote import is_remote, remote_access
 from modelprove.core.errors import SuspectError
-from modelprove.models import load_model
+from modelprove.core.fileio import sha256_file
+from modelprove.models import load_model, model_paths
 
 ONNX_SUFFIX = ".onnx"
 
@@ -31,17 +33,24 @@ def open_suspect(
     outputs: Literal["probabilities", "logits"] = "logits",
     budget: int | None = None,
     name: str | None = None,
+    timeout: float | None = None,
+    transcript: str | Path | None = None,
 ) -> LabelOnlyAccess:
-    """The suspect at ``path`` at the highest access its file offers, or at ``level``.
+    """The suspect at ``path`` at the highest access it offers, or at ``level``.
 
     ``NAME.safetensors``/``NAME.json``/``NAME.pt`` (a model file) offers white-box access and loads
     without unpickling; ``NAME.onnx`` offers black-box access through onnxruntime, its outputs taken
-    as ``outputs`` (torch exports give logits, the default here).
+    as ``outputs`` (torch exports give logits, the default here); ``http(s)://HOST:PORT/v2/models/NAME``
+    is a model behind an Open Inference Protocol server, at the level its metadata allows
+    (:mod:`modelprove.access.remote`; ``timeout`` per request, ``transcript`` a file for the queries).
     """
-    path = Path(path)
-    name = name or path.stem
     if level is not None:
         check_level(level, "--access")
+    if is_remote(str(path)):
+        remote = remote_access(str(path), budget=budget, name=name, timeout=timeout, transcript=transcript)
+        return restrict(remote, level) if level is not None else remote
+    path = Path(path)
+    name = name or path.stem
     if path.suffix.lower() == ONNX_SUFFIX:
         if level == WHITE_BOX:
             raise SuspectError(
@@ -112,4 +121,14 @@ def onnx_access(
                           name=name or path.stem, source=str(path), budget=budget)
 
 
-__all__ = ["BLACK_BOX", "LABEL_ONLY", "WHITE_BOX", "onnx_access", "open_suspect"]
+def suspect_hashes(access: LabelOnlyAccess, path: str | Path) -> dict[str, str]:
+    """The verdict's record of which suspect answered: the sha256 of its weights file (a model or an
+    ONNX file), or of the metadata a remote server described it with."""
+    client = getattr(access, "client", None)
+    if client is not None:
+        return {"suspect_metadata": client.metadata_sha256}
+    path = Path(path)
+    return {"suspect_weights": sha256_file(path if path.suffix.lower() == ONNX_SUFFIX else model_paths(path)[0])}
+
+
+__all__ = ["BLACK_BOX", "LABEL_ONLY", "WHITE_BOX", "onnx_access", "open_suspect", "suspect_hashes"]

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from modelprove.core.config import config_from_pairs, describe_fields
 from modelprove.core.errors import ModelproveError
-from modelprove.core.fileio import sha256_file
 from modelprove.core.verdict import Verdict, verdict_table
 
 app = typer.Typer(
@@ -80,7 +79,8 @@ def protect(
 @app.command()
 def verify(
     protection: Annotated[Path, typer.Option(help="Protection directory made by `modelprove protect`.")],
-    suspect: Annotated[Path, typer.Option(help="Suspect: a model file (NAME.safetensors + NAME.json) or NAME.onnx.")],
+    suspect: Annotated[str, typer.Option(help="Suspect: a model file (NAME.safetensors + NAME.json), NAME.onnx, or "
+                                              "an Open Inference Protocol URL http://HOST:PORT/v2/models/NAME.")],
     access: Annotated[Optional[str], typer.Option(
         help="Verify at this access level: white-box, black-box or label-only (default: the most the suspect "
              "file offers that the method uses).")] = None,
@@ -92,29 +92,32 @@ def verify(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Verification option key=value (repeatable; see `modelprove methods`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the verdict as JSON here.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for each answer of a remote suspect.")] = None,
 ) -> None:
     """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
     verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
-                         seed=seed, options=set_, json_out=json_out)
+                         seed=seed, options=set_, json_out=json_out, timeout=timeout)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
 
 
 def run_verify(
-    protection: Path, suspect: Path, *, access: str | None = None, outputs: str = "logits",
+    protection: Path, suspect: Path | str, *, access: str | None = None, outputs: str = "logits",
     budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
     options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
+    timeout: float | None = None,
 ) -> Verdict:
-    from modelprove.access import open_suspect
+    from modelprove.access import is_remote, open_suspect, suspect_hashes
     from modelprove.methods import get_method
     from modelprove.methods.protection import Protection
-    from modelprove.models import model_paths
 
     try:
         checked = Protection.open(protection)  # hashes every file once
         spec = get_method(checked.method)
         opened = spec.open(checked)
+        remote = {"timeout": timeout, "transcript": Path(json_out).with_suffix(".transcript.jsonl") if json_out
+                  else None} if is_remote(str(suspect)) else {}  # a remote suspect's queries are kept beside --json
         suspect_access = open_suspect(suspect, level=access, outputs=outputs, budget=budget,  # type: ignore[arg-type]
-                                      name=name or Path(suspect).stem)
+                                      name=name or (None if remote else Path(suspect).stem), **remote)
         overrides = _verify_options(spec, options)
         if m is not None:
             key = "m_black_box" if suspect_access.level != "white-box" and "m_black_box" in spec.verify_options else "m"
@@ -123,8 +126,9 @@ def run_verify(
                                       fix="drop --m.")
             overrides[key] = m
         verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, **overrides)
-        weights = suspect if Path(suspect).suffix.lower() == ".onnx" else model_paths(suspect)[0]
-        verdict.hashes["suspect_weights"] = sha256_file(weights)
+        verdict.hashes.update(suspect_hashes(suspect_access, suspect))
+        if hasattr(suspect_access, "transcript"):
+            verdict.details["transcript"] = suspect_access.transcript.summary()
         if json_out is not None:
             verdict.save(json_out)
     except ModelproveError as error:
@@ -276,6 +280,29 @@ def bench(
     out.print(f"{len(run.records)} cells ({run.cells_run} verified now) in {run.seconds / 60:.1f} min; cache "
               f"{run.cache_hits} hits, {run.cache_misses} misses; report: {', '.join(map(str, run.reports))}",
               highlight=False)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model file (NAME.safetensors + NAME.json) or NAME.onnx to serve.")],
+    port: Annotated[int, typer.Option(help="TCP port (0: a free one; the URL is printed).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on (default: this machine only).")] = "127.0.0.1",
+    output: Annotated[str, typer.Option(
+        help="What the API returns: probabilities, logits, label, top-k:K or rounded:D.")] = "probabilities",
+    rate_limit: Annotated[Optional[str], typer.Option(help="At most this many requests, e.g. 20/s or 600/min.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images one request may hold.")] = 256,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the URL (default: the file's stem).")] = None,
+    outputs: Annotated[str, typer.Option(help="What an ONNX model returns: logits or probabilities.")] = "logits",
+    threads: Annotated[int, typer.Option(help="torch threads for inference.")] = 1,
+) -> None:
+    """Serve a model over the Open Inference Protocol (KServe v2 REST) until Ctrl-C or SIGTERM."""
+    from modelprove.serve import run_server
+
+    try:
+        run_server(model, host=host, port=port, output=output, rate_limit=rate_limit, max_batch=max_batch,
+                   name=name, outputs=outputs, threads=threads, say=lambda line: print(line, flush=True))
+    except ModelproveError as error:
+        _fail(error)
 
 
 @app.command("methods")
