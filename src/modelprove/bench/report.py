@@ -20,6 +20,10 @@ def _median_range(values: list[float], fmt) -> str:
     return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
 
 
+def _count(value: float) -> str:
+    return f"{value:g}"
+
+
 def _effect(value: float) -> str:
     return f"{value:+.3f}"
 
@@ -123,6 +127,8 @@ def markdown(run) -> str:
     lines += ["", "Effects are delta_mu for every t-test method (Dataset Inference included); the paper gives none "
               "for Dataset Inference. The Independent row pools every independent model against every victim seed."]
 
+    lines += _queries(run, rows)
+
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -165,6 +171,53 @@ def markdown(run) -> str:
             lines.append(f"| {name} | {rows_of[0]['suspect_test_accuracy']:.4f} | "
                          f"{statistics.median(fid):.4f} |" if fid else f"| {name} | | |")
     return "\n".join(lines) + "\n"
+
+
+def _queries(run, rows: list[str]) -> list[str]:
+    """Queries to a verdict beside the outcomes, per setting, when the grid verifies some method
+    sequentially (a method entry with ``sequential = true``): the fixed and sequential designs side by side."""
+    config, records = run.config, run.records
+    if not any(m.set.get("sequential") for m in config.methods):
+        return []
+    methods = [m.label for m in config.methods]
+    lines: list[str] = []
+    for setting in config.settings:
+        cells = [r for r in _verdicts(records) if r["setting"] == setting and r.get("queries") is not None]
+        if not cells:
+            continue
+        lines += ["", f"## Queries to a verdict, {setting}", "",
+                  "Queries are images sent to the suspect until the verdict (black-box MOVE: 6 per image, the "
+                  "image and five augmentations). A sequential verdict is decided by the betting test alone "
+                  "unless it ran out of images, when the fixed-m t-test decided at alpha/2.", "",
+                  "| method | verdicts | queries: median [min, max] | stolen suspects detected | independent pairs "
+                  "accused | decided sequentially |", "|---|---:|---:|---:|---:|---:|"]
+        for label in methods:
+            mine = [r for r in cells if r["method"] == label]
+            if not mine:
+                continue
+            stolen = [r for r in mine if r.get("stolen_truth")]
+            honest = [r for r in mine if not r.get("stolen_truth")]
+            sequential = [r for r in mine if r.get("decided_by")]
+            decided = (f"{sum(r['decided_by'] == 'sequential' for r in sequential)} of {len(sequential)}"
+                       if sequential else "—")
+            lines.append(f"| {label} | {len(mine)} | {_median_range([r['queries'] for r in mine], _count)} | "
+                         f"{sum(r['stolen'] for r in stolen)} of {len(stolen)} | "
+                         f"{sum(r['stolen'] for r in honest)} of {len(honest)} | {decided} |")
+        header = "| suspect | " + " | ".join(f"{label}: queries | {label}: outcome" for label in methods) + " |"
+        lines += ["", header, "|---|" + "---:|---|" * len(methods)]
+        for row in rows:
+            line = f"| {row} |"
+            for label in methods:
+                mine = [r for r in cells if r["row"] == row and r["method"] == label]
+                if not mine:
+                    line += " n/a | n/a |"
+                    continue
+                flagged = sum(r["stolen"] for r in mine)
+                outcome = (f"{'**accused**' if flagged else 'cleared'} {flagged} of {len(mine)}" if row == "Independent"
+                           else f"detected {flagged} of {len(mine)}")
+                line += f" {_median_range([r['queries'] for r in mine], _count)} | {outcome} |"
+            lines.append(line)
+    return lines
 
 
 def plot(run, path: Path) -> Path | None:

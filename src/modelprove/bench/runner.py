@@ -521,7 +521,8 @@ def verify_cell(spec: MethodSpec, opened: Any, model: Classifier, setting: str, 
     return {"outcome": verdict.decision, "stolen": verdict.stolen, "p_value": verdict.p_value,
             "effect": verdict.effect, "effect_name": verdict.effect_name, "alpha": verdict.alpha,
             "samples": verdict.samples, "queries": verdict.queries, "verify_seconds": verdict.seconds,
-            "verdict_setting": verdict.setting}
+            "verdict_setting": verdict.setting,
+            **({"decided_by": verdict.details["decided_by"]} if "decided_by" in verdict.details else {})}
 
 
 __all__ = ["BLACK_BOX", "BenchRun", "bench_splits", "data_recipe", "default_workers", "method_config", "run_bench", "train_plain_model",

@@ -8,9 +8,11 @@ key-sample and fingerprint methods) with the same logic; one copy keeps their be
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
@@ -20,6 +22,8 @@ from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, ModelCard, build_model
+from modelprove.stats import PairedTTest, paired_ttest_greater
+from modelprove.stats.sequential import ABOVE, RULE, UNDECIDED, SequentialResult, sequential_mean_test
 from modelprove.training import TrainConfig
 
 
@@ -70,6 +74,17 @@ def check_t_test_fields(config: Any, test: str = "a paired t-test") -> None:
             raise ModelproveError(f"{name} must be at least 2 for {test}, got {getattr(config, name)}.")
     if not 0.0 < config.alpha < 1.0:
         raise ModelproveError(f"alpha must be in (0, 1), got {config.alpha}.")
+
+
+def check_sequential_fields(config: Any) -> None:
+    """The checks of the sequential verification fields (see :func:`sequential_paired_test`)."""
+    if config.sequential_batch < 1:
+        raise ModelproveError(f"sequential_batch must be at least 1 image, got {config.sequential_batch}.")
+    margin = getattr(config, "margin", 0.0)
+    if not margin <= config.sequential_clear < 1.0:
+        raise ModelproveError(
+            f"sequential_clear must be in [margin, 1) = [{margin}, 1), got {config.sequential_clear}: a suspect is "
+            "cleared once its mean paired difference is known to be below it.")
 
 
 def verification_config(config: Any, options: dict, verify_options: tuple[str, ...], who: str) -> Any:
@@ -124,6 +139,90 @@ def draw_rows(config: Any, setting: str, pool_size: int, seed: int, *,
     return torch.randperm(pool_size, generator=generator(seed))[:m]
 
 
+@dataclass(frozen=True)
+class SequentialPairedTest:
+    """A paired test of H0: mean(suspect - reference) <= margin asked a batch at a time (MOVE Eq. 9's
+    question, with the queries stopped as soon as the answer is certain); reads like a TTest."""
+
+    p_value: float  # Bonferroni: 2 x the smaller of the sequential and (if reached) the fixed-m p-value
+    delta_mu: float
+    statistic: float  # log capital of the bettor against H0
+    degenerate: bool
+    samples: int
+    sequential: SequentialResult
+    t_test: PairedTTest | None  # the fixed-m paired t-test, when the sequential test ran out undecided
+    suspect_scores: np.ndarray
+    reference_scores: np.ndarray
+
+    @property
+    def decided_by(self) -> str:
+        return "sequential" if self.t_test is None else "fixed-m t-test"
+
+    @property
+    def rule(self) -> str:
+        seq = self.sequential
+        if self.t_test is None:
+            how = (f"{'above' if seq.decision == ABOVE else 'below'} "
+                   f"{seq.threshold if seq.decision == ABOVE else seq.below_threshold:g} after {seq.samples} images")
+        else:
+            how = f"undecided after {seq.samples} images, then the paired t-test at alpha/2"
+        return f"sequential: {RULE}, alpha/2 each; {how}"
+
+    def record(self) -> dict[str, Any]:
+        seq = self.sequential
+        return {"rule": self.rule, "decided_by": self.decided_by,
+                "sequential": {"decision": seq.decision, "samples": seq.samples, "threshold": seq.threshold,
+                               "clear_below": seq.below_threshold, "alpha": seq.alpha,
+                               "p_above": seq.p_above, "p_below": seq.p_below,
+                               "cs_lower": seq.cs_lower, "cs_upper": seq.cs_upper,
+                               "steps": [h["samples"] for h in seq.history]},
+                **({"fixed_m_p_value": self.t_test.p_value} if self.t_test is not None else {})}
+
+
+def sequential_paired_test(
+    score_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    rows: torch.Tensor,
+    *,
+    pool_size: int,
+    alpha: float,
+    batch: int,
+    margin: float = 0.0,
+    clear: float = 0.3,
+) -> SequentialPairedTest:
+    """The paired one-sided test of a fixed-m design, run sequentially over the same ``rows`` in order.
+
+    ``score_rows(r)`` queries the suspect on the pool rows ``r`` and returns the suspect's and the
+    reference's per-sample scores, each in [0, 1] (so differences lie in [-1, 1]). ``rows`` are the
+    fixed design's m rows, a seeded uniformly random order of a pool of ``pool_size``: the betting test
+    of :mod:`modelprove.stats.sequential` (without replacement) stops as soon as the pool's mean
+    difference is above ``margin`` (stolen) or below ``clear`` (cleared: the suspect is known to be
+    far less victim-like than a copy), at alpha/2 each. If all m rows are spent undecided, the
+    fixed-m paired t-test on them decides at alpha/2. By the union bound the false-accusation rate
+    stays <= alpha: P(sequential "above") <= alpha/2 by Ville's inequality, P(t-test) <= alpha/2.
+    """
+    suspect_scores: list[torch.Tensor] = []
+    reference_scores: list[torch.Tensor] = []
+
+    def next_differences(count: int) -> np.ndarray:
+        done = sum(len(s) for s in suspect_scores)
+        suspect, reference = score_rows(rows[done:done + count])
+        suspect_scores.append(suspect.detach().double().cpu())
+        reference_scores.append(reference.detach().double().cpu())
+        return (suspect_scores[-1] - reference_scores[-1]).numpy()
+
+    result = sequential_mean_test(next_differences, margin, below=clear, lower=-1.0, upper=1.0, alpha=alpha / 2,
+                                  batch=batch, max_samples=len(rows), pool_size=pool_size)
+    suspect = torch.cat(suspect_scores).numpy()
+    reference = torch.cat(reference_scores).numpy()
+    t_test = paired_ttest_greater(suspect, reference, margin=margin) if result.decision == UNDECIDED else None
+    p_sequential = result.p_above
+    p_value = min(1.0, 2 * (p_sequential if t_test is None else min(p_sequential, t_test.p_value)))
+    return SequentialPairedTest(
+        p_value=p_value, delta_mu=float((suspect - reference).mean()),
+        statistic=result.history[-1]["log_capital_above"] if result.history else 0.0, degenerate=False,
+        samples=result.samples, sequential=result, t_test=t_test, suspect_scores=suspect, reference_scores=reference)
+
+
 class TTest(Protocol):
     """A one-sided t-test's result (stats.PairedTTest, or dataset_inference's Welch test)."""
 
@@ -171,5 +270,7 @@ def t_test_verdict(
             "degenerate": test.degenerate,
             "seed": seed,
             "suspect_access": suspect.level,
+            # A remote suspect's queries: the digest of every request and response (access/remote.py).
+            **({"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}),
         },
     )
