@@ -153,9 +153,7 @@ class OipClient:
     """One model on an OIP server: metadata, inference with retries, and the transcript."""
 
     def __init__(self, url: str, *, timeout: float | None = None, retries: int = 3, backoff: float = 0.25,
-                 transcript: str | Path | None = None, http: Any = None):
-        """``http``: an httpx.Client to send through instead of a new one (tests pass an in-process
-        app's TestClient, whose base URL is the URL's host)."""
+                 transcript: str | Path | None = None):
         import httpx
 
         parts = urlsplit(url)
@@ -172,7 +170,7 @@ class OipClient:
         self.path = "/" + "/".join(segments)
         self.timeout = timeout or DEFAULT_TIMEOUT
         self.retries, self.backoff = retries, backoff
-        self.http = http if http is not None else httpx.Client(base_url=self.base, timeout=self.timeout)
+        self.http = httpx.Client(base_url=self.base, timeout=self.timeout)
         self.attempts = 0  # HTTP requests made, retries included
         self.retried = 0
         self.output_record: dict[str, Any] = {}
@@ -522,12 +520,11 @@ class RemoteLabelOnlyAccess(RemoteAccess, LabelOnlyAccess):
 
 
 def remote_access(url: str, *, budget: int | None = None, name: str | None = None, timeout: float | None = None,
-                  retries: int = 3, backoff: float = 0.25, transcript: str | Path | None = None,
-                  http: Any = None) -> LabelOnlyAccess:
+                  retries: int = 3, backoff: float = 0.25, transcript: str | Path | None = None) -> LabelOnlyAccess:
     """The suspect at an OIP model URL, at the level its metadata allows (module docstring); no query is
     sent. ``timeout`` per request (seconds), ``retries`` after the first attempt, ``backoff`` the first
-    wait (doubling), ``transcript`` a JSON-lines file for the queries, ``http`` see :class:`OipClient`."""
-    client = OipClient(url, timeout=timeout, retries=retries, backoff=backoff, transcript=transcript, http=http)
+    wait (doubling), ``transcript`` a JSON-lines file for the queries."""
+    client = OipClient(url, timeout=timeout, retries=retries, backoff=backoff, transcript=transcript)
     cls = RemoteBlackBoxAccess if client.output.level == BLACK_BOX else RemoteLabelOnlyAccess
     return cls(client, name=name or client.model, budget=budget)
 
