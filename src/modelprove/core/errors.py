@@ -12,7 +12,8 @@ class ModelproveError(Exception):
     """Base of every error a user can act on."""
 
     def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
-        self.path = Path(path) if path is not None else None
+        # A URL (a remote suspect) stays as written: Path would fold its "//".
+        self.path = (path if isinstance(path, str) and "://" in path else Path(path)) if path is not None else None
         self.fix = fix
         text = f"{self.path}: {message}" if self.path is not None else message
         if fix:
