@@ -48,3 +48,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_panel(tmp_path_factory):
+    """A small null panel (4 models of each of two architectures, 3 epochs), trained once per session in a
+    shared store: every protection of the bars task is calibrated on the same honest models."""
+    from modelprove.methods.panel import PanelConfig
+
+    return PanelConfig(size=4, architectures="lenet5,cnn_small", epochs=3,
+                       store=str(tmp_path_factory.mktemp("panels")))

@@ -22,6 +22,7 @@ from modelprove.access.levels import (
     QueryBudgetError,
     SuspectAccess,
     WhiteBoxAccess,
+    local_access,
     require_access,
     restrict,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "RemoteError",
     "SuspectAccess",
     "WhiteBoxAccess",
+    "local_access",
     "onnx_access",
     "is_remote",
     "open_suspect",

@@ -63,6 +63,7 @@ class LabelOnlyAccess:
         source: str | None = None,
         budget: int | None = None,
         batch_size: int = 512,
+        arch: str | None = None,
     ):
         if outputs not in ("probabilities", "logits", "labels"):
             raise SuspectError(f"outputs must be 'probabilities', 'logits' or 'labels'; got {outputs!r}.")
@@ -76,6 +77,9 @@ class LabelOnlyAccess:
         self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
         self.name = name
         self.source = source or name
+        # The suspect's architecture when it is known from its weights (a model file), else None (an ONNX
+        # file, an API): a verdict compares it with honest models of the same architecture.
+        self.arch = arch
         self.budget = budget
         self.batch_size = batch_size
         self._queries = 0
@@ -226,13 +230,14 @@ class BlackBoxAccess(LabelOnlyAccess):
                    budget: int | None = None) -> BlackBoxAccess:
         """Query a local model for its softmax outputs only."""
         return cls(lambda batch: predict_proba(model, batch), num_classes=model.num_classes,
-                   input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget)
+                   input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget,
+                   arch=model.arch)
 
     def as_label_only(self) -> LabelOnlyAccess:
         """A label-only view of the same suspect, with its own query count and budget."""
         return LabelOnlyAccess(self._predict, num_classes=self.num_classes, input_shape=self.input_shape,
                                outputs=self._outputs, name=self.name, source=self.source, budget=self.budget,
-                               batch_size=self.batch_size)
+                               batch_size=self.batch_size, arch=self.arch)
 
 
 class WhiteBoxAccess(BlackBoxAccess):
@@ -245,7 +250,8 @@ class WhiteBoxAccess(BlackBoxAccess):
         self.model = model.eval()
         self.card = card
         super().__init__(lambda batch: predict_proba(model, batch), num_classes=model.num_classes,
-                         input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget)
+                         input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget,
+                         arch=model.arch)
 
     def logits(self, images: Tensor) -> Tensor:
         """The model's logits (N, K) with the autograd graph kept, so gradients reach ``images``
@@ -260,6 +266,12 @@ class WhiteBoxAccess(BlackBoxAccess):
 
 
 SuspectAccess = LabelOnlyAccess  # every access level offers at least labels
+
+
+def local_access(model: Classifier, level: str, *, name: str = "suspect", source: str | None = None,
+                 budget: int | None = None) -> LabelOnlyAccess:
+    """A local model seen at ``level``: how the benchmark and the null panel reach models they hold."""
+    return restrict(WhiteBoxAccess(model, name=name, source=source, budget=budget), level)
 
 
 def restrict(access: LabelOnlyAccess, level: str) -> LabelOnlyAccess:

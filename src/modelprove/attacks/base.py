@@ -8,6 +8,7 @@ label-only attack can never see probabilities; the harness, not the attack, read
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -74,8 +75,15 @@ def student_for(victim: LabelOnlyAccess, attacker_data: ImageDataset | None, arc
     if attacker_data is not None and len(attacker_data):
         sample = attacker_data.as_float(torch.arange(min(len(attacker_data), 5000)))
         mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    torch.manual_seed(seed)
+    torch.manual_seed(student_seed(seed))
     return build_model(arch, channels, victim.num_classes, (height, width), mean=mean, std=std)
+
+
+def student_seed(seed: int) -> int:
+    """The initialisation seed of an attack's fresh model: a hash of the attack's seed, so a student never
+    starts from the victim's initial weights even when the attack and the victim were given one seed
+    (victims and benign models are initialised with ``torch.manual_seed(seed)`` itself)."""
+    return int(hashlib.sha256(f"student/{seed}".encode()).hexdigest()[:8], 16)
 
 
 def run_attack(
@@ -131,5 +139,5 @@ def run_attack(
 
 __all__ = [
     "BLACK_BOX", "FAMILIES", "LABEL_ONLY", "WHITE_BOX", "AttackSpec", "Stage", "parse_attack", "run_attack",
-    "student_for", "victim_access",
+    "student_for", "student_seed", "victim_access",
 ]

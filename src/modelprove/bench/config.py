@@ -25,6 +25,15 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     [[independents]]                      # models that share nothing with the victim but the task
     arch = "lenet5"
     seeds = [200, 201]
+    optimizer = "adam"                    # their training recipe (default: [training]'s, SGD)
+    lr = 0.001
+    augmentation = "none"
+    data_fraction = 0.5                   # of the attacker's part
+
+    [panel]                               # the null panel every protection is calibrated on
+    size = 8                              # honest models per architecture
+    architectures = "cnn_small,lenet5,vgg_small"
+    epochs = 5
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from typing import Any
 from modelprove.core.errors import ModelproveError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-SETTINGS = ("white-box", "black-box")
+SETTINGS = ("white-box", "black-box", "label-only")
 
 
 class BenchConfigError(ModelproveError):
@@ -84,6 +93,26 @@ class IndependentEntry:
     seeds: tuple[int, ...]
     data: str = "attacker"  # the attacker's part of the training set: disjoint from the victim's
     epochs: int | None = None  # default: [training] epochs
+    # The recipe (default: [training]'s): honest owners train in many ways, and a rule must clear them all.
+    optimizer: str = "sgd"
+    lr: float | None = None  # default: [training] lr
+    augmentation: str | None = None  # default: [training] augmentation
+    data_fraction: float = 1.0  # of the attacker's part, a seeded subset
+
+    def recipe_name(self, training: "TrainingSpec") -> str:
+        return (f"{self.optimizer}-lr{self.lr if self.lr is not None else training.lr:g}-"
+                f"{self.augmentation or training.augmentation}-e{self.epochs or training.epochs}"
+                + (f"-d{self.data_fraction:g}" if self.data_fraction < 1 else ""))
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """The null panel of the grid's task (methods.panel.PanelConfig's fields)."""
+
+    size: int = 8
+    architectures: str = "cnn_small,lenet5,vgg_small"
+    epochs: int = 5
+    recipes: str = ""  # empty: methods.panel's default recipes
 
 
 @dataclass(frozen=True)
@@ -100,11 +129,11 @@ class BenchConfig:
     alpha: float = 0.01
     source: str = ""
     paper_table: str = ""  # which paper table the rows are compared with (bench.paper), if any
+    panel: PanelSpec = field(default_factory=PanelSpec)
 
-    def independent_models(self) -> list[tuple[str, int, str, int]]:
-        """(arch, seed, data part, epochs) of every independent model."""
-        return [(entry.arch, seed, entry.data, entry.epochs or self.training.epochs)
-                for entry in self.independents for seed in entry.seeds]
+    def independent_models(self) -> list[tuple[IndependentEntry, int]]:
+        """(entry, seed) of every independent model."""
+        return [(entry, seed) for entry in self.independents for seed in entry.seeds]
 
 
 def preset_names() -> list[str]:
@@ -137,7 +166,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
 
     known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
-             "alpha", "paper_table"}
+             "alpha", "paper_table", "panel"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
@@ -186,8 +215,21 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
             raise fail(f"attacks[{i}].attack", str(exc), "see `modelprove steal --list`") from None
         attacks.append(AttackEntry(entry.get("label", attack), attack, entry.get("paper")))
 
+    panel = table("panel", PanelSpec)
+    try:
+        from modelprove.methods.panel import PanelConfig
+
+        PanelConfig(size=panel.size, architectures=panel.architectures, epochs=panel.epochs,
+                    **({"recipes": panel.recipes} if panel.recipes else {}))
+    except ModelproveError as exc:
+        raise fail("panel", str(exc), "see methods/panel.py for the panel's fields") from None
+
     independents = []
+    independent_fields = set(IndependentEntry.__dataclass_fields__)
     for i, entry in enumerate(raw.get("independents", [])):
+        extra = sorted(set(entry) - independent_fields)
+        if extra:
+            raise fail(f"independents[{i}].{extra[0]}", "is not known", f"known: {', '.join(sorted(independent_fields))}")
         arch, entry_seeds = entry.get("arch"), entry.get("seeds", [])
         if arch not in ARCHITECTURES:
             raise fail(f"independents[{i}].arch", f"unknown architecture {arch!r}", f"one of {', '.join(ARCHITECTURES)}")
@@ -201,7 +243,14 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         if part != "attacker":
             raise fail(f"independents[{i}].data", f"must be 'attacker' (got {part!r}): an independent model may share "
                        "nothing with the victim but the task", 'remove the field or write data = "attacker"')
-        independents.append(IndependentEntry(arch, tuple(entry_seeds), part, entry.get("epochs")))
+        optimizer = entry.get("optimizer", "sgd")
+        if optimizer not in ("sgd", "adam"):
+            raise fail(f"independents[{i}].optimizer", f"must be 'sgd' or 'adam', got {optimizer!r}", 'e.g. optimizer = "adam"')
+        fraction = entry.get("data_fraction", 1.0)
+        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise fail(f"independents[{i}].data_fraction", f"must be in (0, 1], got {fraction!r}", "e.g. data_fraction = 0.5")
+        independents.append(IndependentEntry(arch, tuple(entry_seeds), part, entry.get("epochs"), optimizer,
+                                             entry.get("lr"), entry.get("augmentation"), float(fraction)))
 
     alpha = raw.get("alpha", 0.01)
     if not isinstance(alpha, float) or not 0 < alpha < 1:
@@ -210,5 +259,5 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         name=raw.get("name", Path(source).stem), description=raw.get("description", ""), data=data,
         training=training, seeds=tuple(seeds), settings=tuple(settings), methods=tuple(methods),
         attacks=tuple(attacks), independents=tuple(independents), alpha=alpha, source=source,
-        paper_table=raw.get("paper_table", ""),
+        paper_table=raw.get("paper_table", ""), panel=panel,
     )

@@ -39,6 +39,26 @@ def _verdicts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("outcome") not in (None, "n/a")]
 
 
+def _tally(verdicts: list[dict[str, Any]], row: str) -> str:
+    """x/n detected (a stolen suspect) or accused (an independent one), inconclusive ones apart."""
+    judged = [v for v in verdicts if v["outcome"] != "inconclusive"]
+    unsure = len(verdicts) - len(judged)
+    stolen = sum(v["outcome"] == "stolen" for v in judged)
+    if row == "Independent":
+        text = f"**{stolen} accused** of {len(judged)}" if stolen else f"cleared {len(judged)} of {len(judged)}"
+    else:
+        text = f"detected {stolen}/{len(judged)}" if stolen == len(judged) and judged else f"**detected {stolen}/{len(judged)}**"
+    return text + (f", {unsure} inconclusive" if unsure else "")
+
+
+def _inconclusive_reasons(records: list[dict[str, Any]]) -> list[tuple[tuple[str, str, str], int]]:
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for r in records:
+        if r.get("outcome") == "inconclusive":
+            counts[(r["method"], r["setting"], " ".join(str(r.get("reason", "")).split()[:14]) + " …")] += 1
+    return sorted(counts.items())
+
+
 def _history(run) -> list[str]:
     """The runs of this directory (its runs.jsonl), the ones that only read the cache included."""
     if not run.history:
@@ -99,36 +119,48 @@ def markdown(run) -> str:
     rows = list(dict.fromkeys([a.label for a in config.attacks] + (["Independent"] if config.independents else [])))
     paper_row = {a.label: a.paper for a in config.attacks}
     paper_row["Independent"] = "Independent"
+    lines += ["", "## How to read the verification tables", "",
+              "Each cell is judged twice on the same evidence: by the **null panel** (the default rule: the "
+              "suspect's statistic against the same statistic of the protection's panel of honest models of its "
+              "architecture, one-sided prediction interval at alpha) and by the **paper's own test** (MOVE's "
+              "paired t-test against the benign model B or the clean images, DI's Welch test, the watermarks' "
+              "T_acc threshold, CAE's rho with a binomial test). x/n counts seeds; *inconclusive* verdicts (the "
+              "suspect is not a competent model, its architecture has no panel or no power, the protection's self-"
+              "test failed) are counted apart, never as detections or accusations."]
     for setting in config.settings:
+        labels = [label for label in methods if any(r["method"] == label and r["setting"] == setting for r in records)]
+        if not labels:
+            continue
         lines += ["", f"## Verification, {setting}", "",
-                  "| suspect | method | effect, ours | p, ours | outcome | paper effect | paper p |",
-                  "|---|---|---:|---:|---|---:|---:|"]
+                  "| suspect | method | statistic | panel mean ± sd | null panel: outcome | p | paper's test: outcome | p "
+                  "| the paper's p |",
+                  "|---|---|---:|---:|---|---:|---|---:|---:|"]
         for row in rows:
-            for label in methods:
+            for label in labels:
                 cell = [r for r in records if r["row"] == row and r["method"] == label and r["setting"] == setting]
                 verdicts = _verdicts(cell)
-                paper_d, paper_p = _paper_cell(paper_value(config.paper_table, setting, method_name[label],
-                                                           paper_row.get(row)))
+                _, paper_p = _paper_cell(paper_value(config.paper_table, setting, method_name[label], paper_row.get(row)))
                 if not verdicts:
                     note = cell[0].get("note", "") if cell else "not run"
-                    lines.append(f"| {row} | {label} | n/a | n/a | {note} | {paper_d} | {paper_p} |")
+                    lines.append(f"| {row} | {label} | n/a | | {note} | | | | {paper_p} |")
                     continue
-                effect = _median_range([r["effect"] for r in verdicts], _effect)
-                p = _median_range([r["p_value"] for r in verdicts], format_p)
-                flagged = sum(r["stolen"] for r in verdicts)
-                if row == "Independent":
-                    outcome = (f"**false accusation** ({flagged} of {len(verdicts)})" if flagged
-                               else f"cleared ({len(verdicts)} of {len(verdicts)})")
-                else:
-                    missed = len(verdicts) - flagged
-                    outcome = (f"**missed** ({missed} of {len(verdicts)})" if missed
-                               else f"detected ({flagged} of {len(verdicts)})")
-                lines.append(f"| {row} | {label} | {effect} | {p} | {outcome} | {paper_d} | {paper_p} |")
-    lines += ["", "Effects are delta_mu for every t-test method (Dataset Inference included); the paper gives none "
-              "for Dataset Inference. The Independent row pools every independent model against every victim seed."]
+                statistic = _median_range([r["statistic"] for r in verdicts if r.get("statistic") is not None],
+                                          lambda x: f"{x:.3f}")
+                panel = _median_range([r["panel_mean"] for r in verdicts if r.get("panel_mean") is not None],
+                                      lambda x: f"{x:.3f}")
+                sds = [r["panel_sd"] for r in verdicts if r.get("panel_sd") is not None]
+                panel_text = f"{panel} ± {statistics.median(sds):.3f}" if sds else "-"
+                lines.append(f"| {row} | {label} | {statistic} | {panel_text} | {_tally(verdicts, row)} | "
+                             f"{_median_range([r['p_value'] for r in verdicts if r.get('p_value') is not None], format_p)} | "
+                             f"{_tally([r['paper'] for r in verdicts], row)} | "
+                             f"{_median_range([r['paper']['p_value'] for r in verdicts if r['paper'].get('p_value') is not None], format_p)} | "
+                             f"{paper_p} |")
+    lines += ["", "Statistics are each method's model-level statistic (MOVE: mean meta-classifier output; trigger "
+              "watermarks: mean target-probability gain from the trigger; DI: private-minus-public regressor score; "
+              "key watermarks: key accuracy; CAE/IPGuard: match rate). The Independent row pools every independent "
+              "model against every victim seed; the paper's p is its CIFAR-10 value where it has one."]
 
     lines += _queries(run, rows)
-
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -143,79 +175,85 @@ def markdown(run) -> str:
     independents = [r for r in records if r["row"] == "Independent"]
     if independents:
         models = sorted({r["independent"] for r in independents})
+        archs = sorted({r["independent_arch"] for r in independents})
+        recipes = sorted({r.get("independent_recipe", "") for r in independents})
         lines += ["", f"## False accusations: {len(models)} independent models at alpha = {alpha}", "",
-                  "Each independent model is trained on the attacker's part of the data (disjoint from every "
-                  "victim's), with its own seed and architecture; it shares nothing with a victim but the task. "
-                  "Each is verified against every victim seed.", "",
-                  "| method | setting | models flagged at least once | (model, victim) pairs flagged | flagged models |",
-                  "|---|---|---:|---:|---|"]
+                  f"Each independent model is trained on the attacker's part of the data (disjoint from every victim's "
+                  f"and from the null panel's), with its own seed, one of {len(archs)} architectures "
+                  f"({', '.join(archs)}) and one of {len(recipes)} recipes ({', '.join(recipes)}); none is a member of "
+                  "any panel, and none of its recipes is a panel recipe. Each is verified against every victim seed.",
+                  "",
+                  "| method | setting | (model, victim) pairs | accused, null panel | inconclusive | accused, paper's test "
+                  "| models accused (null panel) |",
+                  "|---|---|---:|---:|---:|---:|---|"]
         for label in methods:
             for setting in config.settings:
-                cell = [r for r in independents if r["method"] == label and r["setting"] == setting]
-                verdicts = _verdicts(cell)
+                verdicts = _verdicts([r for r in independents if r["method"] == label and r["setting"] == setting])
                 if not verdicts:
-                    lines.append(f"| {label} | {setting} | n/a | n/a | |")
                     continue
-                flagged_models = sorted({r["independent"] for r in verdicts if r["stolen"]})
-                verified_models = {r["independent"] for r in verdicts}
-                pairs = sum(r["stolen"] for r in verdicts)
-                skipped = len(models) - len(verified_models)
-                note = ", ".join(flagged_models) + (f" ({skipped} models n/a: other architecture)" if skipped else "")
-                lines.append(f"| {label} | {setting} | {len(flagged_models)} of {len(verified_models)} | "
-                             f"{pairs} of {len(verdicts)} | {note} |")
-        lines += ["", "| independent model | test accuracy | fidelity to the seed-0 victims (median) |",
-                  "|---|---:|---:|"]
+                accused = [r for r in verdicts if r["outcome"] == "stolen"]
+                unsure = [r for r in verdicts if r["outcome"] == "inconclusive"]
+                paper = sum(r["paper"]["outcome"] == "stolen" for r in verdicts)
+                names = sorted({r["independent"] for r in accused})
+                lines.append(f"| {label} | {setting} | {len(verdicts)} | **{len(accused)}** | {len(unsure)} | {paper} "
+                             f"| {', '.join(names)} |")
+        reasons = _inconclusive_reasons(records)
+        if reasons:
+            lines += ["", "Why verdicts were inconclusive (count, first words of the reason):", "",
+                      "| method | setting | count | reason |", "|---|---|---:|---|"]
+            for (label, setting, reason), count in reasons:
+                lines.append(f"| {label} | {setting} | {count} | {reason} |")
+        lines += ["", "| independent model | architecture | recipe | test accuracy | fidelity to the seed-0 victims (median) |",
+                  "|---|---|---|---:|---:|"]
         for name in models:
             rows_of = [r for r in independents if r["independent"] == name]
             fid = [r["fidelity"] for r in rows_of if r["seed"] == config.seeds[0]]
-            lines.append(f"| {name} | {rows_of[0]['suspect_test_accuracy']:.4f} | "
-                         f"{statistics.median(fid):.4f} |" if fid else f"| {name} | | |")
+            lines.append(f"| {name} | {rows_of[0]['independent_arch']} | {rows_of[0].get('independent_recipe', '')} | "
+                         f"{rows_of[0]['suspect_test_accuracy']:.4f} | "
+                         + (f"{statistics.median(fid):.4f} |" if fid else " |"))
     return "\n".join(lines) + "\n"
 
 
 def _queries(run, rows: list[str]) -> list[str]:
     """Queries to a verdict beside the outcomes, per setting, when the grid verifies some method
-    sequentially (a method entry with ``sequential = true``): the fixed and sequential designs side by side."""
+    sequentially (a method entry with ``sequential = true``): the fixed and the sequential design of the
+    paper's test side by side (the sequential test asks the paper's question; the null-panel verdicts
+    above are judged on the rows it drew)."""
     config, records = run.config, run.records
     if not any(m.set.get("sequential") for m in config.methods):
         return []
     methods = [m.label for m in config.methods]
     lines: list[str] = []
     for setting in config.settings:
-        cells = [r for r in _verdicts(records) if r["setting"] == setting and r.get("queries") is not None]
+        cells = [r for r in _verdicts(records) if r["setting"] == setting and r.get("queries") is not None
+                 and "paper" in r]
         if not cells:
             continue
         lines += ["", f"## Queries to a verdict, {setting}", "",
-                  "Queries are images sent to the suspect until the verdict (black-box MOVE: 6 per image, the "
-                  "image and five augmentations). A sequential verdict is decided by the betting test alone "
-                  "unless it ran out of images, when the fixed-m t-test decided at alpha/2.", "",
-                  "| method | verdicts | queries: median [min, max] | stolen suspects detected | independent pairs "
-                  "accused | decided sequentially |", "|---|---:|---:|---:|---:|---:|"]
+                  "Queries are images sent to the suspect until the verdict (black-box MOVE: 6 per image, the image "
+                  "and five augmentations); outcomes are the paper test's (MOVE Eq. 9). A sequential verdict is "
+                  "decided by the betting test (stats/sequential.py) unless it ran out of images, when the fixed-m "
+                  "t-test decided at alpha/2.", "",
+                  "| method | verdicts | queries: median [min, max] | stolen suspects | independent models "
+                  "| decided sequentially |", "|---|---:|---:|---|---|---:|"]
         for label in methods:
             mine = [r for r in cells if r["method"] == label]
             if not mine:
                 continue
-            stolen = [r for r in mine if r.get("stolen_truth")]
-            honest = [r for r in mine if not r.get("stolen_truth")]
-            sequential = [r for r in mine if r.get("decided_by")]
-            decided = (f"{sum(r['decided_by'] == 'sequential' for r in sequential)} of {len(sequential)}"
-                       if sequential else "—")
+            stolen = [r["paper"] for r in mine if r.get("stolen_truth")]
+            honest = [r["paper"] for r in mine if not r.get("stolen_truth")]
+            sequential = [r["paper"]["decided_by"] for r in mine if r["paper"].get("decided_by")]
+            decided = f"{sequential.count('sequential')} of {len(sequential)}" if sequential else "—"
             lines.append(f"| {label} | {len(mine)} | {_median_range([r['queries'] for r in mine], _count)} | "
-                         f"{sum(r['stolen'] for r in stolen)} of {len(stolen)} | "
-                         f"{sum(r['stolen'] for r in honest)} of {len(honest)} | {decided} |")
+                         f"{_tally(stolen, 'attack')} | {_tally(honest, 'Independent')} | {decided} |")
         header = "| suspect | " + " | ".join(f"{label}: queries | {label}: outcome" for label in methods) + " |"
         lines += ["", header, "|---|" + "---:|---|" * len(methods)]
         for row in rows:
             line = f"| {row} |"
             for label in methods:
                 mine = [r for r in cells if r["row"] == row and r["method"] == label]
-                if not mine:
-                    line += " n/a | n/a |"
-                    continue
-                flagged = sum(r["stolen"] for r in mine)
-                outcome = (f"{'**accused**' if flagged else 'cleared'} {flagged} of {len(mine)}" if row == "Independent"
-                           else f"detected {flagged} of {len(mine)}")
-                line += f" {_median_range([r['queries'] for r in mine], _count)} | {outcome} |"
+                line += (f" {_median_range([r['queries'] for r in mine], _count)} | "
+                         f"{_tally([r['paper'] for r in mine], row)} |" if mine else " n/a | n/a |")
             lines.append(line)
     return lines
 
@@ -234,19 +272,22 @@ def plot(run, path: Path) -> Path | None:
     methods = [m.label for m in config.methods]
     if not rows:
         return None
-    figure, axes = plt.subplots(1, len(config.settings), figsize=(6 * len(config.settings), 4), squeeze=False)
+    settings = [s for s in config.settings if any(r["setting"] == s for r in records)]
+    if not settings:
+        return None
+    figure, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
     width = 0.8 / max(len(methods), 1)
-    for axis, setting in zip(axes[0], config.settings):
+    for axis, setting in zip(axes[0], settings):
         for j, label in enumerate(methods):
             heights = []
             for row in rows:
                 ps = [r["p_value"] for r in _verdicts(records) if r["row"] == row and r["method"] == label
-                      and r["setting"] == setting]
+                      and r["setting"] == setting and r.get("p_value") is not None]
                 heights.append(min(-math.log10(max(statistics.median(ps), 1e-300)), 50) if ps else 0.0)
             axis.bar([i + j * width for i in range(len(rows))], heights, width, label=label)
         axis.axhline(-math.log10(config.alpha), color="black", linestyle="--", linewidth=1)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], rows, rotation=30, ha="right")
-        axis.set_ylabel("median −log10 p (capped at 50)")
+        axis.set_ylabel("median −log10 p, null panel (capped at 50)")
         axis.set_title(f"{config.name}, {setting}")
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()

@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, BlackBoxAccess, WhiteBoxAccess
+from modelprove.access import BLACK_BOX, local_access
 from modelprove.attacks import parse_attack, run_attack
 from modelprove.bench.cache import BenchCache, recipe_key
 from modelprove.bench.config import BenchConfig, DataSpec
 from modelprove.bench.results import ResultLog, RunHistory
 from modelprove.core.config import config_from_pairs
-from modelprove.core.errors import ModelproveError, SuspectError
+from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import console
 from modelprove.data import DataSplits, ImageDataset, load_splits, make_splits
 from modelprove.methods import METHODS, MethodSpec
 from modelprove.methods.common import fresh_model
+from modelprove.methods.panel import PanelConfig, member_data, member_recipe, panel_members, train_member
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, load_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
@@ -77,17 +78,11 @@ def bench_splits(spec: DataSpec) -> DataSplits:
                        attacker_limit=spec.attacker_limit, test_limit=spec.test_limit)
 
 
-def _fingerprint(data: ImageDataset) -> str:
-    digest = hashlib.sha256(data.images.numpy().tobytes())
-    digest.update(data.labels.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def data_recipe(spec: DataSpec, splits: DataSplits) -> dict[str, Any]:
     """The data part of every recipe: the split parameters and a hash of each part's pixels and labels."""
     fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "data_dir"}  # where, not what
-    return {**fields, "defender": _fingerprint(splits.defender), "attacker": _fingerprint(splits.attacker),
-            "test": _fingerprint(splits.test)}
+    return {**fields, "defender": splits.defender.fingerprint(), "attacker": splits.attacker.fingerprint(),
+            "test": splits.test.fingerprint()}
 
 
 def train_plain_model(arch: str, data: ImageDataset, test: ImageDataset, config: TrainConfig,
@@ -102,7 +97,7 @@ def method_config(spec: MethodSpec, config: BenchConfig, seed: int, overrides: d
     """The method's config: the grid's training settings, the seed and alpha, then the entry's ``set``."""
     names = {f.name for f in dataclasses.fields(spec.config)}
     base = {k: v for k, v in dataclasses.asdict(config.training).items() if k in names}
-    base.update({k: v for k, v in (("seed", seed), ("alpha", config.alpha)) if k in names})
+    base.update({k: v for k, v in (("seed", seed), (spec.alpha_field, config.alpha)) if k in names})
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ModelproveError(f"method {spec.name!r} has no parameter {unknown[0]!r} (grid {config.source}).",
@@ -150,6 +145,30 @@ class _Progress:
                       f"about {left / 60:.0f} min left", highlight=False)
 
 
+def attack_seed(seed: int) -> int:
+    """An attack's own seed (data order, augmentation; its students' initialisation is hashed from it as
+    well, attacks.base.student_seed): never the victim's, so no student starts where the victim did."""
+    return 10_000 + seed
+
+
+def settings_of(config: BenchConfig, spec: MethodSpec) -> list[str]:
+    """The grid's settings this method verifies in (label-only methods only label-only, and so on)."""
+    return [setting for setting in config.settings if setting in spec.access]
+
+
+def benign_recipe(config: BenchConfig, data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The seed's benign model: the grid's training on the defender's data, no protection."""
+    defender_data = {k: v for k, v in data.items() if k not in ("attacker", "attacker_limit")}
+    return {"kind": "benign", "arch": config.training.arch, "seed": seed, "part": "defender",
+            "training": dataclasses.asdict(config.training), "data": defender_data}
+
+
+def panel_config(config: BenchConfig) -> PanelConfig:
+    spec = config.panel
+    return PanelConfig(size=spec.size, architectures=spec.architectures, epochs=spec.epochs,
+                       **({"recipes": spec.recipes} if spec.recipes else {}))
+
+
 def plan_grid(config: BenchConfig, data: dict[str, Any]):
     """Every cell of the grid with its key, before anything runs (the progress total, and what resume skips).
 
@@ -169,7 +188,10 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
             protect_cfg = {k: v for k, v in dataclasses.asdict(method_cfg).items() if k not in spec.verify_options}
             # The victim never sees the attacker's part: a change there must not retrain it.
             defender_data = {k: v for k, v in data.items() if k not in ("attacker", "attacker_limit")}
-            recipe = {"kind": "protection", "method": entry.name, "config": protect_cfg, "data": defender_data}
+            recipe = {"kind": "protection", "method": entry.name, "config": protect_cfg, "data": defender_data,
+                      "panel": dataclasses.asdict(config.panel)}
+            if "model" in spec.inputs:  # a fingerprint of an already trained model: the seed's benign model
+                recipe["source"] = benign_recipe(config, data, seed)
             protections[(seed, entry.label)] = {"recipe": recipe, "key": recipe_key(recipe), "spec": spec,
                                                 "config": method_cfg, "options": options, "entry": entry,
                                                 "seed": seed}
@@ -177,20 +199,25 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
     for (seed, label), prot in protections.items():
         for attack in config.attacks:
             stages = [str(stage) for stage in parse_attack(attack.attack)]
-            chain = [{"kind": "suspect", "victim": prot["key"], "stages": stages[: i + 1], "seed": seed, "data": data}
-                     for i in range(len(stages))]
+            chain = [{"kind": "suspect", "victim": prot["key"], "stages": stages[: i + 1], "seed": seed,
+                      "attack_seed": attack_seed(seed), "data": data} for i in range(len(stages))]
             suspect_recipes[(seed, label, attack.label)] = chain
-            for setting in config.settings:
+            for setting in settings_of(config, prot["spec"]):
                 plan.append({"kind": "attack", "seed": seed, "method": label, "attack": attack, "setting": setting,
                              "suspect_key": recipe_key(chain[-1])})
     independents = []
-    for arch, ind_seed, part, epochs in config.independent_models():
-        recipe = {"kind": "independent", "arch": arch, "seed": ind_seed, "part": part,
-                  "training": {**training, "epochs": epochs}, "data": data}
-        independents.append({"arch": arch, "seed": ind_seed, "epochs": epochs, "recipe": recipe,
-                             "key": recipe_key(recipe), "name": f"independent-{arch}-s{ind_seed}"})
-        for (seed, label) in protections:
-            for setting in config.settings:
+    for entry, ind_seed in config.independent_models():
+        ind_training = {**training, "epochs": entry.epochs or config.training.epochs, "optimizer": entry.optimizer,
+                        "lr": entry.lr if entry.lr is not None else config.training.lr,
+                        "augmentation": entry.augmentation or config.training.augmentation}
+        recipe = {"kind": "independent", "arch": entry.arch, "seed": ind_seed, "part": entry.data,
+                  "training": ind_training, "data_fraction": entry.data_fraction, "data": data}
+        name = f"independent-{entry.arch}-{entry.recipe_name(config.training)}-s{ind_seed}"
+        independents.append({"arch": entry.arch, "seed": ind_seed, "training": ind_training,
+                             "data_fraction": entry.data_fraction, "recipe_name": entry.recipe_name(config.training),
+                             "recipe": recipe, "key": recipe_key(recipe), "name": name})
+        for (seed, label), prot in protections.items():
+            for setting in settings_of(config, prot["spec"]):
                 plan.append({"kind": "independent", "seed": seed, "method": label, "setting": setting,
                              "independent": independents[-1], "suspect_key": independents[-1]["key"]})
     # Seed by seed, so that an interrupted run already holds whole seeds (attacks and independents).
@@ -232,32 +259,53 @@ class _Grid:
                            augmentation=training.augmentation, seed=seed)
 
     def benign_recipe(self, seed: int) -> dict[str, Any]:
-        defender_data = {k: v for k, v in self.data.items() if k not in ("attacker", "attacker_limit")}
-        return {"kind": "benign", "arch": self.config.training.arch, "seed": seed, "part": "defender",
-                "training": dataclasses.asdict(self.config.training), "data": defender_data}
+        return benign_recipe(self.config, self.data, seed)
+
+    def benign(self, seed: int) -> tuple[Classifier, dict[str, Any]]:
+        """The seed's benign model (the harmlessness baseline, and the source CAE and IPGuard fingerprint)."""
+        arch, splits = self.config.training.arch, self.splits
+        model, entry = self.cache.model(self.benign_recipe(seed), lambda: train_plain_model(
+            arch, splits.defender, splits.test, self.train_config(seed), f"benign seed {seed}"), self.classes)
+        return model, entry["info"]
 
     def benign_accuracy(self, seed: int) -> float:
         if ("benign", seed) not in self.loaded:
-            arch, splits = self.config.training.arch, self.splits
-            _, entry = self.cache.model(self.benign_recipe(seed), lambda: train_plain_model(
-                arch, splits.defender, splits.test, self.train_config(seed), f"benign seed {seed}"), self.classes)
-            self.loaded[("benign", seed)] = entry["info"]["test_accuracy"]
+            self.loaded[("benign", seed)] = self.benign(seed)[1]["test_accuracy"]
         return self.loaded[("benign", seed)]
+
+    def panel_store(self, recipe: dict[str, Any], build) -> tuple[Classifier, dict[str, Any]]:
+        """The null panel's models live in the bench cache: one panel serves every protection of the grid."""
+        model, entry = self.cache.model(recipe, build, self.classes)
+        return model, entry["info"]
+
+    def panel_members(self) -> list[tuple[dict[str, Any], Any]]:
+        """(store recipe, member) of every shared null-panel model (a method may add its own, e.g. DI's)."""
+        config = panel_config(self.config)
+        defender = self.splits.defender
+        return [(member_recipe(member, config, member_data(member, defender, None), None), member)
+                for member in panel_members(config, self.config.training.arch)]
+
+    def panel_member(self, key: str) -> None:
+        config = panel_config(self.config)
+        recipe, member = next((r, m) for r, m in self.panel_members() if recipe_key(r) == key)
+        self.panel_store(recipe, lambda: train_member(member, config, self.splits.defender, self.splits.test, None))
 
     def protection(self, prot: dict[str, Any]):
         if prot["key"] not in self.loaded:
             spec: MethodSpec = prot["spec"]
             splits = self.splits
+            inputs = {"model": self.benign(prot["seed"])[0]} if "model" in spec.inputs else {}
 
             def build(out: Path) -> dict[str, Any]:
-                result = spec.protect(splits.defender, splits.test, out, prot["config"])
-                victim, _ = load_model(out / "victim.safetensors")
+                result = spec.protect(splits.defender, splits.test, out, prot["config"], panel=panel_config(self.config),
+                                      store=self.panel_store, **inputs)
+                victim, _ = load_model(out / spec.model_file)
                 return {"victim_test_accuracy": round(evaluate(victim, splits.test), 4),
                         "results": getattr(result, "results", {})}
 
             directory, entry = self.cache.protection(prot["recipe"], build)
             opened = spec.open(Protection.open(directory))
-            victim, _ = load_model(directory / "victim.safetensors")
+            victim, _ = load_model(directory / spec.model_file)
             self.loaded[prot["key"]] = (opened, victim.eval(), entry["info"])
         return self.loaded[prot["key"]]
 
@@ -270,7 +318,7 @@ class _Grid:
             previous = model
 
             def build(previous=previous, stage=recipe["stages"][-1]):
-                stolen, lineage = run_attack(stage, previous, splits.attacker, seed=seed)
+                stolen, lineage = run_attack(stage, previous, splits.attacker, seed=attack_seed(seed))
                 return stolen, {"lineage": lineage, "test_accuracy": round(evaluate(stolen, splits.test), 4),
                                 "fidelity": round(agreement(stolen, victim, splits.test), 4)}
 
@@ -279,9 +327,17 @@ class _Grid:
 
     def independent(self, ind: dict[str, Any]) -> tuple[Classifier, dict[str, Any]]:
         splits = self.splits
+        data = splits.attacker
+        if ind["data_fraction"] < 1:
+            keep = max(1, round(ind["data_fraction"] * len(data)))
+            data = data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(ind["seed"]))[:keep]
+                               .sort().values, name=f"{data.name}[{ind['data_fraction']:g}]")
+        training = ind["training"]
+        train_config = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"],
+                                   optimizer=training["optimizer"], lr=training["lr"],
+                                   augmentation=training["augmentation"], seed=ind["seed"])
         model, entry = self.cache.model(ind["recipe"], lambda: train_plain_model(
-            ind["arch"], splits.attacker, splits.test, self.train_config(ind["seed"], ind["epochs"]), ind["name"]),
-            self.classes)
+            ind["arch"], data, splits.test, train_config, ind["name"]), self.classes)
         return model, entry["info"]
 
     def run_cell(self, cell: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -299,8 +355,8 @@ class _Grid:
             model, info = self.independent(ind)
             name = ind["name"]
             row = {"attack": None, "row": "Independent", "paper_row": "Independent", "independent": ind["name"],
-                   "independent_arch": ind["arch"], "fidelity": round(agreement(model, victim, self.splits.test), 4),
-                   "stolen_truth": False}
+                   "independent_arch": ind["arch"], "independent_recipe": ind["recipe_name"],
+                   "fidelity": round(agreement(model, victim, self.splits.test), 4), "stolen_truth": False}
         record = {"cell": cell["key"], "grid": self.config.name, "seed": seed, "method": cell["method"],
                   "method_name": spec.name, "setting": setting, "suspect": name, "suspect_arch": model.arch,
                   "suspect_test_accuracy": info["test_accuracy"],
@@ -320,10 +376,14 @@ class _Grid:
         for seed in sorted({cell["seed"] for cell in pending}, key=self.config.seeds.index):
             if self.cache.entry_seconds("models", self.benign_recipe(seed)) is None:
                 jobs.append(("benign", seed))
+        if pending:  # the null panel every protection is calibrated on: one job per model, built once
+            for recipe, member in self.panel_members():
+                if self.cache.entry_seconds("models", recipe) is None:
+                    jobs.append(("panel", recipe_key(recipe)))
         independents = {cell["suspect_key"]: cell["independent"] for cell in pending if cell["kind"] == "independent"}
         epochs_x_cost = {"vgg_small": 20, "cnn_small": 2, "lenet5": 1}  # rough relative cost per epoch
         for key, ind in sorted(independents.items(),
-                               key=lambda item: -epochs_x_cost.get(item[1]["arch"], 5) * item[1]["epochs"]):
+                               key=lambda item: -epochs_x_cost.get(item[1]["arch"], 5) * item[1]["training"]["epochs"]):
             if self.cache.entry_seconds("models", ind["recipe"]) is None:
                 jobs.append(("independent", key))
         groups: dict[str, list[str]] = {}
@@ -339,6 +399,9 @@ class _Grid:
         if kind == "benign":
             self.benign_accuracy(what)
             report(("built", None, f"benign model, seed {what}", time.perf_counter() - start))
+        elif kind == "panel":
+            self.panel_member(what)
+            report(("built", what, "null-panel model", time.perf_counter() - start))
         elif kind == "independent":
             ind = next(c["independent"] for c in self.plan if c["suspect_key"] == what)
             self.independent(ind)
@@ -474,10 +537,15 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         _run_in_workers(grid, pending, workers, worker_threads, out_dir, cache_dir, only_methods, bar)
         grid.log = ResultLog(grid.log.path)  # the workers' lines
     else:
-        for cell in pending:
-            cell_start = time.perf_counter()
-            _, summary = grid.run_cell(cell)
-            bar.cell(cell, summary, time.perf_counter() - cell_start)
+        def report(event) -> None:  # the jobs' events, as the workers would send them
+            kind, key, summary, seconds = event
+            if kind == "cell":
+                bar.cell(grid.cells[key], summary, seconds)
+            else:
+                bar.built(key, summary, seconds)
+
+        for job in grid.jobs(pending):
+            grid.run_job(job, report)
 
     log, cache = grid.log, grid.cache
     # Labels are presentation, not part of any key: take them from this grid, not from the run that verified.
@@ -489,6 +557,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in grid.protections.values()}
     recipes.update({recipe_key(r): ("models", r) for chain in grid.suspect_recipes.values() for r in chain})
     recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
+    recipes.update({recipe_key(r): ("models", r) for r, _ in grid.panel_members()})
     built = [cache.entry_seconds(kind, recipe) for kind, recipe in recipes.values()]
     cells_run = len(records) - (len(plan) - len(pending)) if pending else 0  # from the log, not the events
     run = BenchRun(config, out_dir, records, cells_run, cache.hits, cache.misses, time.perf_counter() - start,
@@ -510,19 +579,29 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
 
 def verify_cell(spec: MethodSpec, opened: Any, model: Classifier, setting: str, seed: int, name: str,
                 options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One verification: the verdict's numbers, or why the method cannot verify this suspect here."""
+    """One verification, judged by the null-panel rule and by the paper's test on the same evidence:
+    the default rule's outcome and numbers, with the paper's beside them under "paper"."""
     if setting not in spec.access:
         return {"outcome": "n/a", "note": f"{spec.name} has no {setting} setting"}
-    access = WhiteBoxAccess(model, name=name) if setting == WHITE_BOX else BlackBoxAccess.from_model(model, name=name)
-    try:
-        verdict = spec.verify(opened, access, setting=setting, seed=seed, suspect_name=name, **(options or {}))
-    except SuspectError as exc:  # e.g. white-box MOVE on another architecture: not verifiable, not a verdict
-        return {"outcome": "n/a", "note": str(exc).split("\n")[0][:200]}
-    return {"outcome": verdict.decision, "stolen": verdict.stolen, "p_value": verdict.p_value,
-            "effect": verdict.effect, "effect_name": verdict.effect_name, "alpha": verdict.alpha,
-            "samples": verdict.samples, "queries": verdict.queries, "verify_seconds": verdict.seconds,
-            "verdict_setting": verdict.setting,
-            **({"decided_by": verdict.details["decided_by"]} if "decided_by" in verdict.details else {})}
+    verdicts = spec.verify_rules(opened, local_access(model, setting, name=name), setting=setting, seed=seed,
+                                 suspect_name=name, **(options or {}))
+    panel, paper = verdicts["panel"], verdicts["paper"]
+
+    def numbers(verdict) -> dict[str, Any]:
+        return {"outcome": verdict.outcome, "stolen": verdict.stolen, "p_value": verdict.p_value,
+                "effect": verdict.effect, "effect_name": verdict.effect_name, "reason": verdict.reason,
+                # a sequential verification: which test decided (stats.sequential or the fixed-m fallback)
+                **({"decided_by": verdict.details["decided_by"]} if "decided_by" in verdict.details else {})}
+
+    return {**numbers(panel), "paper": numbers(paper), "alpha": panel.alpha, "statistic": panel.statistic,
+            "statistic_name": panel.statistic_name, "samples": panel.samples, "queries": panel.queries,
+            "verify_seconds": panel.seconds, "verdict_setting": panel.setting,
+            "panel_architecture": panel.panel["architecture"] if panel.panel else None,
+            "panel_mean": panel.panel["mean"] if panel.panel else None,
+            "panel_sd": panel.panel["sd"] if panel.panel else None,
+            "panel_k": panel.panel["k"] if panel.panel else None,
+            "panel_far": panel.panel["false_accusation_rate"] if panel.panel else None,
+            "self_test": panel.self_test, "competence": panel.competence}
 
 
 __all__ = ["BLACK_BOX", "BenchRun", "bench_splits", "data_recipe", "default_workers", "method_config", "run_bench", "train_plain_model",

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from modelprove.core.config import config_from_pairs, describe_fields
 from modelprove.core.errors import ModelproveError
-from modelprove.core.verdict import Verdict, verdict_table
+from modelprove.core.verdict import Verdict, format_p, verdict_table
 
 app = typer.Typer(
     help="Prove that a suspect image classifier was stolen from yours.",
@@ -43,10 +43,18 @@ def protect(
     model: Annotated[Optional[Path], typer.Option(
         help="An already trained source model to protect (methods that fingerprint, e.g. cae).")] = None,
     logo: Annotated[Optional[Path], typer.Option(help="The owner's logo image (blind-watermark).")] = None,
+    panel_size: Annotated[int, typer.Option(help="Null panel: honest models per architecture.")] = 8,
+    panel_archs: Annotated[Optional[str], typer.Option(
+        help="Null panel architectures, comma-separated (default: the victim's and two others).")] = None,
+    panel_epochs: Annotated[int, typer.Option(help="Null panel: training epochs (its recipes scale them).")] = 5,
+    panel_store: Annotated[Optional[Path], typer.Option(
+        help="Where null-panel models are kept and shared between protections of the same data "
+             "(default $MODELPROVE_PANELS or ~/.cache/modelprove/panels).")] = None,
 ) -> None:
     """Protect a model with the method and write everything `verify` needs to --out."""
     from modelprove.data import load_splits
     from modelprove.methods import get_method
+    from modelprove.methods.panel import PanelConfig
     from modelprove.methods.protection import ensure_writable
 
     try:
@@ -57,12 +65,14 @@ def protect(
                 raise ModelproveError(f"method {method!r} takes no --{name}.",
                                       fix=f"drop --{name}, or see `modelprove methods` for what {method} takes.")
         config = config_from_pairs(spec.config, set_, seed=seed)  # --seed wins over --set seed=, None keeps it
+        panel = PanelConfig(size=panel_size, architectures=panel_archs or "", epochs=panel_epochs,
+                            store=str(panel_store) if panel_store else None)
         ensure_writable(out_dir, force)
         splits = load_splits(
             data, data=data_dir, attacker_fraction=attacker_fraction, seed=config.seed,
             defender_limit=defender_limit, test_limit=test_limit,
         )
-        result = spec.protect(splits.defender, splits.test, out_dir, config, force=force, **inputs)
+        result = spec.protect(splits.defender, splits.test, out_dir, config, force=force, panel=panel, **inputs)
     except ModelproveError as error:
         _fail(error)
     table = Table(title=f"protection written to {out_dir}")
@@ -74,6 +84,27 @@ def protect(
     for key, value in result.results.get("seconds", {}).items():
         table.add_row(f"seconds: {key}", f"{value:.1f}")
     out.print(table)
+    out.print(self_test_table(result.results["calibration"]))
+    from modelprove.methods.protection import Protection
+
+    out.print(f"protection id {Protection.open(out_dir).protection_id} (register it: every verdict states the id "
+              "it checked)", highlight=False)
+
+
+def self_test_table(calibration: dict) -> Table:
+    """The protection's self-test: does the victim stand out from each architecture's null panel?"""
+    table = Table(title="self-test: the victim against the null panel (full verification pool)")
+    for column in ("variant", "panel", "K", "panel mean ± sd", "victim", "p", "detected", "panel leave-one-out FAR"):
+        table.add_column(column)
+    for variant, record in calibration["variants"].items():
+        for arch, test in record["self_test"].items():
+            far = record["false_accusation_rate"][arch]
+            k = sum(1 for m in calibration["panel"]["members"] if m["arch"] == arch)
+            table.add_row(variant, arch, str(k), f"{test['panel_mean']:.3f} ± {test['panel_sd']:.3f}",
+                          f"{test['statistic']:.3f}", format_p(test["p_value"]),
+                          "[green]yes[/]" if test["detected"] else "[bold yellow]no[/]",
+                          "-" if far["leave_one_out"] is None else f"{far['leave_one_out']:.2f}")
+    return table
 
 
 @app.command()
@@ -92,19 +123,27 @@ def verify(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Verification option key=value (repeatable; see `modelprove methods`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the verdict as JSON here.")] = None,
+    rule: Annotated[str, typer.Option(
+        help="Decision rule: panel (the suspect against the protection's null panel of honest models) or paper "
+             "(the method's paper test, to reproduce its tables).")] = "panel",
+    competence: Annotated[Optional[float], typer.Option(
+        help="Share of the way from chance to the victim's clean accuracy a suspect must reach to be judged "
+             "(default 0.5; 0 turns the check off).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for each answer of a remote suspect.")] = None,
 ) -> None:
     """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
     verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
-                         seed=seed, options=set_, json_out=json_out, timeout=timeout)
+                         seed=seed, options=set_, json_out=json_out, rule=rule, competence=competence, timeout=timeout)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
+    out.print(f"{verdict.decision}: {verdict.reason}", highlight=False)
+    out.print(f"checked protection id {verdict.protection_id}", highlight=False)
 
 
 def run_verify(
     protection: Path, suspect: Path | str, *, access: str | None = None, outputs: str = "logits",
     budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
     options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
-    timeout: float | None = None,
+    rule: str = "panel", competence: float | None = None, timeout: float | None = None,
 ) -> Verdict:
     from modelprove.access import is_remote, open_suspect, suspect_hashes
     from modelprove.methods import get_method
@@ -125,7 +164,8 @@ def run_verify(
                 raise ModelproveError(f"method {spec.name!r} has no --m: its verification uses every key sample.",
                                       fix="drop --m.")
             overrides[key] = m
-        verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, **overrides)
+        verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, rule=rule, competence=competence,
+                              **overrides)
         verdict.hashes.update(suspect_hashes(suspect_access, suspect))
         if hasattr(suspect_access, "transcript"):
             verdict.details["transcript"] = suspect_access.transcript.summary()

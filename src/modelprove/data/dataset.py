@@ -7,6 +7,7 @@ tensors instead of writing into ``images`` or ``labels`` in place.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,6 +106,12 @@ class ImageDataset:
             name=name if name is not None else self.name,
             indices=self.indices[rows],
         )
+
+    def fingerprint(self) -> str:
+        """A short hash of the pixels and labels: what determines a model trained on this data."""
+        digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def as_float(self, idx: IndexLike | None = None) -> torch.Tensor:
         """Images (all, or rows ``idx``) as float32 in [0, 1], shape (n, C, H, W)."""

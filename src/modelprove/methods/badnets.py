@@ -37,10 +37,10 @@ from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import stamp_patch
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
-from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
+from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
-from modelprove.stats import paired_ttest_greater
+from modelprove.stats import Evidence, PairedTTestRule
 from modelprove.training import TrainRecord, evaluate, train
 
 METHOD = "badnets"
@@ -188,7 +188,7 @@ def write_trigger_protection(out: Path, method: str, config: Any, victim: Classi
         writer.record(dataset=dataset_info, results=results, access=access)
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -196,7 +196,7 @@ def protect(
     *,
     force: bool = False,
 ) -> TriggerProtection:
-    """Train a BadNets-watermarked victim on ``defender`` data and write its protection to ``out``."""
+    """Train a BadNets-watermarked victim on ``defender`` data and write its own protection to ``out``."""
     config = config or BadNetsConfig()
     check_task(defender, test, config.target)
     out = Path(out)
@@ -232,58 +232,73 @@ def open_protection(directory: str | Path | Protection) -> OpenedTrigger:
     return open_trigger_protection(directory, METHOD, BadNetsConfig)
 
 
-def verify_trigger(
-    opened: OpenedTrigger,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    method: str,
-    access: tuple[str, ...],
-    verify_options: tuple[str, ...],
-    setting: str | None,
-    seed: int,
-    suspect_name: str | None,
-    options: dict,
-) -> Verdict:
-    """The triggered-vs-benign paired t-test of the suspect's target-class probability (MOVE Sec. 5.4's
-    test applied to a trigger watermark)."""
-    Protection.open_for(opened.protection, method)  # an opened protection of another method is refused
-    config = verification_config(opened.config, options, verify_options, method)
-    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=access,
-                                          who=method, card=opened.victim_card, protection=opened.protection)
-    rows = draw_rows(config, setting, len(opened.pool_images), seed,
-                     remedy=", or protect with a larger verification_pool")
-    m = len(rows)
-    start = time.perf_counter()
-    queries_before = suspect.queries
-    benign = opened.pool_images[rows].float() / 255
-    if setting == WHITE_BOX:  # the weights are ours to run: no queries
-        p_triggered, p_benign = target_probabilities(suspect.model, benign, config.target, config.patch_size)  # type: ignore[attr-defined]
-    else:  # one batch: m triggered images, then their m benign originals
-        outputs = suspect.probabilities(torch.cat([stamp_patch(benign, config.patch_size), benign]))  # type: ignore[attr-defined]
-        p_triggered, p_benign = outputs[:m, config.target], outputs[m:, config.target]
-    test = paired_ttest_greater(p_triggered.numpy(), p_benign.numpy())
-    return t_test_verdict(
-        test, method=method, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
-        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
-        details={
-            "mu_suspect": float(p_triggered.mean()),  # mu_T: target-class probability on triggered images
-            "mu_reference": float(p_benign.mean()),  # mu_B: the same on their benign originals
-            "target": config.target,
-        },
-    )
+class TriggerMethod(OwnershipMethod):
+    """A trigger watermark's evidence: per image, the suspect's target-class probability on the
+    triggered image minus on its benign original (MOVE Sec. 6's BadNets baseline); the paper's test is
+    the paired t-test of the two. The test reads only probabilities, so white-box and black-box
+    evidence are the same numbers (white-box runs the weights locally and sends no queries)."""
+
+    access = ACCESS
+    verify_options = VERIFY_OPTIONS
+
+    def pool_size(self, opened, config, setting: str) -> int:
+        return len(self.pool(opened))
+
+    def variant(self, config, setting: str) -> str:
+        return "probabilities"
+
+    def paper_rule(self, opened, config) -> PairedTTestRule:
+        return PairedTTestRule()
+
+    # Where the benign images are, how the trigger is applied and which class it targets.
+    def pool(self, opened) -> torch.Tensor:
+        return opened.pool_images
+
+    def trigger(self, opened, config, images: torch.Tensor) -> torch.Tensor:
+        return stamp_patch(images, config.patch_size)
+
+    def target(self, config) -> int:
+        return config.target
+
+    def evidence(self, opened, suspect: LabelOnlyAccess, setting: str, config, rows: torch.Tensor | None, *,
+                 reference: bool = True) -> Evidence:
+        pool = self.pool(opened)
+        rows = torch.arange(len(pool)) if rows is None else rows
+        benign = pool[rows].float() / 255
+        m, target = len(rows), self.target(config)
+        batch = torch.cat([self.trigger(opened, config, benign), benign])  # m triggered images, then their originals
+        if setting == WHITE_BOX:  # the weights are ours to run: no queries
+            outputs = predict_proba(suspect.model, batch)  # type: ignore[attr-defined]
+        else:
+            outputs = suspect.probabilities(batch)  # type: ignore[attr-defined]
+        p_triggered, p_benign = outputs[:m, target], outputs[m:, target]
+        success = outputs[:m].argmax(1) == target
+        return Evidence(self.name, setting, self.variant(config, setting),
+                        "mean target-class probability gain from the trigger",
+                        (p_triggered - p_benign).numpy(), rows.numpy(), score_range=(-1.0, 1.0),
+                        paired=(p_triggered.numpy(), p_benign.numpy()),
+                        reference_name="the same images without the trigger",
+                        details={"mu_suspect": float(p_triggered.mean()), "mu_reference": float(p_benign.mean()),
+                                 "trigger_success_rate": float(success.float().mean()), "target": target})
 
 
-def verify(
-    protection: str | Path | OpenedTrigger,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Is ``suspect`` stolen from the BadNets-watermarked victim? The paired t-test of its target-class
-    probability on triggered vs benign images; ``options`` are VERIFY_OPTIONS (m, m_black_box, alpha)."""
-    opened = protection if isinstance(protection, OpenedTrigger) else open_protection(protection)
-    return verify_trigger(opened, suspect, method=METHOD, access=ACCESS, verify_options=VERIFY_OPTIONS,
-                          setting=setting, seed=seed, suspect_name=suspect_name, options=options)
+class BadNets(TriggerMethod):
+    name = METHOD
+    config = BadNetsConfig
+    description = ("BadNets watermark: 3x3 white square trigger, 10% poisoned to a target label; the target-class "
+                   "probability on triggered vs benign images (Gu et al. 2017)")
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+
+BADNETS = BadNets()
+protect = BADNETS.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Is ``suspect`` stolen from the BadNets-watermarked victim? (:meth:`OwnershipMethod.verify`)"""
+    return BADNETS.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)

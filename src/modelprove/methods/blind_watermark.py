@@ -55,7 +55,7 @@ from modelprove.methods.key_samples import (
     key_accuracy,
     open_key_watermark,
     save_host_and_keys,
-    verify_key_watermark,
+    KeySampleMethod,
 )
 from modelprove.methods.common import check_same_task, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
@@ -396,7 +396,7 @@ def train_blind_watermark(
     return host, encoder, discriminator, keys, record
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -476,23 +476,28 @@ def open_protection(directory: str | Path | Protection) -> OpenedBlindWatermark:
     return OpenedBlindWatermark(opened.protection, opened.method, opened.keys, opened.host_card, opened.config, logo)
 
 
-def verify(
-    protection: str | Path | OpenedKeyWatermark,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Key accuracy acc_g of ``suspect`` on (x_key, t_key) (Eq. 4) with label-only access.
+class BlindWatermark(KeySampleMethod):
+    name = METHOD
+    config = BlindWatermarkConfig
+    description = ("Blind watermark: encoder-made key samples near ordinary images, from the owner's logo; key "
+                   "accuracy with label-only access (Li et al. 2019)")
+    inputs = ("logo",)
 
-    The decision is the paper's threshold rule, stolen iff acc_g > T_acc (``t_acc``); an exact
-    binomial p-value against chance agreement 1/K is reported alongside (see key_samples).
-    """
-    opened = protection if isinstance(protection, OpenedKeyWatermark) else open_protection(protection)
-    Protection.open_for(opened.protection, METHOD)  # an opened protection of another method is refused
-    return verify_key_watermark(opened, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force, **inputs)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+
+BLIND_WATERMARK = BlindWatermark()
+protect = BLIND_WATERMARK.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Key accuracy acc_g of ``suspect`` on (x_key, t_key) (Eq. 4), label-only (:meth:`OwnershipMethod.verify`)."""
+    return BLIND_WATERMARK.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
+                                  **options)
 
 
 __all__ = ["VERIFY_OPTIONS", "BlindWatermarkConfig", "protect", "open_protection", "verify", "ssim"]

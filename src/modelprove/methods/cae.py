@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +45,13 @@ from modelprove.core.progress import progress_default, task
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
+from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import (
     ARCHITECTURES, Classifier, ModelCard, card_for, load_model, model_paths, predict_labels, save_model,
 )
-from modelprove.stats import binomial_greater
+from modelprove.stats import Evidence, ThresholdRule
 from modelprove.training import evaluate, train
 
 METHOD = "cae"
@@ -485,8 +487,8 @@ def write_fingerprint_protection(out: Path, method: str, config: dict, source: C
         writer.record(dataset=dataset_info(defender, test), results=results, access=ACCESS)
 
 
-def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,
-            force: bool = False, model: str | Path | Classifier | None = None,
+def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,
+          force: bool = False, model: str | Path | Classifier | None = None,
             defender_models: DefenderModels | None = None) -> CaeProtection:
     """Fingerprint the source ``model`` (not retrained) with CEM; write the protection to ``out``.
 
@@ -566,11 +568,10 @@ class OpenedFingerprint:
     targets: torch.Tensor
     rho: float
     references_rate: float
-    alpha: float
-    config: dict
+    config: Any  # the method's config dataclass
 
 
-def open_fingerprint(directory: str | Path | Protection, method: str) -> OpenedFingerprint:
+def open_fingerprint(directory: str | Path | Protection, method: str, config_type: type) -> OpenedFingerprint:
     protection = Protection.open_for(directory, method)
     _, card = load_model(protection.path("source.safetensors"))
     stored = load_file(str(protection.path("fingerprint.safetensors")))
@@ -580,67 +581,75 @@ def open_fingerprint(directory: str | Path | Protection, method: str) -> OpenedF
             raise ProtectionError(f"manifest field results.{key} is missing.", path=protection.directory / "manifest.json",
                                   fix="protect again with this version of modelprove.")
     return OpenedFingerprint(protection, card, stored["images"], stored["targets"], float(results["rho"]),
-                             float(results["references_rate"]), float(protection.config.get("alpha", 0.01)),
-                             protection.config)
+                             float(results["references_rate"]), protection.config_as(config_type))
 
 
 def open_protection(directory: str | Path | Protection) -> OpenedFingerprint:
     """Load a CAE protection for verification (a path is opened and hash-checked first)."""
-    return open_fingerprint(directory, METHOD)
+    return open_fingerprint(directory, METHOD, CaeConfig)
 
 
-def verify_fingerprint(opened: OpenedFingerprint, suspect: LabelOnlyAccess | Classifier, *, method: str,
-                       effect_name: str, seed: int, suspect_name: str | None, options: dict) -> Verdict:
-    """The label-only verification CAE and IPGuard share: the suspect's match rate on the fingerprint,
-    compared with ρ (the decision rule of both papers) and tested against the references' rate."""
-    unknown = sorted(set(options) - set(VERIFY_OPTIONS))
-    if unknown:
-        raise ModelproveError(f"{method} verification has no option {', '.join(unknown)}; it takes {', '.join(VERIFY_OPTIONS)}.",
-                              fix="other parameters define the fingerprint; protect again to change them.")
-    rho = float(options["rho"]) if options.get("rho") is not None else opened.rho
-    alpha = float(options["alpha"]) if options.get("alpha") is not None else opened.alpha
-    if not 0 <= rho < 1 or not 0 < alpha < 1:
-        raise ModelproveError(f"rho must be in [0, 1) and alpha in (0, 1); got rho={rho}, alpha={alpha}.")
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    name = suspect_name or suspect.name
-    require_access(suspect, LABEL_ONLY, f"{method} verification")
-    card = opened.source_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
-    start = time.perf_counter()
-    before = suspect.queries
-    labels = suspect.labels(opened.images)
-    matches = int((labels == opened.targets).sum())
+class FingerprintMethod(OwnershipMethod):
+    """A fingerprint's evidence (CAE Sec. 4, IPGuard): per fingerprint example, 1 when the suspect answers
+    its target label; the mean is CAEAcc (IPGuard: the matching rate). The papers' rule is rate > rho;
+    here the suspect must also be significant against the held-out references' rate (exact binomial
+    test). Label-only access; the fingerprint is fixed, so every example is sent once."""
+
+    access = ACCESS
+    model_file = "source.safetensors"
+    verify_options = VERIFY_OPTIONS
+    inputs = ("model",)
+    effect_name = "CAEAcc"
+
+    def card(self, opened: "OpenedFingerprint") -> ModelCard:
+        return opened.source_card
+
+    def pool_size(self, opened: "OpenedFingerprint", config, setting: str) -> int:
+        return len(opened.targets)
+
+    def sample_size(self, config, setting: str) -> None:
+        return None
+
+    def paper_rule(self, opened: "OpenedFingerprint", config) -> ThresholdRule:
+        rho = opened.rho if config.rho is None else float(config.rho)
+        return ThresholdRule(rho, name=f"paper: {self.effect_name} > rho, and binomial p < alpha against the "
+                             "references' rate", chance=fingerprint_chance(opened), require_binomial=True)
+
+    def evidence(self, opened: "OpenedFingerprint", suspect: LabelOnlyAccess, setting: str, config,
+                 rows: torch.Tensor | None, *, reference: bool = True) -> Evidence:
+        rows = torch.arange(len(opened.targets)) if rows is None else rows
+        matches = (suspect.labels(opened.images[rows]) == opened.targets[rows]).float()
+        return Evidence(self.name, LABEL_ONLY, LABEL_ONLY, self.effect_name, matches.numpy(), rows.numpy(), binary=True,
+                        details={"matches": int(matches.sum()), "rho": opened.rho,
+                                 "references_rate": opened.references_rate})
+
+
+def fingerprint_chance(opened: "OpenedFingerprint") -> float:
+    """The binomial test's chance rate: the references' rate, but never below the largest target-class
+    share — a suspect answering one constant label scores exactly that share, and must not look
+    significant on a fingerprint whose classes CEM could not balance."""
     n = len(opened.targets)
-    # The test's chance rate: the references' rate, but never below the largest target-class share —
-    # a suspect answering one constant label scores exactly that share, and must not look significant
-    # on a fingerprint whose classes CEM could not balance.
     largest_share = float(torch.bincount(opened.targets).max()) / n
-    chance = min(max(opened.references_rate, largest_share), 1 - 0.5 / n)
-    test = binomial_greater(matches, n, chance)
-    rate = matches / n
-    return Verdict(
-        method=method, setting=LABEL_ONLY, suspect=name,
-        # Both the paper's rule (rate > ρ) and significance against the references: a suspect
-        # must clear ρ and be unlikely under the references' behaviour to be called stolen.
-        stolen=bool(rate > rho and test.p_value < alpha),
-        p_value=test.p_value, alpha=alpha, effect=rate, effect_name=effect_name, samples=n,
-        queries=suspect.queries - before, seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(fingerprint="fingerprint.safetensors"),
-        details={"rho": rho, "references_rate": opened.references_rate, "largest_class_share": largest_share,
-                 "chance": chance, "matches": matches, "seed": seed,
-                 "suspect_access": suspect.level, "decision_rule": f"{effect_name} > rho and p < alpha"},
-    )
+    return min(max(opened.references_rate, largest_share), 1 - 0.5 / n)
 
 
-def verify(protection: str | Path | OpenedFingerprint, suspect: LabelOnlyAccess | Classifier, *,
-           setting: str | None = None, seed: int = 0, suspect_name: str | None = None, **options) -> Verdict:
-    """Is ``suspect`` a surrogate of the source? CAEAcc on the fingerprint (top-1 labels only), > ρ and
-    p < alpha (exact binomial test against the held-out references' rate). ``options``: rho, alpha.
-    The fingerprint is fixed, so ``seed`` changes nothing; it is recorded."""
-    # Label-only is the least access; a richer suspect is read through its top-1 labels all the same.
-    if setting not in (None, LABEL_ONLY, "black-box", "white-box"):
-        raise ModelproveError(f"CAE verifies with label-only access; setting {setting!r} is unknown.")
-    opened = protection if isinstance(protection, OpenedFingerprint) else open_protection(protection)
-    return verify_fingerprint(opened, suspect, method=METHOD, effect_name="CAEAcc", seed=seed,
-                              suspect_name=suspect_name, options=options)
+class Cae(FingerprintMethod):
+    name = METHOD
+    config = CaeConfig
+    description = ("CAE: conferrable adversarial examples of an already trained source model; CAEAcc, "
+                   "label-only (Lukas et al. 2021)")
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force, **inputs)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+
+CAE = Cae()
+protect = CAE.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Is ``suspect`` a surrogate of the source? CAEAcc on the fingerprint (:meth:`OwnershipMethod.verify`)."""
+    return CAE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)

@@ -1,5 +1,5 @@
 """What the ownership methods share: a fresh model for the defender's task, the checks their configs
-and ``protect`` functions repeat, the verification preamble, and the verdict of a one-sided t-test.
+and ``protect`` functions repeat, and the verification preamble.
 
 Each piece was written out by hand in several methods (MOVE, BadNets, EWE, Dataset Inference, the
 key-sample and fingerprint methods) with the same logic; one copy keeps their behaviour identical.
@@ -7,23 +7,16 @@ key-sample and fingerprint methods) with the same logic; one copy keeps their be
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
-import numpy as np
 import torch
 
-from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, require_access
+from modelprove.access import ACCESS_LEVELS, LabelOnlyAccess, WhiteBoxAccess, require_access
 from modelprove.core.errors import ModelproveError
-from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, ModelCard, build_model
-from modelprove.stats import PairedTTest, paired_ttest_greater
-from modelprove.stats.sequential import ABOVE, RULE, UNDECIDED, SequentialResult, sequential_mean_test
 from modelprove.training import TrainConfig
 
 
@@ -77,7 +70,7 @@ def check_t_test_fields(config: Any, test: str = "a paired t-test") -> None:
 
 
 def check_sequential_fields(config: Any) -> None:
-    """The checks of the sequential verification fields (see :func:`sequential_paired_test`)."""
+    """The checks of the sequential verification fields (see OwnershipMethod.verify_rules)."""
     if config.sequential_batch < 1:
         raise ModelproveError(f"sequential_batch must be at least 1 image, got {config.sequential_batch}.")
     margin = getattr(config, "margin", 0.0)
@@ -120,157 +113,12 @@ def open_suspect(
     if isinstance(suspect, Classifier):
         suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
     name = suspect_name or suspect.name
-    if setting is None:
-        setting = WHITE_BOX if suspect.level == WHITE_BOX else BLACK_BOX
+    needs = needs or {}
+    if setting is None:  # the first setting (preferred first) whose needs the suspect's access meets
+        offered = [s for s in access if ACCESS_LEVELS.index(suspect.level) >= ACCESS_LEVELS.index(needs.get(s, s))]
+        setting = offered[0] if offered else access[-1]
     if setting not in access:
         raise ModelproveError(f"{who} verifies {settings or ' or '.join(access)}, not {setting!r}.")
-    require_access(suspect, (needs or {}).get(setting, setting), f"{who} {setting} verification")
+    require_access(suspect, needs.get(setting, setting), f"{who} {setting} verification")
     suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {protection.directory}")
     return suspect, name, setting
-
-
-def draw_rows(config: Any, setting: str, pool_size: int, seed: int, *,
-              what: str = "images of the verification pool", remedy: str = "") -> torch.Tensor:
-    """The rows of one verification: m of them (``config.m`` white-box, ``config.m_black_box`` else),
-    drawn at random by ``seed`` from a pool of ``pool_size``, which must hold them."""
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    if m > pool_size:
-        raise ModelproveError(f"m = {m} exceeds the {pool_size} {what}.", fix=f"use m <= {pool_size}{remedy}.")
-    return torch.randperm(pool_size, generator=generator(seed))[:m]
-
-
-@dataclass(frozen=True)
-class SequentialPairedTest:
-    """A paired test of H0: mean(suspect - reference) <= margin asked a batch at a time (MOVE Eq. 9's
-    question, with the queries stopped as soon as the answer is certain); reads like a TTest."""
-
-    p_value: float  # Bonferroni: 2 x the smaller of the sequential and (if reached) the fixed-m p-value
-    delta_mu: float
-    statistic: float  # log capital of the bettor against H0
-    degenerate: bool
-    samples: int
-    sequential: SequentialResult
-    t_test: PairedTTest | None  # the fixed-m paired t-test, when the sequential test ran out undecided
-    suspect_scores: np.ndarray
-    reference_scores: np.ndarray
-
-    @property
-    def decided_by(self) -> str:
-        return "sequential" if self.t_test is None else "fixed-m t-test"
-
-    @property
-    def rule(self) -> str:
-        seq = self.sequential
-        if self.t_test is None:
-            how = (f"{'above' if seq.decision == ABOVE else 'below'} "
-                   f"{seq.threshold if seq.decision == ABOVE else seq.below_threshold:g} after {seq.samples} images")
-        else:
-            how = f"undecided after {seq.samples} images, then the paired t-test at alpha/2"
-        return f"sequential: {RULE}, alpha/2 each; {how}"
-
-    def record(self) -> dict[str, Any]:
-        seq = self.sequential
-        return {"rule": self.rule, "decided_by": self.decided_by,
-                "sequential": {"decision": seq.decision, "samples": seq.samples, "threshold": seq.threshold,
-                               "clear_below": seq.below_threshold, "alpha": seq.alpha,
-                               "p_above": seq.p_above, "p_below": seq.p_below,
-                               "cs_lower": seq.cs_lower, "cs_upper": seq.cs_upper,
-                               "steps": [h["samples"] for h in seq.history]},
-                **({"fixed_m_p_value": self.t_test.p_value} if self.t_test is not None else {})}
-
-
-def sequential_paired_test(
-    score_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    rows: torch.Tensor,
-    *,
-    pool_size: int,
-    alpha: float,
-    batch: int,
-    margin: float = 0.0,
-    clear: float = 0.3,
-) -> SequentialPairedTest:
-    """The paired one-sided test of a fixed-m design, run sequentially over the same ``rows`` in order.
-
-    ``score_rows(r)`` queries the suspect on the pool rows ``r`` and returns the suspect's and the
-    reference's per-sample scores, each in [0, 1] (so differences lie in [-1, 1]). ``rows`` are the
-    fixed design's m rows, a seeded uniformly random order of a pool of ``pool_size``: the betting test
-    of :mod:`modelprove.stats.sequential` (without replacement) stops as soon as the pool's mean
-    difference is above ``margin`` (stolen) or below ``clear`` (cleared: the suspect is known to be
-    far less victim-like than a copy), at alpha/2 each. If all m rows are spent undecided, the
-    fixed-m paired t-test on them decides at alpha/2. By the union bound the false-accusation rate
-    stays <= alpha: P(sequential "above") <= alpha/2 by Ville's inequality, P(t-test) <= alpha/2.
-    """
-    suspect_scores: list[torch.Tensor] = []
-    reference_scores: list[torch.Tensor] = []
-
-    def next_differences(count: int) -> np.ndarray:
-        done = sum(len(s) for s in suspect_scores)
-        suspect, reference = score_rows(rows[done:done + count])
-        suspect_scores.append(suspect.detach().double().cpu())
-        reference_scores.append(reference.detach().double().cpu())
-        return (suspect_scores[-1] - reference_scores[-1]).numpy()
-
-    result = sequential_mean_test(next_differences, margin, below=clear, lower=-1.0, upper=1.0, alpha=alpha / 2,
-                                  batch=batch, max_samples=len(rows), pool_size=pool_size)
-    suspect = torch.cat(suspect_scores).numpy()
-    reference = torch.cat(reference_scores).numpy()
-    t_test = paired_ttest_greater(suspect, reference, margin=margin) if result.decision == UNDECIDED else None
-    p_sequential = result.p_above
-    p_value = min(1.0, 2 * (p_sequential if t_test is None else min(p_sequential, t_test.p_value)))
-    return SequentialPairedTest(
-        p_value=p_value, delta_mu=float((suspect - reference).mean()),
-        statistic=result.history[-1]["log_capital_above"] if result.history else 0.0, degenerate=False,
-        samples=result.samples, sequential=result, t_test=t_test, suspect_scores=suspect, reference_scores=reference)
-
-
-class TTest(Protocol):
-    """A one-sided t-test's result (stats.PairedTTest, or dataset_inference's Welch test)."""
-
-    p_value: float
-    delta_mu: float
-    statistic: float
-    degenerate: bool
-
-
-def t_test_verdict(
-    test: TTest,
-    *,
-    method: str,
-    setting: str,
-    suspect: LabelOnlyAccess,
-    name: str,
-    alpha: float,
-    samples: int,
-    start: float,
-    queries_before: int,
-    protection: Protection,
-    seed: int,
-    details: dict[str, Any],
-) -> Verdict:
-    """The verdict of a one-sided t-test of H0: mu_suspect <= mu_reference (MOVE Sec. 5.4, Eq. 9):
-    stolen iff p < alpha, effect delta_mu. Queries count only when the suspect was queried (not
-    white-box); ``start`` is the ``time.perf_counter()`` at which verification began; ``details`` (the
-    method's own values) are followed by the test's statistic, the seed and the suspect's access."""
-    return Verdict(
-        method=method,
-        setting=setting,
-        suspect=name,
-        stolen=test.p_value < alpha,
-        p_value=test.p_value,
-        alpha=alpha,
-        effect=test.delta_mu,
-        effect_name="delta_mu",
-        samples=samples,
-        queries=suspect.queries - queries_before if setting != WHITE_BOX else None,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=protection.hashes(victim_weights="victim.safetensors"),
-        details={
-            **details,
-            "t_statistic": test.statistic,
-            "degenerate": test.degenerate,
-            "seed": seed,
-            "suspect_access": suspect.level,
-            # A remote suspect's queries: the digest of every request and response (access/remote.py).
-            **({"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}),
-        },
-    )

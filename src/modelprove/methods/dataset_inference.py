@@ -39,16 +39,14 @@ epochs without augmentation (99.5% vs 82%) the victim is flagged black-box in 1 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from scipy import stats
 
 from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError
@@ -57,7 +55,8 @@ from modelprove.core.seeding import generator
 from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
-from modelprove.methods.common import open_suspect, t_test_verdict, verification_config
+from modelprove.methods.base import OwnershipMethod
+from modelprove.stats import Evidence, WelchTTestRule, welch_ttest_greater  # noqa: F401  (the paper's test, by its old name)
 from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
 from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
@@ -171,14 +170,20 @@ def mingd_distances(model: Classifier, images: torch.Tensor, norm: str, steps: i
 
 def blind_walk_distances(labels_of: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                          labels: torch.Tensor, directions: int, steps: int, step: float,
-                         rng: torch.Generator) -> torch.Tensor:
+                         rng: torch.Generator | None = None, seeds: Sequence[int] | None = None) -> torch.Tensor:
     """Blind Walk (DI Sec. 5.1, black-box): (n, directions) sorted distances along random directions.
 
     ``labels_of`` answers top-1 labels (each image sent is one query); walks stop at the first step
-    whose label differs from ``labels``; a walk that never leaves the class gets steps * step.
+    whose label differs from ``labels``; a walk that never leaves the class gets steps * step. The
+    directions come from ``rng``, or from one seed per image (``seeds``): then an image is walked the
+    same way whichever other images are walked with it, so a suspect and the null panel are measured
+    alike on every row.
     """
     n = len(images)
-    u = torch.randn((n * directions, *images.shape[1:]), generator=rng)
+    if seeds is not None:
+        u = torch.cat([torch.randn((directions, *images.shape[1:]), generator=generator(int(s))) for s in seeds])
+    else:
+        u = torch.randn((n * directions, *images.shape[1:]), generator=rng)
     u = u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     x = images.repeat_interleave(directions, dim=0)
     y = labels.repeat_interleave(directions)
@@ -192,29 +197,6 @@ def blind_walk_distances(labels_of: Callable[[torch.Tensor], torch.Tensor], imag
         walked[rows[changed]] = k * step
         active[rows[changed]] = False
     return walked.view(n, directions).sort(dim=1).values
-
-
-class WelchTTest(NamedTuple):
-    """H0: mu_private <= mu_public against H1: mu_private > mu_public, on two independent samples."""
-
-    p_value: float
-    delta_mu: float
-    statistic: float
-    degenerate: bool  # neither sample varies: the t statistic is undefined
-
-
-def welch_ttest_greater(private: np.ndarray, public: np.ndarray) -> WelchTTest:
-    """One-sided Welch t-test of mean(private) > mean(public) (scipy.stats.ttest_ind, equal_var=False).
-
-    Returns (p, delta_mu, t, degenerate); with no variance in either sample the limit is used:
-    p = 0 when delta_mu > 0, else 1.
-    """
-    private, public = np.asarray(private, np.float64), np.asarray(public, np.float64)
-    delta_mu = float(private.mean() - public.mean())
-    if np.ptp(private) == 0.0 and np.ptp(public) == 0.0:
-        return WelchTTest((0.0 if delta_mu > 0 else 1.0), delta_mu, float("nan"), True)
-    result = stats.ttest_ind(private, public, equal_var=False, alternative="greater")
-    return WelchTTest(float(result.pvalue), delta_mu, float(result.statistic), False)
 
 
 @dataclass
@@ -253,7 +235,7 @@ def _model_labels(model: Classifier) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: predict_labels(model, x)
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -370,54 +352,62 @@ def open_protection(directory: str | Path | Protection) -> OpenedDatasetInferenc
     return OpenedDatasetInference(protection, victim, card, regressors, samples, config)
 
 
-def verify(
-    protection: str | Path | OpenedDatasetInference,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Was ``suspect`` trained on the victim's private data (or derived from the victim)? DI's test.
+class DatasetInference(OwnershipMethod):
+    """DI's evidence: per pair of a private and a public sample, the regressor's score of the private one
+    minus the public one's (its mean is the private-minus-public gap); the paper's test is the Welch
+    t-test of the two. Its null is about data — "not trained on the private samples" — so its null panel
+    never trains on them (``panel_exclusions``)."""
 
-    White-box: MinGD embeddings from the suspect's weights; black-box: Blind Walk embeddings from its
-    top-1 labels (a label-only suspect works too). ``options``: m, m_black_box, alpha.
-    """
-    opened = protection if isinstance(protection, OpenedDatasetInference) else open_protection(protection)
-    config = verification_config(opened.config, options, VERIFY_OPTIONS, "Dataset Inference")
-    # Blind Walk reads only top-1 labels: a label-only suspect is enough for the black-box setting.
-    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
-                                          who="Dataset Inference", card=opened.victim_card,
-                                          protection=opened.protection, needs={BLACK_BOX: LABEL_ONLY},
-                                          settings="white-box (MinGD) or black-box (Blind Walk)")
-    m = config.m if setting == WHITE_BOX else config.m_black_box
-    samples = opened.samples
-    start = time.perf_counter()
-    queries_before = suspect.queries
-    rng = generator(seed)
-    chosen = {}
-    for part in ("private", "public"):
-        rows = torch.randperm(len(samples[f"{part}_images"]), generator=rng)[:m]
-        chosen[part] = (samples[f"{part}_images"][rows].float() / 255, samples[f"{part}_labels"][rows])
-    features = {}
-    for i, (part, (images, labels)) in enumerate(chosen.items()):
-        if setting == WHITE_BOX:
-            features[part] = _white_box_features(suspect.model, images, labels, config)  # type: ignore[attr-defined]
-        else:
-            features[part] = _black_box_features(suspect.labels, images, labels, config, seed * 7919 + 3 + i)
-    regressor = opened.regressors[setting]
-    scores_private = regressor.victim_probability(features["private"])
-    scores_public = regressor.victim_probability(features["public"])
-    test = welch_ttest_greater(scores_private.numpy(), scores_public.numpy())
-    return t_test_verdict(
-        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
-        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
-        details={
-            "mu_suspect": float(scores_private.mean()),  # regressor score of private samples
-            "mu_reference": float(scores_public.mean()),  # and of public samples
-            "mean_distance_private": float(features["private"].mean()),
-            "mean_distance_public": float(features["public"].mean()),
-            "embedding": "MinGD" if setting == WHITE_BOX else "Blind Walk",
-        },
-    )
+    name = METHOD
+    access = ACCESS
+    config = DatasetInferenceConfig
+    description = ("Dataset Inference: distances to every class (MinGD white-box, Blind Walk black-box), a "
+                   "private-vs-public regressor, private-minus-public score gap (Maini et al. 2021)")
+    verify_options = VERIFY_OPTIONS
+    needs = {BLACK_BOX: LABEL_ONLY}  # Blind Walk reads only top-1 labels
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+    def pool_size(self, opened: OpenedDatasetInference, config, setting: str) -> int:
+        return min(len(opened.samples["private_images"]), len(opened.samples["public_images"]))
+
+    def paper_rule(self, opened, config) -> WelchTTestRule:
+        return WelchTTestRule()
+
+    def panel_exclusions(self, opened: OpenedDatasetInference) -> torch.Tensor:
+        return opened.samples["private_indices"]
+
+    def evidence(self, opened: OpenedDatasetInference, suspect: LabelOnlyAccess, setting: str,
+                 config: DatasetInferenceConfig, rows: torch.Tensor | None, *, reference: bool = True) -> Evidence:
+        samples = opened.samples
+        rows = torch.arange(self.pool_size(opened, config, setting)) if rows is None else rows
+        scores = {}
+        for offset, part in enumerate(("private", "public")):
+            images, labels = samples[f"{part}_images"][rows].float() / 255, samples[f"{part}_labels"][rows]
+            if setting == WHITE_BOX:
+                features = _white_box_features(suspect.model, images, labels, config)  # type: ignore[attr-defined]
+            else:  # each pool row walks its own seeded directions
+                seeds = [config.seed * 1_000_003 + 2 * int(r) + offset for r in rows]
+                features = blind_walk_distances(suspect.labels, images, labels, config.walk_directions,
+                                                config.walk_steps, config.walk_step, seeds=seeds)
+            scores[part] = opened.regressors[setting].victim_probability(features)
+        private, public = scores["private"], scores["public"]
+        return Evidence(METHOD, setting, setting, "mean private-minus-public regressor score",
+                        (private - public).numpy(), rows.numpy(), score_range=(-1.0, 1.0),
+                        paired=(private.numpy(), public.numpy()), reference_name="the public samples",
+                        details={"mu_suspect": float(private.mean()), "mu_reference": float(public.mean()),
+                                 "embedding": "MinGD" if setting == WHITE_BOX else "Blind Walk"})
+
+
+DATASET_INFERENCE = DatasetInference()
+protect = DATASET_INFERENCE.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Was ``suspect`` trained on the victim's private data (or derived from the victim)? DI's test."""
+    return DATASET_INFERENCE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
+                                    **options)

@@ -53,10 +53,9 @@ from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import PatchTransformer
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
-from modelprove.methods.common import draw_rows, open_suspect, t_test_verdict, verification_config
+from modelprove.methods.badnets import TriggerMethod
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
-from modelprove.stats import paired_ttest_greater
 from modelprove.training import evaluate, train
 
 METHOD = "entangled"
@@ -241,7 +240,7 @@ def _check_classes(data: ImageDataset, config: EntangledConfig) -> None:
             )
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -322,42 +321,34 @@ def open_protection(directory: str | Path | Protection) -> OpenedEntangled:
     return OpenedEntangled(protection, victim, card, pool, config)
 
 
-def verify(
-    protection: str | Path | OpenedEntangled,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Does ``suspect`` carry the entangled watermark? The paired t-test of the module docstring.
+class Entangled(TriggerMethod):
+    """EWE's evidence: BadNets' trigger evidence on held-out source-class images with EWE's trigger."""
 
-    ``options``: m, m_black_box, alpha (VERIFY_OPTIONS). A bare model is a white-box suspect.
-    """
-    opened = protection if isinstance(protection, OpenedEntangled) else open_protection(protection)
-    config = verification_config(opened.config, options, VERIFY_OPTIONS, "EWE")
-    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
-                                          who="EWE", card=opened.victim_card, protection=opened.protection)
-    rows = draw_rows(config, setting, len(opened.pool), seed)
-    m = len(rows)
-    start = time.perf_counter()
-    queries_before = suspect.queries
-    clean = opened.pool[rows].float() / 255
-    triggered = config.trigger()(clean)
-    if setting == WHITE_BOX:
-        probabilities = predict_proba(suspect.model, torch.cat([triggered, clean]))  # type: ignore[attr-defined]
-    else:
-        probabilities = suspect.probabilities(torch.cat([triggered, clean]))  # type: ignore[attr-defined]
-    p_triggered, p_clean = probabilities[:m, config.target_class], probabilities[m:, config.target_class]
-    success = probabilities[:m].argmax(1) == config.target_class
-    test = paired_ttest_greater(p_triggered.numpy(), p_clean.numpy())
-    return t_test_verdict(
-        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=m,
-        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
-        details={
-            "mu_suspect": float(p_triggered.mean()),  # target-class probability, triggered
-            "mu_reference": float(p_clean.mean()),  # the same images without the trigger
-            "watermark_success_rate": float(success.float().mean()),
-        },
-    )
+    name = METHOD
+    config = EntangledConfig
+    description = ("Entangled Watermarks: triggered source-class images labelled as a target class, entangled "
+                   "with it by the soft nearest-neighbour loss; target probability triggered vs clean (Jia et al. 2021)")
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+    def pool(self, opened: OpenedEntangled) -> torch.Tensor:
+        return opened.pool
+
+    def trigger(self, opened: OpenedEntangled, config: EntangledConfig, images: torch.Tensor) -> torch.Tensor:
+        return config.trigger()(images)
+
+    def target(self, config: EntangledConfig) -> int:
+        return config.target_class
+
+
+ENTANGLED = Entangled()
+protect = ENTANGLED.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Does ``suspect`` carry the entangled watermark? (:meth:`OwnershipMethod.verify`)"""
+    return ENTANGLED.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)

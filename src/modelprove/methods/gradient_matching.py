@@ -56,7 +56,7 @@ from modelprove.methods.badnets import (
     open_trigger_protection,
     trigger_results,
     verification_pool,
-    verify_trigger,
+    TriggerMethod,
     write_trigger_protection,
 )
 from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
@@ -212,7 +212,7 @@ def craft_poisons(surrogate: Classifier, bases: torch.Tensor, labels: torch.Tens
                   "surrogate_retrainings": rounds}
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -293,17 +293,24 @@ def open_protection(directory: str | Path | Protection) -> OpenedTrigger:
     return open_trigger_protection(directory, METHOD, GradientMatchingConfig)
 
 
-def verify(
-    protection: str | Path | OpenedTrigger,
-    suspect,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Is ``suspect`` stolen from the gradient-matching-watermarked victim? BadNets' triggered-vs-benign
-    paired t-test of the target-class probability; ``options`` are VERIFY_OPTIONS."""
-    opened = protection if isinstance(protection, OpenedTrigger) else open_protection(protection)
-    return verify_trigger(opened, suspect, method=METHOD, access=ACCESS, verify_options=VERIFY_OPTIONS,
-                          setting=setting, seed=seed, suspect_name=suspect_name, options=options)
+class GradientMatching(TriggerMethod):
+    name = METHOD
+    config = GradientMatchingConfig
+    description = ("Gradient-matching watermark: clean-label poisons crafted so their gradient matches the "
+                   "trigger's (Witches' Brew, Geiping et al. 2021); BadNets' trigger evidence")
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+
+GRADIENT_MATCHING = GradientMatching()
+protect = GRADIENT_MATCHING.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Is ``suspect`` stolen from the gradient-matching-watermarked victim? (:meth:`OwnershipMethod.verify`)"""
+    return GRADIENT_MATCHING.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
+                                    **options)

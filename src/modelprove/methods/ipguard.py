@@ -109,7 +109,7 @@ def boundary_points(source: nn.Module, images: torch.Tensor, config: IpguardConf
     return x.detach(), winner
 
 
-def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config: IpguardConfig | None = None, *,
+def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: IpguardConfig | None = None, *,
             force: bool = False, model: str | Path | Classifier | None = None,
             defender_models: cae.DefenderModels | None = None) -> cae.CaeProtection:
     """Fingerprint the source ``model`` with n boundary points; choose ρ on held-out models; write ``out``."""
@@ -159,14 +159,26 @@ def protect(defender: ImageDataset, test: ImageDataset, out: str | Path, config:
 
 def open_protection(directory) -> cae.OpenedFingerprint:
     """Load an IPGuard protection for verification (hash-checked)."""
-    return cae.open_fingerprint(directory, METHOD)
+    return cae.open_fingerprint(directory, METHOD, IpguardConfig)
 
 
-def verify(protection, suspect: LabelOnlyAccess | Classifier, *, setting: str | None = None, seed: int = 0,
-           suspect_name: str | None = None, **options) -> Verdict:
-    """IPGuard's matching rate on the boundary points (label-only), > ρ and p < alpha; options: rho, alpha."""
-    if setting not in (None, LABEL_ONLY, "black-box", "white-box"):
-        raise ModelproveError(f"IPGuard verifies with label-only access; setting {setting!r} is unknown.")
-    opened = protection if isinstance(protection, cae.OpenedFingerprint) else open_protection(protection)
-    return cae.verify_fingerprint(opened, suspect, method=METHOD, effect_name="matching_rate", seed=seed,
-                                  suspect_name=suspect_name, options=options)
+class Ipguard(cae.FingerprintMethod):
+    name = METHOD
+    config = IpguardConfig
+    description = "IPGuard: points near the source's classification boundary; matching rate, label-only (Cao et al. 2021)"
+    effect_name = "matching rate"
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force, **inputs)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+
+IPGUARD = Ipguard()
+protect = IPGUARD.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """IPGuard's matching rate on the boundary points, label-only (:meth:`OwnershipMethod.verify`)."""
+    return IPGUARD.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)

@@ -15,21 +15,20 @@ whose key file has no ``targets`` is refused.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from modelprove.access import LABEL_ONLY, LabelOnlyAccess, WhiteBoxAccess, require_access
+from modelprove.access import LABEL_ONLY, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
+from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.common import dataset_info
 from modelprove.methods.protection import Protection, ProtectionWriter
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_labels, save_model
-from modelprove.stats import binomial_greater
+from modelprove.stats import Evidence, ThresholdRule
 
 KEYS_FILE = "keys.safetensors"
 HOST_FILE = "host.safetensors"
@@ -124,70 +123,38 @@ def key_accuracy(model: Classifier, keys: KeySet) -> float:
     return (predict_labels(model, keys.as_float()) == keys.targets).float().mean().item()
 
 
-def verify_key_watermark(
-    opened: OpenedKeyWatermark,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """acc_g = V(g, x_key, t_key) (blind-watermark Eq. 4); stolen iff acc_g > T_acc.
+class KeySampleMethod(OwnershipMethod):
+    """A key-sample watermark's evidence (blind watermark Sec. 4.2, Eq. 4): per key sample, 1 when the
+    suspect answers its pre-defined label t_key; the mean is the key accuracy acc_g. The paper's rule is
+    acc_g > T_acc (an exact binomial p against chance 1/K is reported beside it). Label-only access."""
 
-    The decision is the paper's threshold rule. Alongside it the verdict reports an exact one-sided
-    binomial p-value of the successes against chance agreement 1/K (K classes), so verdicts read
-    alike across methods; ``significance`` is only the level that p is reported against. Every key
-    sample is queried once (``seed`` is recorded but nothing is sampled). Options: ``t_acc``,
-    ``significance`` (``alpha``, the CLI's name for the significance level, is accepted too).
-    """
-    if options.get("alpha") is not None and options.get("significance") is None:
-        options["significance"] = options["alpha"]
-    options.pop("alpha", None)
-    unknown = sorted(k for k in options if k not in VERIFY_OPTIONS)
-    if unknown:
-        raise ModelproveError(
-            f"{opened.method} verification has no option {', '.join(unknown)}; it takes {', '.join(VERIFY_OPTIONS)}.",
-            fix="other parameters define the protection; protect again to change them.",
-        )
-    t_acc = options.get("t_acc") if options.get("t_acc") is not None else opened.config.t_acc
-    significance = options.get("significance") if options.get("significance") is not None else opened.config.significance
-    if not 0.0 <= t_acc < 1.0:
-        raise ModelproveError(f"t_acc must be in [0, 1), got {t_acc}.")
-    if isinstance(suspect, Classifier):
-        suspect = WhiteBoxAccess(suspect, name=suspect_name or "suspect")
-    if setting not in (None, LABEL_ONLY, "black-box", "white-box"):
-        raise ModelproveError(f"{opened.method} verifies at any access level; got setting {setting!r}.")
-    require_access(suspect, LABEL_ONLY, f"{opened.method} verification")
-    card = opened.host_card
-    suspect.check_input(card.input_shape, card.num_classes, what=f"the protection {opened.protection.directory}")
-    start = time.perf_counter()
-    before = suspect.queries
-    answers = suspect.labels(opened.keys.as_float())
-    successes = int((answers == opened.keys.targets).sum())
-    n = len(opened.keys)
-    test = binomial_greater(successes, n, 1.0 / card.num_classes)
-    return Verdict(
-        method=opened.method,
-        setting=LABEL_ONLY,
-        suspect=suspect_name or suspect.name,
-        stolen=test.rate > t_acc,
-        p_value=test.p_value,
-        alpha=significance,
-        effect=test.rate,
-        effect_name="key_accuracy",
-        samples=n,
-        queries=suspect.queries - before,
-        seconds=round(time.perf_counter() - start, 3),
-        hashes=opened.protection.hashes(host_weights=HOST_FILE, keys=KEYS_FILE),
-        details={
-            "decision_rule": "key_accuracy > T_acc",
-            "T_acc": t_acc,
-            "binomial_p_value": test.p_value,
-            "significant_at_alpha": test.p_value < significance,
-            "successes": successes,
-            "chance": test.chance,
-            "seed": seed,
-            "suspect_access": suspect.level,
-        },
-    )
+    access = (LABEL_ONLY,)
+    model_file = HOST_FILE
+    verify_options = VERIFY_OPTIONS
+    alpha_field = "significance"
+
+    def card(self, opened: OpenedKeyWatermark) -> ModelCard:
+        return opened.host_card
+
+    def pool_size(self, opened: OpenedKeyWatermark, config, setting: str) -> int:
+        return len(opened.keys)
+
+    def sample_size(self, config, setting: str) -> None:
+        return None  # every key sample, once
+
+    def paper_rule(self, opened: OpenedKeyWatermark, config) -> ThresholdRule:
+        return ThresholdRule(config.t_acc, name="paper: key accuracy > T_acc (blind watermark Eq. 4)",
+                             chance=1.0 / opened.host_card.num_classes)
+
+    def evidence(self, opened: OpenedKeyWatermark, suspect: LabelOnlyAccess, setting: str, config,
+                 rows: torch.Tensor | None, *, reference: bool = True) -> Evidence:
+        keys = opened.keys
+        rows = torch.arange(len(keys)) if rows is None else rows
+        answers = suspect.labels(keys.as_float()[rows])
+        correct = (answers == keys.targets[rows]).float()
+        return Evidence(self.name, LABEL_ONLY, LABEL_ONLY, "key accuracy", correct.numpy(), rows.numpy(), binary=True,
+                        details={"successes": int(correct.sum()), "t_acc": config.t_acc})
+
+
+__all__ = ["HOST_FILE", "KEYS_FILE", "KeySampleMethod", "KeySet", "OpenedKeyWatermark", "key_accuracy",
+           "load_key_set", "open_key_watermark", "save_host_and_keys"]

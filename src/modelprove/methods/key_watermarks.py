@@ -39,7 +39,7 @@ from modelprove.methods.key_samples import (
     key_accuracy,
     open_key_watermark,
     save_host_and_keys,
-    verify_key_watermark,
+    KeySampleMethod,
 )
 from modelprove.methods.common import TrainsModels, check_same_task, fresh_model
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
@@ -233,7 +233,7 @@ def train_host(defender: ImageDataset, keys: KeySet, config: KeyWatermarkConfig,
     return host, record
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -271,16 +271,32 @@ def open_protection(directory: str | Path | Protection) -> OpenedKeyWatermark:
     return open_key_watermark(protection, protection.method, CONFIGS[kind])
 
 
-def verify(
-    protection: str | Path | OpenedKeyWatermark,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Key accuracy with label-only access; stolen iff acc_g > T_acc, binomial p alongside (key_samples)."""
-    opened = protection if isinstance(protection, OpenedKeyWatermark) else open_protection(protection)
-    return verify_key_watermark(opened, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+class KeyWatermark(KeySampleMethod):
+    """One of the four baselines (Adi; Zhang content, noise, unrelated), by its config's kind."""
 
+    def __init__(self, kind: str, name: str, description: str):
+        self.kind, self.name, self.description, self.config = kind, name, description, CONFIGS[kind]
+
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force)
+
+    def open(self, directory):
+        opened = open_protection(directory)
+        Protection.open_for(opened.protection, self.name)
+        return opened
+
+
+WATERMARKS = {name: KeyWatermark(kind, name, description) for kind, name, description in REGISTRY}
+
+
+def protect(defender, test, out, config: KeyWatermarkConfig | None = None, *, force=False, **kwargs):
+    """Make the key samples, train a host that learns them, calibrate, write the protection to ``out``."""
+    config = config or AdiConfig()
+    return WATERMARKS[config.method].protect(defender, test, out, config, force=force, **kwargs)
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Key accuracy with label-only access (:meth:`OwnershipMethod.verify`)."""
+    opened = protection if isinstance(protection, OpenedKeyWatermark) else open_protection(protection)
+    return WATERMARKS[opened.method].verify(opened, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
+                                            **options)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -47,14 +47,14 @@ from modelprove.data.style import (
     load_style_image,
     make_style_transformer,
 )
-from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
-from modelprove.methods.common import check_sequential_fields, draw_rows, open_suspect, sequential_paired_test
-from modelprove.methods.common import t_test_verdict, verification_config
+from modelprove.methods.common import TrainsModels, check_same_task, check_sequential_fields, check_t_test_fields
+from modelprove.methods.common import dataset_info, fresh_model
+from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
 from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
-from modelprove.stats import paired_ttest_greater
+from modelprove.stats import Evidence, PairedTTestRule
 from modelprove.training import evaluate, train
 from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
@@ -126,12 +126,13 @@ class MoveConfig(TrainsModels):
     # 1.1e-6 for m 25 -> 200, docs/results/move-ablations.md); a margin asks for a practically large
     # effect. Switchable at verification; the benchmark reports both rules.
     margin: float = 0.0
-    # Not in the paper: the same test asked sequentially (methods.common.sequential_paired_test): the m
-    # images are queried ``sequential_batch`` at a time and verification stops as soon as delta_mu is
-    # known to be above ``margin`` (stolen) or below ``sequential_clear`` (cleared) at alpha/2 each; if
-    # all m are spent undecided, the paired t-test decides at alpha/2. Off by default: the paper's
-    # fixed-m test reproduces its tables. 4 images (24 black-box queries) per step and clearing below
-    # 0.3 were chosen on an exploration grid (docs/results/move-sequential.md has the measured queries).
+
+    # Not in the paper: the paper's test asked sequentially (OwnershipMethod.verify_rules): the m images
+    # are queried ``sequential_batch`` at a time and verification stops as soon as delta_mu is known to
+    # be above ``margin`` (stolen) or below ``sequential_clear`` (cleared) at alpha/2 each; if all m are
+    # spent undecided, the paired t-test decides at alpha/2. Off by default: the fixed-m test reproduces
+    # the paper's tables. 4 images (24 black-box queries) per step and clearing below 0.3 were chosen on
+    # a small exploration grid; `modelprove bench move-sequential` measures them on the benchmark's models.
     sequential: bool = False
     sequential_batch: int = 4
     sequential_clear: float = 0.3
@@ -144,6 +145,7 @@ class MoveConfig(TrainsModels):
         if not 0.0 < self.meta_fraction < 1.0:
             raise ModelproveError(f"meta_fraction must be in (0, 1), got {self.meta_fraction}.")
         check_t_test_fields(self)
+        check_sequential_fields(self)
         if self.benign_models < 1:
             raise ModelproveError(f"benign_models must be at least 1, got {self.benign_models}.")
         if self.verification_images not in ("train", "test"):
@@ -152,7 +154,6 @@ class MoveConfig(TrainsModels):
             raise ModelproveError(f"shift must be at least 1 pixel, got {self.shift}.")
         if not 0.0 <= self.margin < 1.0:
             raise ModelproveError(f"margin must be in [0, 1) (a difference of probabilities), got {self.margin}.")
-        check_sequential_fields(self)
         self.augmentation_list()
         self.feature_spec()  # validates the reduction and its combination with the feature
 
@@ -227,7 +228,7 @@ def _features(model: Classifier, images: torch.Tensor, labels: torch.Tensor, con
     return gradient_features(model, images.float().div(255), labels, config.feature_spec())
 
 
-def protect(
+def build(
     defender: ImageDataset,
     test: ImageDataset,
     out: str | Path,
@@ -236,7 +237,8 @@ def protect(
     transformer: StyleTransformer | None = None,
     force: bool = False,
 ) -> MoveProtection:
-    """Make a MOVE protection of a new victim trained on ``defender`` data; write it to ``out``.
+    """Write MOVE's own protection of a new victim trained on ``defender`` data to ``out`` (no null
+    panel: :func:`protect`, the registry's, adds it).
 
     B is trained with V's seed by default (``benign_seed=None``: the same initialisation and data
     order). C's negatives are ``benign_models`` further benign models with other seeds, and B too
@@ -458,79 +460,83 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
     )
 
 
-def verify(
-    protection: str | Path | OpenedMove,
-    suspect: LabelOnlyAccess | Classifier,
-    *,
-    setting: str | None = None,
-    seed: int = 0,
-    suspect_name: str | None = None,
-    **options,
-) -> Verdict:
-    """Is ``suspect`` stolen from the protected victim? MOVE's paired t-test (Sec. 5.4, Eq. 9).
+class Move(OwnershipMethod):
+    """MOVE's evidence: C's mean output on the suspect's features of m transformed images (Sec. 5.4)."""
 
-    ``setting`` is white-box (gradient-sign features, Eq. 5-6) or black-box (probability differences
-    under augmentations, Eq. 7-8); by default white-box when the suspect offers its weights. ``options``
-    override the protection's verification settings (VERIFY_OPTIONS: m, m_black_box, alpha,
-    meta_classifier, verification_images, margin, and ``sequential=True`` to ask the same test a
-    ``sequential_batch`` of images at a time, stopping as soon as it is decided: see MoveConfig). A
-    bare model is taken as a white-box suspect.
-    """
-    opened = protection if isinstance(protection, OpenedMove) else open_protection(protection)
-    config = verification_config(opened.config, options, VERIFY_OPTIONS, "MOVE")
-    # Without C (the confidence ablation) any setting reads only the suspect's probabilities.
-    needs = None if config.meta_classifier else dict.fromkeys(ACCESS, BLACK_BOX)
-    suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=ACCESS,
-                                          who="MOVE", card=opened.victim_card, protection=opened.protection,
-                                          needs=needs)
-    card = opened.victim_card
-    pool = opened.pool_for(config.verification_images)
-    rows = draw_rows(config, setting, len(pool), seed,
-                     what=f"transformed images of the {config.verification_images} verification pool",
-                     remedy=", or protect with a larger transformation_rate / test_transformed")
-    start = time.perf_counter()
-    queries_before = suspect.queries
-    if not config.meta_classifier:
-        setting = CONFIDENCE  # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'
+    name = METHOD
+    access = ACCESS
+    config = MoveConfig
+    description = ("MOVE: style-transfer external features; meta-classifier on gradient signs (white-box) or "
+                   "on probability differences under augmentations (black-box) (Li et al. 2022)")
+    verify_options = VERIFY_OPTIONS
 
-    def scores(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(p_S, p_B) on the pool rows ``chosen``; queries the suspect unless it is white-box."""
-        images, originals, labels = (pool.images[chosen].float() / 255, pool.originals[chosen].float() / 255,
-                                     pool.labels[chosen])
-        if setting == CONFIDENCE:
+    def build(self, defender, test, out, config, *, force=False, **inputs):
+        return build(defender, test, out, config, force=force, **inputs)
+
+    def open(self, directory):
+        return open_protection(directory)
+
+    def pool_size(self, opened: OpenedMove, config: MoveConfig, setting: str) -> int:
+        return len(opened.pool_for(config.verification_images))
+
+    def variant(self, config: MoveConfig, setting: str) -> str:
+        return f"{setting if config.meta_classifier else CONFIDENCE}/{config.verification_images}"
+
+    def calibration_variants(self, config: MoveConfig) -> list[tuple[str, MoveConfig]]:
+        return [(setting, replace(config, meta_classifier=meta, verification_images=images))
+                for images in ("train", "test") for setting, meta in
+                ((WHITE_BOX, True), (BLACK_BOX, True), (BLACK_BOX, False))]
+
+    def scorable(self, opened: OpenedMove, arch: str | None, setting: str) -> str | None:
+        victim = opened.victim_card.arch
+        if setting == WHITE_BOX and opened.config.meta_classifier and arch != victim:
+            return (f"white-box MOVE compares gradients weight by weight with a meta-classifier fitted to "
+                    f"{victim}'s gradients; the suspect is {arch} (retrain a victim in its architecture, MOVE "
+                    f"Sec. 5.3, or verify black-box).")
+        return None
+
+    def paper_rule(self, opened: OpenedMove, config: MoveConfig) -> PairedTTestRule:
+        return PairedTTestRule(margin=config.margin)
+
+    def evidence(self, opened: OpenedMove, suspect: LabelOnlyAccess, setting: str, config: MoveConfig,
+                 rows: torch.Tensor | None, *, reference: bool = True) -> Evidence:
+        """p_S (and p_B of the benign model B) for the transformed images ``rows`` of the pool (Eq. 9)."""
+        pool = opened.pool_for(config.verification_images)
+        rows = torch.arange(len(pool)) if rows is None else rows
+        images, originals, labels = pool.images[rows].float() / 255, pool.originals[rows].float() / 255, pool.labels[rows]
+        p_benign = None
+        if not config.meta_classifier:
+            # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'.
+            setting, statistic = CONFIDENCE, "mean true-label confidence on transformed images"
             p_suspect = suspect.probabilities(images).gather(1, labels.view(-1, 1)).squeeze(1)  # type: ignore[attr-defined]
-            p_benign = predict_proba(opened.benign, images).gather(1, labels.view(-1, 1)).squeeze(1)
+            if reference:
+                p_benign = predict_proba(opened.benign, images).gather(1, labels.view(-1, 1)).squeeze(1)
         elif setting == WHITE_BOX:
-            features = config.feature_spec()
-            p_suspect = opened.meta.victim_probability(gradient_features(suspect.model, images, labels, features))  # type: ignore[attr-defined]
-            p_benign = opened.meta.victim_probability(gradient_features(opened.benign, images, labels, features))
+            statistic = "mean meta-classifier output on gradient signs"
+            spec = config.feature_spec()
+            p_suspect = opened.meta.victim_probability(gradient_features(suspect.model, images, labels, spec))  # type: ignore[attr-defined]
+            if reference:
+                p_benign = opened.meta.victim_probability(gradient_features(opened.benign, images, labels, spec))
         else:
-            suspect_features = black_box_features(suspect.probabilities, originals, images, config)  # type: ignore[attr-defined]
-            benign_features = black_box_features(lambda x: predict_proba(opened.benign, x), originals, images, config)
-            p_suspect = opened.meta_black_box.victim_probability(suspect_features)
-            p_benign = opened.meta_black_box.victim_probability(benign_features)
-        return p_suspect, p_benign
+            statistic = "mean meta-classifier output on probability differences"
+            p_suspect = opened.meta_black_box.victim_probability(
+                black_box_features(suspect.probabilities, originals, images, config))  # type: ignore[attr-defined]
+            if reference:
+                p_benign = opened.meta_black_box.victim_probability(
+                    black_box_features(lambda x: predict_proba(opened.benign, x), originals, images, config))
+        details = {"mu_suspect": float(p_suspect.mean()), "verification_images": config.verification_images}
+        if p_benign is not None:
+            details["mu_benign"] = float(p_benign.mean())
+        return Evidence(METHOD, setting, self.variant(config, setting if config.meta_classifier else BLACK_BOX),
+                        statistic, p_suspect.numpy(), rows.numpy(),
+                        paired=None if p_benign is None else (p_suspect.numpy(), p_benign.numpy()),
+                        reference_name="the benign model B", details=details)
 
-    if setting == WHITE_BOX:
-        check_suspect(card, suspect.model, suspect.source)  # type: ignore[attr-defined]
-    sequential = {}
-    if config.sequential:
-        test = sequential_paired_test(scores, rows, pool_size=len(pool), alpha=config.alpha,
-                                      batch=config.sequential_batch, margin=config.margin,
-                                      clear=config.sequential_clear)
-        p_suspect, p_benign = torch.from_numpy(test.suspect_scores), torch.from_numpy(test.reference_scores)
-        sequential = test.record()
-    else:
-        p_suspect, p_benign = scores(rows)
-        test = paired_ttest_greater(p_suspect.numpy(), p_benign.numpy(), margin=config.margin)
-    return t_test_verdict(
-        test, method=METHOD, setting=setting, suspect=suspect, name=name, alpha=config.alpha, samples=len(p_suspect),
-        start=start, queries_before=queries_before, protection=opened.protection, seed=seed,
-        details={
-            "mu_suspect": float(p_suspect.mean()),
-            "mu_benign": float(p_benign.mean()),
-            "verification_images": config.verification_images,
-            "margin": config.margin,
-            **sequential,
-        },
-    )
+
+MOVE = Move()
+protect = MOVE.protect
+
+
+def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
+    """Is ``suspect`` stolen from the protected victim? (:meth:`OwnershipMethod.verify`)"""
+    return MOVE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)

@@ -7,6 +7,8 @@ never leaves a half-written protection; an existing protection is never overwrit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -37,6 +39,13 @@ class Protection:
     @property
     def config(self) -> dict[str, Any]:
         return self.manifest.get("config", {})
+
+    @property
+    def protection_id(self) -> str:
+        """The protection's content digest: sha256 of its canonical manifest (which lists the sha256 of
+        every file), so any change to a file or a manifest value changes it. The owner registers it;
+        every verdict states the one it checked."""
+        return canonical_digest(self.manifest)
 
     def hashes(self, **files: str) -> dict[str, str]:
         """A verdict's record of its evidence: the manifest's sha256 and, under each given key, the
@@ -114,6 +123,24 @@ class Protection:
         return protection
 
 
+def canonical_digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def reseal(directory: str | Path, **fields: Any) -> dict[str, Any]:
+    """Re-hash every file of a protection that is still being made (in its staging directory, never one
+    in place) and rewrite its manifest with ``fields`` added: how protect adds the null panel's
+    calibration after the method has written its own files."""
+    directory = Path(directory)
+    manifest = read_json(directory / MANIFEST, what="protection manifest")
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(directory.iterdir())
+                         if p.is_file() and p.name != MANIFEST}
+    manifest.update(fields)
+    atomic_write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
 def ensure_writable(directory: str | Path, force: bool = False) -> None:
     """Fail early, before hours of training, if ``directory`` would overwrite a protection."""
     directory = Path(directory)
@@ -123,6 +150,13 @@ def ensure_writable(directory: str | Path, force: bool = False) -> None:
             path=directory,
             fix="choose another --out, or pass --force (the old one is kept as NAME.replaced-<time>).",
         )
+
+
+def install(staged: Path, directory: Path) -> None:
+    """Move a finished protection into place; one already there (``force``) is kept beside it."""
+    if directory.exists():
+        directory.rename(directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+    staged.rename(directory)
 
 
 @contextmanager
@@ -148,9 +182,7 @@ def create_protection(
             **writer.extra,
         }
         atomic_write_json(staging / MANIFEST, manifest)
-        if directory.exists():
-            directory.rename(directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
-        staging.rename(directory)
+        install(staging, directory)
         writer.directory = directory
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

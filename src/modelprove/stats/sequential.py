@@ -223,4 +223,69 @@ def sequential_mean_test(
     )
 
 
-__all__ = ["ABOVE", "BELOW", "RULE", "UNDECIDED", "BettingTest", "SequentialResult", "sequential_mean_test"]
+def sequential_paired(
+    next_pairs: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    *,
+    score_range: tuple[float, float],
+    margin: float,
+    clear: float,
+    alpha: float,
+    batch: int,
+    max_samples: int,
+    pool_size: int | None,
+    cs_points: int = 201,
+) -> SequentialResult:
+    """The paired question of the papers' tests (is mean(suspect - reference) above ``margin``?) asked
+    ``batch`` pairs at a time: ``next_pairs(n)`` returns the next n (suspect, reference) scores, each in
+    ``score_range``; stops "above" ``margin`` or "below" ``clear`` at ``alpha`` each."""
+    low, high = score_range
+    return sequential_mean_test(lambda n: np.subtract(*next_pairs(n)), margin, below=clear, lower=low - high,
+                                upper=high - low, alpha=alpha, batch=batch, max_samples=max_samples,
+                                pool_size=pool_size, cs_points=cs_points)
+
+
+@dataclass(frozen=True)
+class SequentialPairedRule:
+    """A paper's paired test asked sequentially: the betting test at alpha/2 decided (``result``), or, when
+    it ran out of rows undecided, the fixed-m ``fixed`` rule (e.g. MOVE's paired t-test) at alpha/2 on the
+    rows drawn. By the union bound P(false accusation) <= alpha/2 + alpha/2; the p-value is the
+    Bonferroni 2 x min of the two (so stolen iff p < alpha)."""
+
+    fixed: Any  # a DecisionRule on paired evidence (stats.rules.PairedTTestRule)
+    result: SequentialResult
+    uses_panel: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"sequential: {RULE}, alpha/2; undecided -> {self.fixed.name} at alpha/2"
+
+    def decide(self, evidence, alpha: float, panel=None):
+        from modelprove.core.verdict import NOT_STOLEN, STOLEN
+        from modelprove.stats.rules import Decision
+
+        seq = self.result
+        delta = float(np.mean(evidence.paired[0] - evidence.paired[1]))
+        record = {"decided_by": "sequential" if seq.decision != UNDECIDED else "fixed-m test",
+                  "sequential": {"decision": seq.decision, "samples": seq.samples, "margin": seq.threshold,
+                                 "clear_below": seq.below_threshold, "alpha": seq.alpha, "p_above": seq.p_above,
+                                 "p_below": seq.p_below, "cs_lower": seq.cs_lower, "cs_upper": seq.cs_upper,
+                                 "steps": [h["samples"] for h in seq.history]}}
+        if seq.decision == UNDECIDED:
+            fixed = self.fixed.decide(evidence, alpha / 2)
+            p_value = min(1.0, 2 * min(seq.p_above, fixed.p_value))
+            outcome = fixed.outcome
+            reason = (f"the sequential test was undecided after all {seq.samples} rows (delta_mu {delta:+.3f}, "
+                      f"{seq.cs_lower:+.3f} to {seq.cs_upper:+.3f}); at alpha/2 = {alpha / 2:g}: {fixed.reason}")
+            record.update(fixed.details, fixed_m_p_value=fixed.p_value)
+        else:
+            p_value = min(1.0, 2 * seq.p_above)
+            outcome = STOLEN if seq.decision == ABOVE else NOT_STOLEN
+            bound = (f"above {seq.threshold:g}" if seq.decision == ABOVE else f"below {seq.below_threshold:g}")
+            reason = (f"delta_mu is {bound} at alpha/2 = {alpha / 2:g} after {seq.samples} rows (observed "
+                      f"{delta:+.3f}; confidence sequence {seq.cs_lower:+.3f} to {seq.cs_upper:+.3f}), so "
+                      f"{'the suspect carries the victim' + chr(39) + 's feature' if outcome == STOLEN else 'it is far less victim-like than a copy'}.")
+        return Decision(outcome, p_value, delta, "delta_mu", reason, record)
+
+
+__all__ = ["ABOVE", "BELOW", "RULE", "UNDECIDED", "BettingTest", "SequentialPairedRule", "SequentialResult",
+           "sequential_mean_test", "sequential_paired"]

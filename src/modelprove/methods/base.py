@@ -1,0 +1,420 @@
+"""What every ownership method is: protect, open, evidence — and the calibrated verification they share.
+
+A method (one module, one registry line) writes its protection (``build``), loads it (``open``) and
+measures **evidence** on a suspect (``evidence``: per-row scores whose mean is its model-level
+statistic). Everything else is here, the same for all methods:
+
+- ``protect`` builds the method's protection in a staging directory, trains (or reuses) the task's
+  **null panel** of honest models, scores the victim and every panel model on every pool row the
+  method verifies with, stores those scores with a held-out clean set for the competence check, and
+  moves the protection into place;
+- ``verify`` checks the suspect's competence, draws the rows, asks the method for its evidence and
+  hands it with the panel's scores on the same rows to a decision rule (stats.rules) and to
+  stats.verdicts.build_verdict, the one function that builds every Verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, local_access
+from modelprove.core.errors import ModelproveError
+from modelprove.core.progress import console
+from modelprove.core.seeding import generator
+from modelprove.core.verdict import STOLEN, Verdict
+from modelprove.data.dataset import ImageDataset
+from modelprove.methods.common import open_suspect, verification_config
+from modelprove.methods.panel import PanelConfig, Store, TrainedMember, train_panel
+from modelprove.methods.protection import Protection, ensure_writable, install, reseal
+from modelprove.models import Classifier, ModelCard, load_model, predict_labels
+from modelprove.stats import (
+    Calibration, Competence, DecisionRule, Evidence, NullPanelRule, PanelStatistics, Provenance, build_verdict,
+    competence_threshold,
+)
+from modelprove.stats.sequential import SequentialPairedRule, sequential_paired
+
+CALIBRATION_FILE = "calibration.safetensors"
+COMPETENCE_IMAGES = 200
+DEFAULT_COMPETENCE = 0.5  # of the way from chance to the victim's accuracy
+RULES = ("panel", "paper")
+
+
+class OwnershipMethod:
+    """One ownership method. Subclasses set the class attributes and implement build / open / evidence."""
+
+    name: str
+    access: tuple[str, ...]  # suspect access levels the verification works with, preferred first
+    config: type  # the config dataclass
+    description: str
+    model_file: str = "victim.safetensors"  # the protected model inside the protection
+    verify_options: tuple[str, ...] = ()  # config fields ``verify`` may change (the rest define the protection)
+    inputs: tuple[str, ...] = ()  # extra protect inputs: "model" (CAE's source), "logo" (blind watermark)
+    needs: dict[str, str] = {}  # setting -> the access level it needs (default: the setting itself)
+    alpha_field: str = "alpha"  # the config field of the significance level (verify's --alpha)
+
+    # -- what a method writes -----------------------------------------------------------------------
+
+    def build(self, defender: ImageDataset, test: ImageDataset, out: Path, config: Any, *, force: bool = False,
+              **inputs: Any) -> Any:
+        """Write the method's own protection to ``out``; return an object with ``results`` (a dict)."""
+        raise NotImplementedError
+
+    def open(self, directory: str | Path | Protection) -> Any:
+        """Load the protection for verification; the result has ``protection`` and ``config``."""
+        raise NotImplementedError
+
+    def evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
+                 rows: torch.Tensor | None, *, reference: bool = True) -> Evidence:
+        """Per-row scores of ``suspect`` on ``rows`` of the verification pool (None: every row); with
+        ``reference``, also the paper test's reference values on the same rows."""
+        raise NotImplementedError
+
+    def pool_size(self, opened: Any, config: Any, setting: str) -> int:
+        raise NotImplementedError
+
+    def paper_rule(self, opened: Any, config: Any) -> DecisionRule:
+        """The paper's own test, for reproducing its tables."""
+        raise NotImplementedError
+
+    # -- what a method may refine -------------------------------------------------------------------
+
+    def sample_size(self, config: Any, setting: str) -> int | None:
+        """Rows per verification (None: every row of the pool): m white-box, m_black_box otherwise."""
+        return config.m if setting == WHITE_BOX else config.m_black_box
+
+    def variant(self, config: Any, setting: str) -> str:
+        """The key of the stored panel scores this setting's evidence is comparable with."""
+        return setting
+
+    def calibration_variants(self, config: Any) -> list[tuple[str, Any]]:
+        """(setting, config) pairs whose panel scores ``protect`` stores: by default each access setting."""
+        return [(setting, config) for setting in self.access]
+
+    def scorable(self, opened: Any, arch: str | None, setting: str) -> str | None:
+        """Why a model of ``arch`` cannot be scored in ``setting`` (None: it can)."""
+        return None
+
+    def panel_exclusions(self, opened: Any) -> torch.Tensor | None:
+        """Dataset indices of defender images the null panel must not train on (None: none)."""
+        return None
+
+    def card(self, opened: Any) -> ModelCard:
+        return opened.victim_card
+
+    # -- protect ------------------------------------------------------------------------------------
+
+    def protect(self, defender: ImageDataset, test: ImageDataset, out: str | Path, config: Any = None, *,
+                force: bool = False, panel: PanelConfig | None = None, store: Store | None = None,
+                **inputs: Any) -> Any:
+        """The method's protection of ``defender`` data, calibrated on the task's null panel, at ``out``."""
+        config = config if config is not None else self.config()
+        out = Path(out)
+        ensure_writable(out, force)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        try:
+            staged = staging / out.name
+            result = self.build(defender, test, staged, config, force=False, **inputs)
+            summary = self.calibrate(staged, config, defender, test, panel or PanelConfig(), store)
+            install(staged, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if hasattr(result, "directory"):
+            result.directory = out
+        result.results["calibration"] = summary
+        for warning in summary["warnings"]:
+            console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        return result
+
+    def calibrate(self, staged: Path, config: Any, defender: ImageDataset, test: ImageDataset, panel: PanelConfig,
+                  store: Store | None) -> dict[str, Any]:
+        """Score the victim and the null panel on every pool row, store them and a competence set."""
+        opened = self.open(Protection.open(staged))
+        victim, card = load_model(staged / self.model_file)
+        members = train_panel(panel, victim.arch, defender, test, excluded=self.panel_exclusions(opened), store=store)
+        tensors: dict[str, torch.Tensor] = {}
+        variants: dict[str, Any] = {}
+        warnings: list[str] = []
+        alpha = getattr(config, self.alpha_field)
+        for setting, variant_config in self.calibration_variants(config):
+            variant = self.variant(variant_config, setting)
+            if variant in variants:
+                continue
+            level = self.needs.get(setting, setting)
+            victim_evidence = self.evidence(opened, local_access(victim, level, name="victim"), setting,
+                                            variant_config, None, reference=True)
+            scored: list[tuple[int, np.ndarray]] = []
+            for i, trained in enumerate(members):
+                if self.scorable(opened, trained.member.arch, setting) is None:
+                    evidence = self.evidence(opened, local_access(trained.model, level, name=trained.member.name),
+                                             setting, variant_config, None, reference=False)
+                    scored.append((i, evidence.scores))
+            tensors[f"victim/{variant}"] = torch.from_numpy(victim_evidence.scores).float()
+            tensors[f"panel/{variant}"] = torch.from_numpy(np.stack([s for _, s in scored])).float()
+            tensors[f"panel/{variant}/members"] = torch.tensor([i for i, _ in scored], dtype=torch.int64)
+            record = {"setting": setting, "pool": int(victim_evidence.m), "score_range": list(victim_evidence.score_range),
+                      "statistic_name": victim_evidence.statistic_name}
+            record["self_test"], record["false_accusation_rate"] = self._full_pool_checks(
+                members, scored, victim_evidence, alpha)
+            paper_rule = self.paper_rule(opened, variant_config)
+            paper = paper_rule.decide(victim_evidence, alpha)
+            record["paper_self_test"] = {"statistic": victim_evidence.statistic, "p_value": paper.p_value,
+                                         "detected": paper.outcome == STOLEN, "rule": paper_rule.name}
+            for arch, test_record in record["self_test"].items():
+                if not test_record["detected"]:
+                    warnings.append(f"{self.name} {variant}: the victim does not stand out from honest {arch} models "
+                                    f"(p {test_record['p_value']:.3f}); verdicts for {arch} suspects will be inconclusive.")
+            for arch, far in record["false_accusation_rate"].items():
+                if far["leave_one_out"]:
+                    warnings.append(f"{self.name} {variant}: {far['leave_one_out']:.0%} of the {arch} panel is accused "
+                                    f"by the others (leave-one-out at alpha {alpha}).")
+            variants[variant] = record
+        rows = torch.randperm(len(test), generator=generator(getattr(config, "seed", 0) + 9173))[:COMPETENCE_IMAGES]
+        competence_set = test.subset(rows.sort().values)
+        tensors["competence/images"] = competence_set.images.contiguous()
+        tensors["competence/labels"] = competence_set.labels.contiguous()
+        victim_accuracy = float((predict_labels(victim, competence_set.as_float()) == competence_set.labels).float().mean())
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged / CALIBRATION_FILE))
+        summary = {
+            "panel": {"members": [self._member_record(t) for t in members], "config": dataclasses.asdict(panel)},
+            "variants": variants,
+            "competence": {"images": len(competence_set), "victim_accuracy": victim_accuracy,
+                           "chance": _chance(competence_set.labels, card.num_classes)},
+            "warnings": warnings,
+        }
+        reseal(staged, calibration=summary)
+        return summary
+
+    @staticmethod
+    def _member_record(trained: TrainedMember) -> dict[str, Any]:
+        member = trained.member
+        return {"name": member.name, "arch": member.arch, "recipe": member.recipe.name, "seed": member.seed,
+                "test_accuracy": trained.info.get("test_accuracy"), "key": trained.key}
+
+    @staticmethod
+    def _full_pool_checks(members: list[TrainedMember], scored: list[tuple[int, np.ndarray]], victim: Evidence,
+                          alpha: float) -> tuple[dict, dict]:
+        from modelprove.stats.rules import false_accusation_rates, panel_test
+
+        self_test, rates = {}, {}
+        for arch, panel in _panels(members, scored, None).items():
+            test = panel_test(victim.statistic, panel, victim.m, victim.binary)
+            self_test[arch] = {"statistic": victim.statistic, "panel_mean": test.mean, "panel_sd": test.sd,
+                               "p_value": test.p_value, "detected": test.p_value < alpha}
+            rates[arch] = false_accusation_rates(panel, alpha, victim.m, victim.binary)
+        return self_test, rates
+
+    # -- verify -------------------------------------------------------------------------------------
+
+    def opened(self, protection: Any) -> Any:
+        """``protection`` opened for this method (a path or Protection is opened and hash-checked)."""
+        if isinstance(protection, (str, Path, Protection)):
+            return self.open(protection)
+        Protection.open_for(protection.protection, self.name)  # an opened protection of another method
+        return protection
+
+    def verify(self, protection: Any, suspect: LabelOnlyAccess | Classifier, *, setting: str | None = None,
+               seed: int = 0, suspect_name: str | None = None, rule: str | None = None,
+               competence: float | None = None, **options: Any) -> Verdict:
+        """Is ``suspect`` derived from the protected model? The method's evidence, judged by ``rule``:
+        "panel" (default: the null panel's prediction interval) or "paper" (the paper's own test).
+        ``competence`` is the fraction of the way from chance to the victim's clean accuracy a suspect
+        must reach to be judged at all (default 0.5; 0 turns the check off). ``options`` are the method's
+        verify_options (and ``alpha``)."""
+        rule = rule or "panel"
+        return self.verify_rules(protection, suspect, rules=(rule,), setting=setting, seed=seed,
+                                 suspect_name=suspect_name, competence=competence, **options)[rule]
+
+    def verify_rules(self, protection: Any, suspect: LabelOnlyAccess | Classifier, *, rules: tuple[str, ...] = RULES,
+                     setting: str | None = None, seed: int = 0, suspect_name: str | None = None,
+                     competence: float | None = None, **options: Any) -> dict[str, Verdict]:
+        """One measurement of the evidence, judged by each of ``rules``: {rule: Verdict} (the benchmark
+        reports the null-panel rule beside the paper's on the same queries)."""
+        unknown = [r for r in rules if r not in RULES]
+        if unknown or not rules:
+            raise ModelproveError(f"rule must be one of {', '.join(RULES)}; got {unknown[0] if unknown else rules!r}.",
+                                  fix="use rule=panel (the null panel, default) or rule=paper (the paper's test).")
+        opened = self.opened(protection)
+        prot: Protection = opened.protection
+        if self.alpha_field != "alpha":  # --alpha names every method's significance level
+            given = options.pop("alpha", None)
+            if given is not None and options.get(self.alpha_field) is None:
+                options[self.alpha_field] = given
+        config = verification_config(opened.config, options, self.verify_options, self.name)
+        if getattr(config, "sequential", False) and "paper" not in rules:  # before any query
+            raise ModelproveError(
+                f"{self.name}: sequential=true asks the paper test's question a batch at a time; verify with "
+                "rule=paper (CLI --rule paper).", fix="add --rule paper, or drop sequential=true.")
+        fraction = DEFAULT_COMPETENCE if competence is None else float(competence)
+        if not 0.0 <= fraction < 1.0:
+            raise ModelproveError(f"competence must be in [0, 1), got {fraction}.",
+                                  fix="use a share such as 0.5 (0 turns the competence check off).")
+        suspect, name, setting = open_suspect(suspect, suspect_name=suspect_name, setting=setting, access=self.access,
+                                              who=self.name, card=self.card(opened), protection=prot, needs=self.needs)
+        alpha = getattr(config, self.alpha_field)
+        start = time.perf_counter()
+        stored = StoredCalibration.load(prot)
+        provenance = Provenance(protection=str(prot.directory), protection_id=prot.protection_id,
+                                hashes=prot.hashes(protected_model=self.model_file))
+        decision_rules = {r: NullPanelRule() if r == "panel" else self.paper_rule(opened, config) for r in rules}
+
+        note: dict[str, Any] = {}  # what a sequential measurement changes for every rule's verdict
+
+        def extra() -> dict[str, Any]:  # a remote suspect's queries: the digest of every request and response
+            return {"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}
+
+        def verdicts(evidence: Evidence | None, **context: Any) -> dict[str, Verdict]:
+            return {r: build_verdict(evidence, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
+                                     provenance=provenance, method=self.name, setting=setting,
+                                     calibration=(stored.view(evidence, r == "paper")
+                                                  if stored is not None and evidence is not None else None),
+                                     details={"suspect_access": suspect.level, **extra(), **note}, **context)
+                    for r in rules}
+
+        measured = stored.competence(suspect, setting, fraction) if stored is not None and fraction > 0 else None
+        if measured is not None and not measured.competent:
+            return verdicts(None, competence=measured)
+        blocked = self.scorable(opened, suspect.arch, setting) if setting == WHITE_BOX else None
+        if blocked is not None:
+            return verdicts(None, competence=measured, blocked=blocked)
+        pool = self.pool_size(opened, config, setting)
+        m = self.sample_size(config, setting)
+        rows = None
+        if m is not None:
+            if m > pool:
+                raise ModelproveError(f"m = {m} exceeds the {pool} rows of {self.name}'s verification pool.",
+                                      fix=f"use m <= {pool}, or protect with a larger pool.")
+            rows = torch.randperm(pool, generator=generator(seed))[:m]
+        before = suspect.queries
+        if getattr(config, "sequential", False):
+            rows = rows if rows is not None else torch.randperm(pool, generator=generator(seed))
+            evidence, result = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha)
+            decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], result)
+            note["rows_drawn_by"] = "the sequential paper test (stats.sequential): it stopped after these rows"
+        else:
+            evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
+        evidence.queries = None if setting == WHITE_BOX else suspect.queries - before
+        evidence.suspect_arch = suspect.arch
+        return verdicts(evidence, competence=measured)
+
+    def _sequential_evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
+                             rows: torch.Tensor, pool: int, alpha: float) -> tuple[Evidence, Any]:
+        """The evidence of ``rows`` in order, ``config.sequential_batch`` at a time, until the sequential
+        paired test (stats.sequential) decides at alpha/2 or the rows run out; -> (evidence of the rows
+        drawn, the test's result). The rows are a seeded random order of the pool, so the test's
+        without-replacement correction applies to the pool of ``pool`` rows."""
+        parts: list[Evidence] = []
+
+        def next_pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+            done = sum(part.m for part in parts)
+            part = self.evidence(opened, suspect, setting, config, rows[done:done + count], reference=True)
+            if part.paired is None:
+                raise ModelproveError(f"{self.name} {setting} evidence has no paired reference, so its paper test "
+                                      "cannot be asked sequentially.", fix="drop sequential=true.")
+            parts.append(part)
+            return part.paired
+
+        first = next_pairs(min(config.sequential_batch, len(rows)))
+        pending = [first]
+
+        def pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+            return pending.pop() if pending else next_pairs(count)
+
+        result = sequential_paired(pairs, score_range=parts[0].score_range, margin=getattr(config, "margin", 0.0),
+                                   clear=config.sequential_clear, alpha=alpha / 2, batch=config.sequential_batch,
+                                   max_samples=len(rows), pool_size=pool)
+        return _concat(parts), result
+
+
+def _concat(parts: list[Evidence]) -> Evidence:
+    """One Evidence of consecutive batches: scores, rows and pairs joined; per-batch means in the details
+    (``mu_*``) combined by batch size, the other details as the first batch had them."""
+    first = parts[0]
+    sizes = np.array([part.m for part in parts], dtype=np.float64)
+    details = dict(first.details)
+    for key, value in first.details.items():
+        if key.startswith("mu_") and all(isinstance(part.details.get(key), float) for part in parts):
+            details[key] = float(sum(part.details[key] * n for part, n in zip(parts, sizes)) / sizes.sum())
+    paired = None if first.paired is None else tuple(np.concatenate([part.paired[i] for part in parts])
+                                                     for i in range(2))
+    return dataclasses.replace(first, scores=np.concatenate([part.scores for part in parts]),
+                               rows=np.concatenate([part.rows for part in parts]), paired=paired, details=details)
+
+
+def _chance(labels: torch.Tensor, classes: int) -> float:
+    """What a constant answer scores: the largest class share."""
+    return float(torch.bincount(labels, minlength=classes).max()) / max(1, len(labels))
+
+
+def _panels(members: list[TrainedMember] | list[dict], scored: list[tuple[int, np.ndarray]],
+            rows: np.ndarray | None) -> dict[str, PanelStatistics]:
+    """Per architecture: the panel models' statistics (means of their per-row scores on ``rows``)."""
+    def info(i):
+        member = members[i]
+        if isinstance(member, TrainedMember):
+            return member.member.arch, member.member.recipe.name, member.member.name
+        return member["arch"], member["recipe"], member["name"]
+
+    by_arch: dict[str, list[tuple[float, float, str, str]]] = {}
+    for i, scores in scored:
+        arch, recipe, name = info(i)
+        values = scores if rows is None else scores[rows]
+        by_arch.setdefault(arch, []).append((float(np.mean(values)), float(np.std(values, ddof=1)) if values.size > 1
+                                             else 0.0, recipe, name))
+    return {arch: PanelStatistics(arch, np.array([v for v, _, _, _ in items]), tuple(r for _, _, r, _ in items),
+                                  tuple(n for _, _, _, n in items), within_sd=float(np.mean([w for _, w, _, _ in items])))
+            for arch, items in by_arch.items() if len(items) >= 3}
+
+
+class StoredCalibration:
+    """A protection's calibration: the panel's and the victim's per-row scores, and the competence set."""
+
+    def __init__(self, record: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.record = record
+        self.tensors = tensors
+
+    @classmethod
+    def load(cls, protection: Protection) -> "StoredCalibration | None":
+        record = protection.manifest.get("calibration")
+        if not record or CALIBRATION_FILE not in protection.manifest["files"]:
+            return None
+        return cls(record, load_file(str(protection.path(CALIBRATION_FILE))))
+
+    def competence(self, suspect: LabelOnlyAccess, setting: str, fraction: float) -> Competence:
+        """The suspect's top-1 accuracy on the held-out clean set, through the same access."""
+        images = self.tensors["competence/images"].float() / 255
+        labels = self.tensors["competence/labels"]
+        if setting == WHITE_BOX and isinstance(suspect, WhiteBoxAccess):
+            answers, queries = predict_labels(suspect.model, images), None  # the weights are ours to run
+        else:
+            before = suspect.queries
+            answers = suspect.labels(images)
+            queries = suspect.queries - before
+        record = self.record["competence"]
+        threshold = competence_threshold(record["victim_accuracy"], record["chance"], fraction)
+        return Competence(float((answers == labels).float().mean()), record["chance"], threshold, len(labels), queries)
+
+    def view(self, evidence: Evidence, paper: bool) -> Calibration:
+        variant = self.record["variants"].get(evidence.variant)
+        if variant is None:
+            return Calibration(paper_self_test=None)
+        rows = evidence.rows
+        members = self.record["panel"]["members"]
+        matrix = self.tensors[f"panel/{evidence.variant}"].double().numpy()
+        indices = self.tensors[f"panel/{evidence.variant}/members"].tolist()
+        scored = [(i, matrix[j]) for j, i in enumerate(indices)]
+        victim = float(self.tensors[f"victim/{evidence.variant}"].double().numpy()[rows].mean())
+        return Calibration(panels=_panels(members, scored, rows), victim_statistic=victim,
+                           paper_self_test=variant.get("paper_self_test") if paper else None)
+
+
+__all__ = ["CALIBRATION_FILE", "OwnershipMethod", "RULES", "StoredCalibration"]
