@@ -268,4 +268,4 @@ def test_sequential_and_fixed_designs_side_by_side(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Queries to a verdict, black-box" in report
     assert "| suspect | fixed: queries | fixed: outcome | sequential: queries | sequential: outcome |" in report
-    assert f"| fixed | 2 | {competence + 120} [{competence + 120}, {competence + 120}] |" in report
+    assert f"| fixed | 2 | 120 [120, 120] | {competence} [{competence}, {competence}] |" in report

@@ -214,6 +214,11 @@ def markdown(run) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _test_queries(record: dict[str, Any]) -> int:
+    """A cell's queries without those of the competence check (the same for every design)."""
+    return record["queries"] - ((record.get("competence") or {}).get("queries") or 0)
+
+
 def _queries(run, rows: list[str]) -> list[str]:
     """Queries to a verdict beside the outcomes, per setting, when the grid verifies some method
     sequentially (a method entry with ``sequential = true``): the fixed and the sequential design of the
@@ -230,12 +235,13 @@ def _queries(run, rows: list[str]) -> list[str]:
         if not cells:
             continue
         lines += ["", f"## Queries to a verdict, {setting}", "",
-                  "Queries are images sent to the suspect until the verdict (black-box MOVE: 6 per image, the image "
-                  "and five augmentations); outcomes are the paper test's (MOVE Eq. 9). A sequential verdict is "
+                  "Queries are images the test sent to the suspect until its verdict (black-box MOVE: 6 per image, "
+                  "the image and five augmentations), without the competence check every verification sends "
+                  "first (its own column); outcomes are the paper test's (MOVE Eq. 9). A sequential verdict is "
                   "decided by the betting test (stats/sequential.py) unless it ran out of images, when the fixed-m "
                   "t-test decided at alpha/2.", "",
-                  "| method | verdicts | queries: median [min, max] | stolen suspects | independent models "
-                  "| decided sequentially |", "|---|---:|---:|---|---|---:|"]
+                  "| method | verdicts | queries: median [min, max] | competence check | stolen suspects "
+                  "| independent models | decided sequentially |", "|---|---:|---:|---:|---|---|---:|"]
         for label in methods:
             mine = [r for r in cells if r["method"] == label]
             if not mine:
@@ -244,7 +250,8 @@ def _queries(run, rows: list[str]) -> list[str]:
             honest = [r["paper"] for r in mine if not r.get("stolen_truth")]
             sequential = [r["paper"]["decided_by"] for r in mine if r["paper"].get("decided_by")]
             decided = f"{sequential.count('sequential')} of {len(sequential)}" if sequential else "—"
-            lines.append(f"| {label} | {len(mine)} | {_median_range([r['queries'] for r in mine], _count)} | "
+            lines.append(f"| {label} | {len(mine)} | {_median_range([_test_queries(r) for r in mine], _count)} | "
+                         f"{_median_range([r['queries'] - _test_queries(r) for r in mine], _count)} | "
                          f"{_tally(stolen, 'attack')} | {_tally(honest, 'Independent')} | {decided} |")
         header = "| suspect | " + " | ".join(f"{label}: queries | {label}: outcome" for label in methods) + " |"
         lines += ["", header, "|---|" + "---:|---|" * len(methods)]
@@ -252,7 +259,7 @@ def _queries(run, rows: list[str]) -> list[str]:
             line = f"| {row} |"
             for label in methods:
                 mine = [r for r in cells if r["row"] == row and r["method"] == label]
-                line += (f" {_median_range([r['queries'] for r in mine], _count)} | "
+                line += (f" {_median_range([_test_queries(r) for r in mine], _count)} | "
                          f"{_tally([r['paper'] for r in mine], row)} |" if mine else " n/a | n/a |")
             lines.append(line)
     return lines

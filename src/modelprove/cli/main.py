@@ -284,7 +284,7 @@ def list_attacks() -> None:
 @app.command()
 def bench(
     grid: Annotated[Optional[str], typer.Argument(
-        help="A preset (smoke, move-fmnist, multistage) or the path of a grid TOML file.")] = None,
+        help="A preset (see --list) or the path of a grid TOML file.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/bench/NAME).")] = None,
     cache: Annotated[Optional[Path], typer.Option(
         help="Model cache shared between grids (default runs/bench/cache).")] = None,
