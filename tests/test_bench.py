@@ -64,6 +64,22 @@ def test_plan_counts_every_cell():
     plan = plan_grid(parse_bench_config(GRID), DATA)[2]
     # 2 seeds x 1 method x (2 attacks + 1 independent) x 2 settings
     assert len(plan) == 12 and len({c["key"] for c in plan}) == 12
+    # a label-only method is verified only in the settings it declares: label-only
+    labels = plan_grid(parse_bench_config({**GRID, "settings": ["white-box", "black-box", "label-only"],
+                                           "methods": [{"name": "move"}, {"name": "adi"}]}), DATA)[2]
+    assert {c["setting"] for c in labels if c["method"] == "adi"} == {"label-only"}
+    assert {c["setting"] for c in labels if c["method"] == "move"} == {"white-box", "black-box"}
+
+
+def test_attacks_never_take_the_victims_seed():
+    from modelprove.attacks.base import student_seed
+    from modelprove.bench.runner import attack_seed
+
+    protections, suspects, _ = plan_grid(parse_bench_config(GRID), DATA)
+    for (seed, _, _), chain in suspects.items():
+        assert all(stage["attack_seed"] == attack_seed(seed) != seed for stage in chain)
+    # and a student built with the victim's own seed still starts elsewhere: its init seed is hashed
+    assert all(student_seed(s) not in (s, attack_seed(s)) for s in range(5))
 
 
 def test_keys_unchanged_by_presentation_fields():
@@ -81,6 +97,9 @@ def test_keys_unchanged_by_presentation_fields():
     ({"attacks__1__attack": "finetune:epochs=2"}, {"suspects", "cells"}),
     ({"independents__0__seeds": [201]}, {"independents", "cells"}),
     ({"methods__0__set": {"benign_models": 1, "margin": 0.1}}, {"cells"}),  # a verification option
+    ({"independents__0__optimizer": "adam"}, {"independents", "cells"}),  # an honest model's recipe
+    ({"independents__0__data_fraction": 0.5}, {"independents", "cells"}),
+    ({"panel": {"size": 5}}, {"protections", "suspects", "cells"}),  # the calibration is part of a protection
 ])
 def test_keys_change_exactly_where_the_input_determines_them(change, changed):
     base, new = keys(GRID), keys(variant(**change))
@@ -106,6 +125,9 @@ def test_keys_change_with_the_data():
     ({"settings": ["grey-box"]}, "settings"),
     ({"training": {"arch": "nope"}}, "training.arch"),
     ({"data": {"size": 3}}, "data.size"),
+    ({"independents": [{"arch": "lenet5", "seeds": [1], "optimizer": "rmsprop"}]}, "independents[0].optimizer"),
+    ({"independents": [{"arch": "lenet5", "seeds": [1], "colour": "red"}]}, "independents[0].colour"),
+    ({"panel": {"size": 2}}, "panel"),
 ])
 def test_grid_errors_name_the_field(change, field):
     with pytest.raises(BenchConfigError, match=f"field '{field.replace('[', '.').replace(']', '.')}"):
@@ -199,6 +221,11 @@ def test_workers_cut_the_grid_into_jobs_that_build_nothing_twice():
     grid.config = parse_bench_config(GRID)
     grid.data = {"dataset": "x", "defender": "d0", "attacker": "a0", "test": "t0"}
     grid.protections, grid.suspect_recipes, grid.plan = plan_grid(grid.config, grid.data)
+    from types import SimpleNamespace
+
+    from conftest import make_bars
+
+    grid.splits = SimpleNamespace(defender=make_bars(40, 0))  # the panel's members are keyed by their data
 
     class EmptyCache:
         def entry_seconds(self, kind, recipe):
@@ -207,7 +234,9 @@ def test_workers_cut_the_grid_into_jobs_that_build_nothing_twice():
     grid.cache = EmptyCache()
     jobs = grid.jobs(grid.plan)
     kinds = [kind for kind, _ in jobs]
-    assert kinds == ["benign", "benign", "independent", "cells", "cells"]
+    panel = grid.config.panel.size * len(grid.config.panel.architectures.split(","))
+    assert kinds == ["benign", "benign", *["panel"] * panel, "independent", "cells", "cells"]
+    assert len({key for kind, key in jobs if kind == "panel"}) == panel  # every panel model once
     cells = [key for kind, keys in jobs if kind == "cells" for key in keys]
     assert sorted(cells) == sorted(c["key"] for c in grid.plan)  # every cell once
     by_key = {c["key"]: c for c in grid.plan}

@@ -16,7 +16,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, bars_task):
+def workspace(tmp_path_factory, bars_task, tiny_panel):
     defender, _, test = bars_task
     root = tmp_path_factory.mktemp("cli")
     # The CLI's protect reads a dataset path: the bars task saved as npz files.
@@ -25,9 +25,12 @@ def workspace(tmp_path_factory, bars_task):
     result = runner.invoke(app, [
         "protect", "--method", "move", "--data", str(root / "bars_train.npz"), "--out", str(root / "prot"),
         "--attacker-fraction", "0.5", "--set", "arch=lenet5", "--set", "epochs=12",
-        "--set", "meta_samples=30", "--set", "m=8",
+        "--set", "meta_samples=30", "--set", "m=8", "--set", "m_black_box=8",
+        "--panel-size", "4", "--panel-archs", "lenet5,cnn_small", "--panel-epochs", "3",
+        "--panel-store", tiny_panel.store,
     ])
     assert result.exit_code == 0, result.output
+    assert "protection id" in result.output and "self-test" in result.output
     return root
 
 
@@ -39,14 +42,23 @@ def test_protect_prints_accuracies(workspace):
 
 def test_verify_copy_writes_json(workspace):
     result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
-                                 "--suspect", str(workspace / "prot" / "victim.safetensors"),
+                                 "--suspect", str(workspace / "prot" / "victim.safetensors"), "--rule", "paper",
                                  "--json", str(workspace / "v.json")])
     assert result.exit_code == 0, result.output
-    assert "STOLEN" in result.output
+    assert "STOLEN" in result.output and "checked protection id" in result.output
     verdict = json.loads((workspace / "v.json").read_text())
     assert verdict["stolen"] is True and verdict["samples"] == 8 and verdict["p_value"] < 0.01
-    assert verdict["hashes"]["suspect_weights"] == verdict["hashes"]["victim_weights"]  # the victim itself
-    assert len(verdict["hashes"]["protection_manifest"]) == 64
+    assert verdict["rule"].startswith("paper") and verdict["outcome"] == "stolen"
+    assert verdict["hashes"]["suspect_weights"] == verdict["hashes"]["protected_model"]  # the victim itself
+    assert len(verdict["hashes"]["protection_manifest"]) == 64 and len(verdict["protection_id"]) == 64
+    # the default rule: the null panel, with the panel it compared with (or why it could not)
+    result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"),
+                                 "--suspect", str(workspace / "prot" / "victim.safetensors"),
+                                 "--json", str(workspace / "v2.json")])
+    assert result.exit_code == 0, result.output
+    default = json.loads((workspace / "v2.json").read_text())
+    assert default["rule"] == "null-panel prediction interval" and default["outcome"] in ("stolen", "inconclusive")
+    assert default["competence"]["competent"] is True
 
 
 def test_verify_benign_is_cleared(workspace):
@@ -104,7 +116,8 @@ def test_verify_black_box_from_an_onnx_export(workspace):
                                  "--m", "8", "--json", str(workspace / "bb.json")])
     assert result.exit_code == 0, result.output
     verdict = json.loads((workspace / "bb.json").read_text())
-    assert verdict["setting"] == "black-box" and verdict["queries"] == 8 * 6 and verdict["samples"] == 8
+    assert verdict["setting"] == "black-box" and verdict["samples"] == 8
+    assert verdict["queries"] == 8 * 6 + verdict["competence"]["images"]  # the evidence and the competence check
 
 
 def test_verify_label_only_is_refused_naming_both_levels(workspace):

@@ -36,8 +36,8 @@ def _fast_and_seeded():
     torch.set_num_threads(threads)
 
 
-def test_registry_lists_all_five_architectures():
-    assert set(ARCHITECTURES) == {"cnn_small", "lenet5", "vgg_small", "resnet20", "resnet18"}
+def test_registry_lists_all_six_architectures():
+    assert set(ARCHITECTURES) == {"cnn_small", "lenet5", "mlp", "vgg_small", "resnet20", "resnet18"}
     assert all(spec.description for spec in ARCHITECTURES.values())
 
 

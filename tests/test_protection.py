@@ -100,9 +100,24 @@ def test_config_from_pairs_types_and_errors():
 
 
 def test_verdict_json(tmp_path):
-    verdict = Verdict("move", "white-box", "s", True, 1e-5, 0.01, 0.9, "delta_mu", 10)
+    verdict = Verdict("move", "white-box", "s", "stolen", "because", "paper: paired t-test", 1e-5, 0.01, 0.97,
+                      "mean output", 0.9, "delta_mu", 10)
     data = json.loads(verdict.save(tmp_path / "v.json").read_text())
     assert data["decision"] == "STOLEN" and data["p_value"] == 1e-5 and data["samples"] == 10
+    assert data["stolen"] is True and data["format"] == "modelprove-verdict/2"
+    with pytest.raises(ValueError, match="outcome"):
+        Verdict("move", "white-box", "s", "maybe", "", "", None, 0.01, None, "", None, "", 0)
+
+
+def test_protection_id_changes_with_any_manifest_value_but_not_with_whitespace(tmp_path):
+    directory = _make(tmp_path / "p")
+    first = Protection.open(directory).protection_id
+    manifest = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=8))
+    assert Protection.open(directory).protection_id == first
+    manifest["config"] = {**manifest.get("config", {}), "alpha": 0.5}
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    assert len(first) == 64 and Protection.open(directory).protection_id != first
 
 
 def test_verdict_hashes_name_the_manifest_and_the_chosen_files(tmp_path):

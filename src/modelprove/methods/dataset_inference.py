@@ -85,6 +85,10 @@ class DatasetInferenceConfig(TrainsModels):
     verification_pool: int = 200  # private and as many public samples kept for verification
     regressor_hidden: int = 64
     regressor_epochs: int = 100
+    # Seed of which private and public samples fit the regressor and which are kept for verification. Apart
+    # from the victim's seed, so protections of one data set share their private pool, and with it the null
+    # panel that must never train on it (panel_exclusions).
+    pool_seed: int = 0
     m: int = 10  # private and as many public samples per white-box verification (DI: m = 10)
     m_black_box: int = 100  # per black-box verification (MOVE's black-box m)
     alpha: float = 0.01
@@ -271,8 +275,8 @@ def build(
         keep = order[config.regressor_samples : need].sort().values
         return data.subset(fit, name=f"{data.name}[fit]"), data.subset(keep, name=f"{data.name}[pool]")
 
-    private_fit, private_pool = split(defender, config.seed + 1)
-    public_fit, public_pool = split(test, config.seed + 2)
+    private_fit, private_pool = split(defender, config.pool_seed + 1)
+    public_fit, public_pool = split(test, config.pool_seed + 2)
     meta_config = MetaClassifierConfig(hidden=config.regressor_hidden, epochs=config.regressor_epochs, seed=config.seed)
 
     regressors, records = {}, {}

@@ -50,6 +50,7 @@ from modelprove.data.style import (
 from modelprove.methods.common import TrainsModels, check_same_task, check_sequential_fields, check_t_test_fields
 from modelprove.methods.common import dataset_info, fresh_model
 from modelprove.methods.base import OwnershipMethod
+from modelprove.methods.panel import RECIPES, recipe_data, recipe_training
 from modelprove.methods.meta_classifier import MetaClassifier, MetaClassifierConfig
 from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_classifier
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
@@ -104,7 +105,18 @@ class MoveConfig(TrainsModels):
     benign_seed: int | None = None  # seed of B's training; None: the same seed as V (see protect docstring)
     # Benign models whose features are C's negatives (the paper: 1, B itself). More negatives keep C's
     # output near 0 on models it never saw (docs/results/move-false-accusations.md).
-    benign_models: int = 3
+    benign_models: int = 5
+    # How C's negatives after B are trained, taken in turn (names from methods.panel.RECIPES, or "victim":
+    # the victim's own recipe; empty: all the victim's). A white-box C whose negatives share one recipe
+    # learns the recipe: honest models trained otherwise (Adam, no augmentation) then score like copies,
+    # and the protection fails its self-test against the null panel. The defaults are recipes the null
+    # panel does not use (methods.panel.PANEL_RECIPES), so the panel still shows how C treats recipes it
+    # never saw.
+    negative_recipes: str = "adam-crop,sgd-none,victim,victim"
+    # Which of those negatives the black-box C learns from (empty: all). The victim's recipe only, as in
+    # the paper (B): with the other recipes among its negatives the black-box C put the panel's honest
+    # models in a narrow band that an honest model of a recipe neither had seen fell outside of.
+    negative_recipes_black_box: str = "victim"
     # Hold B, the t-test's reference, out of C's training (C's negatives are then benign_models
     # other seeds). Off by default, measured: it did not remove black-box MOVE's false accusation of
     # the demo's independent model (p 2.5e-4 with B in C's training, 4.3e-4 held out), and because B
@@ -148,6 +160,10 @@ class MoveConfig(TrainsModels):
         check_sequential_fields(self)
         if self.benign_models < 1:
             raise ModelproveError(f"benign_models must be at least 1, got {self.benign_models}.")
+        unknown = [r for r in self.negative_recipe_list() + self.black_box_recipe_list() if r != "victim" and r not in RECIPES]
+        if unknown:
+            raise ModelproveError(f"negative_recipes: unknown recipe {unknown[0]!r}.",
+                                  fix=f"use comma-separated names from victim, {', '.join(RECIPES)}.")
         if self.verification_images not in ("train", "test"):
             raise ModelproveError(f"verification_images must be 'train' or 'test', got {self.verification_images!r}.")
         if self.shift < 1:
@@ -156,6 +172,12 @@ class MoveConfig(TrainsModels):
             raise ModelproveError(f"margin must be in [0, 1) (a difference of probabilities), got {self.margin}.")
         self.augmentation_list()
         self.feature_spec()  # validates the reduction and its combination with the feature
+
+    def negative_recipe_list(self) -> list[str]:
+        return [r.strip() for r in self.negative_recipes.split(",") if r.strip()] or ["victim"]
+
+    def black_box_recipe_list(self) -> list[str]:
+        return [r.strip() for r in self.negative_recipes_black_box.split(",") if r.strip()]
 
     def augmentation_list(self) -> list[str]:
         names = [name.strip() for name in self.augmentations.split(",") if name.strip()]
@@ -278,12 +300,22 @@ def build(
     negatives = [] if config.hold_out_reference else [benign]
     negative_seeds = [] if config.hold_out_reference else [benign_seed]
     extra = 0
+    negative_recipes = []
+    # With B held out, the first negative takes B's place: the victim's recipe, with a seed of its own.
+    recipes = (["victim"] if config.hold_out_reference else []) + config.negative_recipe_list()
     while len(negatives) < config.benign_models:
         extra += 1
         seed = benign_seed + 7919 * extra
+        name = recipes[(extra - 1) % len(recipes)]
+        if name == "victim":
+            data, training = defender, config.train_config(seed)
+        else:
+            recipe = RECIPES[name]
+            data, training = recipe_data(recipe, defender, seed), recipe_training(recipe, config.epochs, config.batch_size, seed)
         negatives.append(new_model(seed))
         negative_seeds.append(seed)
-        train(negatives[-1], defender, config.train_config(seed), description=f"benign model {extra + 1} (D)")
+        negative_recipes.append(name)
+        train(negatives[-1], data, training, description=f"benign model {extra + 1} (D, {name})")
     timings[f"train_benign_models_x{extra + 1}"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
@@ -310,9 +342,16 @@ def build(
     start = time.perf_counter()
     meta_originals, meta_transformed = d_s.images[meta_rows].float() / 255, meta_images.float() / 255
     victim_bb = black_box_features(lambda x: predict_proba(victim, x), meta_originals, meta_transformed, config)
+    recipes_of = (["victim"] if not config.hold_out_reference else []) + negative_recipes
+    wanted = config.black_box_recipe_list()
+    black_box_negatives = [b for b, r in zip(negatives, recipes_of) if not wanted or r in wanted]
+    if not black_box_negatives:
+        raise ModelproveError(f"negative_recipes_black_box ({config.negative_recipes_black_box!r}) selects none of "
+                              f"C's negatives (recipes {', '.join(recipes_of)}).",
+                              fix="name a recipe of negative_recipes (or victim), or leave it empty.")
     benign_bb = torch.cat([
         black_box_features(lambda x, b=b: predict_proba(b, x), meta_originals, meta_transformed, config)
-        for b in negatives
+        for b in black_box_negatives
     ])
     meta_bb, meta_bb_record = train_meta_classifier(victim_bb, benign_bb, meta_config)
     timings["meta_classifier_black_box"] = time.perf_counter() - start
@@ -327,6 +366,8 @@ def build(
         "meta_classifier_black_box": meta_bb_record,
         "reference_seed": benign_seed,  # B, the t-test's reference
         "meta_classifier_negative_seeds": negative_seeds,
+        "meta_classifier_negative_recipes": recipes_of,
+        "meta_classifier_black_box_negatives": len(black_box_negatives),
         "feature_dimension": int(victim_features.shape[1]),
         "black_box_feature_dimension": int(victim_bb.shape[1]),
         "victim_accuracy_on_held_out_transformed": evaluate(victim, test_transformed),

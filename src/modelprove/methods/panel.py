@@ -47,14 +47,21 @@ class PanelRecipe:
 
 # SGD and Adam, with and without augmentation, full and half data, full and half length: an honest
 # suspect's recipe is unknown, so the panel spans the common ones (and the verdict reports how the rule
-# treats a recipe held out of it: leave-one-recipe-out).
+# treats a recipe held out of it: leave-one-recipe-out). The first four are the panel's default; the
+# others are for models a method fits itself, e.g. MOVE's meta-classifier negatives, which must not cover
+# the panel's recipes or the panel would only show recipes the method has already learned to ignore.
 RECIPES: dict[str, PanelRecipe] = {r.name: r for r in (
     PanelRecipe("sgd-crop", "sgd", 0.05, "crop", 1.0, 1.0),
     PanelRecipe("adam-none", "adam", 1e-3, "none", 1.0, 1.0),
     PanelRecipe("sgd-none-half", "sgd", 0.02, "none", 1.0, 0.5),
     PanelRecipe("adam-flip-short", "adam", 2e-3, "crop_flip", 0.5, 1.0),
+    PanelRecipe("adam-crop", "adam", 1e-3, "crop", 1.0, 1.0),
+    PanelRecipe("sgd-none", "sgd", 0.05, "none", 1.0, 1.0),
+    PanelRecipe("sgd-flip-long", "sgd", 0.03, "crop_flip", 1.5, 1.0),
 )}
-DEFAULT_ARCHITECTURES = ("cnn_small", "lenet5", "vgg_small")
+PANEL_RECIPES = ("sgd-crop", "adam-none", "sgd-none-half", "adam-flip-short")
+# The victim's architecture and the first two others: cheap, and of three families (two CNNs, an MLP).
+DEFAULT_ARCHITECTURES = ("cnn_small", "lenet5", "mlp", "vgg_small")
 
 
 @dataclass
@@ -63,7 +70,7 @@ class PanelConfig:
 
     size: int = 8  # models per architecture
     architectures: str = ""  # comma-separated; empty: the victim's and two others of DEFAULT_ARCHITECTURES
-    recipes: str = ",".join(RECIPES)
+    recipes: str = ",".join(PANEL_RECIPES)
     epochs: int = 5
     batch_size: int = 128
     store: str | None = None  # where its models are kept; default $MODELPROVE_PANELS or ~/.cache/modelprove/panels
@@ -123,16 +130,27 @@ def panel_members(config: PanelConfig, victim_arch: str) -> list[PanelMember]:
             for arch in config.architecture_list(victim_arch) for i in range(config.size)]
 
 
-def member_data(member: PanelMember, defender: ImageDataset, excluded: torch.Tensor | None) -> ImageDataset:
-    """The defender rows ``member`` trains on: all of them but those whose dataset ``indices`` are in
-    ``excluded``, then its recipe's seeded share."""
-    rows = torch.arange(len(defender))
+def recipe_data(recipe: PanelRecipe, data: ImageDataset, seed: int, excluded: torch.Tensor | None = None) -> ImageDataset:
+    """The rows a model of ``recipe`` trains on: all of ``data`` but those whose dataset ``indices`` are in
+    ``excluded``, then the recipe's seeded share."""
+    rows = torch.arange(len(data))
     if excluded is not None and len(excluded):
-        rows = rows[~torch.isin(defender.indices, excluded.long())]
-    if member.recipe.data_fraction < 1.0:
-        keep = max(1, round(member.recipe.data_fraction * len(rows)))
-        rows = rows[torch.randperm(len(rows), generator=generator(member.seed))[:keep].sort().values]
-    return defender.subset(rows, name=f"{defender.name}[panel {member.recipe.name}]")
+        rows = rows[~torch.isin(data.indices, excluded.long())]
+    if recipe.data_fraction < 1.0:
+        keep = max(1, round(recipe.data_fraction * len(rows)))
+        rows = rows[torch.randperm(len(rows), generator=generator(seed))[:keep].sort().values]
+    return data.subset(rows, name=f"{data.name}[{recipe.name}]")
+
+
+def recipe_training(recipe: PanelRecipe, epochs: int, batch_size: int, seed: int) -> TrainConfig:
+    """The trainer's settings of ``recipe`` at ``epochs`` (scaled by the recipe)."""
+    return TrainConfig(epochs=max(1, math.ceil(recipe.epochs_scale * epochs)), batch_size=batch_size,
+                       optimizer=recipe.optimizer, lr=recipe.lr, augmentation=recipe.augmentation, seed=seed)
+
+
+def member_data(member: PanelMember, defender: ImageDataset, excluded: torch.Tensor | None) -> ImageDataset:
+    """The defender rows ``member`` trains on (:func:`recipe_data`)."""
+    return recipe_data(member.recipe, defender, member.seed, excluded)
 
 
 def member_recipe(member: PanelMember, config: PanelConfig, data: ImageDataset, excluded: torch.Tensor | None) -> dict:
@@ -144,7 +162,7 @@ def member_recipe(member: PanelMember, config: PanelConfig, data: ImageDataset, 
 
 
 def member_epochs(member: PanelMember, config: PanelConfig) -> int:
-    return max(1, math.ceil(member.recipe.epochs_scale * config.epochs))
+    return recipe_training(member.recipe, config.epochs, config.batch_size, member.seed).epochs
 
 
 def train_member(member: PanelMember, config: PanelConfig, defender: ImageDataset, test: ImageDataset,
@@ -152,9 +170,7 @@ def train_member(member: PanelMember, config: PanelConfig, defender: ImageDatase
     """Train one panel model through the one trainer."""
     data = member_data(member, defender, excluded)
     model = fresh_model(member.arch, data, member.seed)
-    training = TrainConfig(epochs=member_epochs(member, config), batch_size=config.batch_size,
-                           optimizer=member.recipe.optimizer, lr=member.recipe.lr,
-                           augmentation=member.recipe.augmentation, seed=member.seed)
+    training = recipe_training(member.recipe, config.epochs, config.batch_size, member.seed)
     record = train(model, data, training, description=f"null panel: {member.name}")
     return model.eval(), {"training": record.to_dict(), "test_accuracy": round(evaluate(model, test), 4)}
 
@@ -194,4 +210,5 @@ def train_panel(config: PanelConfig, victim_arch: str, defender: ImageDataset, t
 
 
 __all__ = ["DEFAULT_ARCHITECTURES", "PanelConfig", "PanelMember", "PanelRecipe", "RECIPES", "TrainedMember",
-           "directory_store", "member_recipe", "panel_members", "train_member", "train_panel"]
+           "directory_store", "member_recipe", "panel_members", "recipe_data", "recipe_training", "train_member",
+           "train_panel"]

@@ -127,6 +127,26 @@ def lenet5(in_channels: int, num_classes: int, input_size: tuple[int, int]) -> n
 
 
 @register_architecture(
+    "mlp",
+    description="A multilayer perceptron (flatten -> 256 -> 128), no convolution: another model family, cheap.",
+)
+def mlp(in_channels: int, num_classes: int, input_size: tuple[int, int]) -> nn.Module:
+    """A plain two-hidden-layer perceptron with ReLU. Inputs are pooled to at most 28x28 so the first layer
+    stays small for larger images. Far from the CNNs in how it represents an image, which is what an honest
+    model of another family is for in a null panel (methods.panel)."""
+    height, width = min(input_size[0], 28), min(input_size[1], 28)
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d((height, width)),
+        nn.Flatten(),
+        nn.Linear(in_channels * height * width, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, 128),
+        nn.ReLU(inplace=True),
+        nn.Linear(128, num_classes),
+    )
+
+
+@register_architecture(
     "vgg_small",
     description="VGG-style: 3 blocks of 2 conv3x3-BN-ReLU (32, 64, 128) + maxpool, FC 256.",
 )
