@@ -442,4 +442,6 @@ def test_preset_reuses_move_fmnists_models():
     assert {p["key"] for p in sequential[0].values()} <= {p["key"] for p in fmnist[0].values()}
     chains = {recipe_key(chain[-1]) for chain in fmnist[1].values()}
     assert {recipe_key(chain[-1]) for chain in sequential[1].values()} <= chains
-    assert len(sequential[2]) == 2 * 3 * (6 + 10)
+    config = load_bench_config("move-sequential")
+    assert len(sequential[2]) == 2 * len(config.seeds) * (len(config.attacks) + len(config.independent_models()))
+    assert {c["suspect_key"] for c in sequential[2]} <= {c["suspect_key"] for c in fmnist[2]}
