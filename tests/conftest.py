@@ -33,6 +33,15 @@ def make_bars(n: int, seed: int, size: int = 28, classes: int = 4, name: str = "
     )
 
 
+def save_npz_task(root, defender: ImageDataset, test: ImageDataset) -> None:
+    """The CLI's protect reads a dataset path: ``defender`` and ``test`` saved as bars_train.npz and
+    bars_test.npz in ``root``."""
+    import numpy as np
+
+    for part, name in ((defender, "bars_train.npz"), (test, "bars_test.npz")):
+        np.savez(root / name, x=part.images.numpy(), y=part.labels.numpy())
+
+
 @pytest.fixture(scope="session")
 def bars_task():
     """(defender, attacker, test): disjoint draws of the bars task."""

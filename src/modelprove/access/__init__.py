@@ -26,7 +26,7 @@ from modelprove.access.levels import (
     require_access,
     restrict,
 )
-from modelprove.access.open import onnx_access, open_suspect, suspect_hashes
+from modelprove.access.open import onnx_access, open_suspect, suspect_file_hashes, suspect_files
 from modelprove.access.remote import RemoteError, is_remote, remote_access
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     "remote_access",
     "require_access",
     "restrict",
-    "suspect_hashes",
+    "suspect_file_hashes",
+    "suspect_files",
 ]

@@ -6,6 +6,7 @@ needs at least black-box access accepts a white-box suspect too (and counts its 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -46,11 +47,14 @@ class LabelOnlyAccess:
     """A suspect that answers top-1 labels only.
 
     ``predict`` maps an image batch to labels (``outputs='labels'``), or to probabilities/logits
-    of which only the argmax ever leaves this object.
+    of which only the argmax ever leaves this object (``outputs=None``: logits the caller did not
+    declare, see :class:`BlackBoxAccess`).
     """
 
     level = LABEL_ONLY
     probability_tolerance = PROBABILITY_TOLERANCE  # |row sum - 1| accepted (a rounding API allows more)
+    # sha256 of every file the suspect was loaded from, for the verdict (set by access.open_suspect).
+    file_hashes: dict[str, str] = {}
 
     def __init__(
         self,
@@ -58,14 +62,14 @@ class LabelOnlyAccess:
         *,
         num_classes: int,
         input_shape: Sequence[int] | None = None,
-        outputs: Outputs = "labels",
+        outputs: Outputs | None = "labels",
         name: str = "suspect",
         source: str | None = None,
         budget: int | None = None,
         batch_size: int = 512,
         arch: str | None = None,
     ):
-        if outputs not in ("probabilities", "logits", "labels"):
+        if outputs not in ("probabilities", "logits", "labels", None):
             raise SuspectError(f"outputs must be 'probabilities', 'logits' or 'labels'; got {outputs!r}.")
         if budget is not None and budget < 0:
             raise SuspectError(f"the query budget must be >= 0 images; got {budget}.")
@@ -73,6 +77,7 @@ class LabelOnlyAccess:
             raise SuspectError(f"a classifier needs at least 2 classes; {name} was given num_classes={num_classes}.")
         self._predict = predict
         self._outputs = outputs
+        self._undeclared_checked = False
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
         self.name = name
@@ -174,7 +179,18 @@ class LabelOnlyAccess:
                 path=self.source,
                 fix="check the suspect's preprocessing; a model with NaN outputs cannot be verified.",
             )
-        if self._outputs == "logits":
+        if self._outputs is None and not self._undeclared_checked:
+            self._undeclared_checked = True  # on the first batch the suspect answers
+            if count and _are_distributions(scores):
+                raise SuspectError(
+                    f"{self.name}'s outputs already are probability vectors (every row in [0, 1], summing to 1), "
+                    "but were not declared: taken as logits they would be softmaxed a second time.",
+                    path=self.source,
+                    fix="say what the suspect returns: outputs='probabilities', or outputs='logits' if they "
+                        "truly are logits.",
+                    cli_fix="pass --outputs probabilities (or --outputs logits if they truly are logits).",
+                )
+        if self._outputs in ("logits", None):
             return scores.softmax(dim=1)
         sums = scores.sum(dim=1)
         worst = int((sums - 1).abs().argmax())
@@ -184,7 +200,8 @@ class LabelOnlyAccess:
                 f"{self.name} returned rows that are not probability vectors (e.g. row {worst} sums to "
                 f"{float(sums[worst]):.4g}, min value {float(scores.min()):.4g}).",
                 path=self.source,
-                fix="if the suspect returns logits, say so (outputs='logits', CLI --outputs logits).",
+                fix="if the suspect returns logits, say so (outputs='logits').",
+                cli_fix="if the suspect returns logits, pass --outputs logits.",
             )
         return scores
 
@@ -211,13 +228,16 @@ class LabelOnlyAccess:
 class BlackBoxAccess(LabelOnlyAccess):
     """A suspect that answers probability vectors (MOVE Sec. 5.3's black-box setting).
 
-    ``outputs='logits'`` softmaxes what ``predict`` returns; otherwise rows must already sum to 1.
+    ``outputs='logits'`` softmaxes what ``predict`` returns; ``'probabilities'``: rows must already sum
+    to 1; ``None`` (not declared): logits, but the first batch is refused if it already is probability
+    vectors, so a probability-returning model is never softmaxed twice without a word.
     """
 
     level = BLACK_BOX
 
-    def __init__(self, predict: Predictor, *, outputs: Literal["probabilities", "logits"] = "probabilities", **kwargs):
-        if outputs not in ("probabilities", "logits"):
+    def __init__(self, predict: Predictor, *, outputs: Literal["probabilities", "logits"] | None = "probabilities",
+                 **kwargs):
+        if outputs not in ("probabilities", "logits", None):
             raise SuspectError(f"a black-box suspect returns 'probabilities' or 'logits'; got outputs={outputs!r}.")
         super().__init__(predict, outputs=outputs, **kwargs)
 
@@ -252,6 +272,7 @@ class WhiteBoxAccess(BlackBoxAccess):
         super().__init__(lambda batch: predict_proba(model, batch), num_classes=model.num_classes,
                          input_shape=(model.in_channels, *model.input_size), name=name, source=source, budget=budget,
                          arch=model.arch)
+        _check_finite_outputs(model, self.name, self.source)
 
     def logits(self, images: Tensor) -> Tensor:
         """The model's logits (N, K) with the autograd graph kept, so gradients reach ``images``
@@ -272,6 +293,51 @@ def local_access(model: Classifier, level: str, *, name: str = "suspect", source
                  budget: int | None = None) -> LabelOnlyAccess:
     """A local model seen at ``level``: how the benchmark and the null panel reach models they hold."""
     return restrict(WhiteBoxAccess(model, name=name, source=source, budget=budget), level)
+
+
+def _check_finite_outputs(model: Classifier, name: str, source: str) -> None:
+    """Make every forward pass of ``model`` refuse NaN or infinite outputs, whoever calls it: white-box
+    methods read ``access.model`` directly, and a NaN-producing suspect (e.g. a card with a huge mean)
+    must not turn into a confident verdict. Inside torch.func transforms (per-sample gradients) outputs
+    are not concrete values; training.gradients checks what it computes there. One hook per model; a
+    deep copy of the model (an attack's starting point) carries the hook but is not checked by it."""
+    if model in _CHECKED_MODELS:
+        return
+    _CHECKED_MODELS.add(model)
+    owner = weakref.ref(model)
+
+    def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if module is not owner() or not isinstance(output, Tensor) or _not_concrete(output):
+            return
+        bad = ~torch.isfinite(output.detach())
+        if bad.any():
+            rows = bad.flatten(1).any(dim=1) if bad.dim() > 1 else bad
+            raise SuspectError(
+                f"{name} returned NaN or infinite outputs for {int(rows.sum())} of {len(rows)} images.",
+                path=source,
+                fix="check the model's weights and its card's normalisation (mean, std); a model with NaN or "
+                    "infinite outputs cannot be verified.",
+            )
+
+    model.register_forward_hook(hook)
+
+
+_CHECKED_MODELS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _not_concrete(tensor: Tensor) -> bool:
+    """Whether ``tensor`` has no concrete values to check: inside torch.func transforms, or while
+    torch.export / torch.compile trace the model (an ONNX export of a suspect)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(wrapped(tensor)) if wrapped is not None else False
+
+
+def _are_distributions(scores: Tensor) -> bool:
+    """Every row in [0, 1] and summing to 1 within PROBABILITY_TOLERANCE."""
+    in_range = bool(((scores >= -PROBABILITY_TOLERANCE) & (scores <= 1 + PROBABILITY_TOLERANCE)).all())
+    return in_range and bool(((scores.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all())
 
 
 def restrict(access: LabelOnlyAccess, level: str) -> LabelOnlyAccess:

@@ -8,13 +8,39 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from modelprove.core.config import config_from_pairs, describe_fields
+from modelprove.cli.paths import check_output_file, check_parent, is_verdict_file
+from modelprove.core.config import config_from_pairs, describe_fields, pair_keys
 from modelprove.core.errors import ModelproveError
 from modelprove.core.verdict import Verdict, format_p, verdict_table
 
+
+class _Commands(TyperGroup):
+    """typer's rich help shows a value type after flags that take none (``--help <bool>``, ``--force
+    <bool>``); an empty metavar hides it, on every command, whoever adds it."""
+
+    def get_command(self, ctx, cmd_name):  # type: ignore[no-untyped-def]
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _untyped_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        _untyped_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _untyped_flags(command, ctx) -> None:  # type: ignore[no-untyped-def]
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Prove that a suspect image classifier was stolen from yours.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,7 +50,8 @@ out = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _fail(error: Exception) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    text = error.for_cli() if isinstance(error, ModelproveError) else str(error)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -55,7 +82,7 @@ def protect(
     from modelprove.data import load_splits
     from modelprove.methods import get_method
     from modelprove.methods.panel import PanelConfig
-    from modelprove.methods.protection import ensure_writable
+    from modelprove.methods.protection import Protection, ensure_writable
 
     try:
         spec = get_method(method)
@@ -64,15 +91,20 @@ def protect(
             if name not in spec.inputs:
                 raise ModelproveError(f"method {method!r} takes no --{name}.",
                                       fix=f"drop --{name}, or see `modelprove methods` for what {method} takes.")
-        config = config_from_pairs(spec.config, set_, seed=seed)  # --seed wins over --set seed=, None keeps it
+        _check_set_keys(spec, set_, "protect")
+        if seed is not None and "seed" in pair_keys(set_):
+            _agree("seed", "--seed", seed, config_from_pairs(spec.config, set_).seed)
+        config = config_from_pairs(spec.config, set_, seed=seed)  # None keeps --set seed= or the default
         panel = PanelConfig(size=panel_size, architectures=panel_archs or "", epochs=panel_epochs,
                             store=str(panel_store) if panel_store else None)
-        ensure_writable(out_dir, force)
+        ensure_writable(out_dir, force)  # before any training: not over a protection, nor inside one
+        check_parent(out_dir, "--out")
         splits = load_splits(
             data, data=data_dir, attacker_fraction=attacker_fraction, seed=config.seed,
             defender_limit=defender_limit, test_limit=test_limit,
         )
         result = spec.protect(splits.defender, splits.test, out_dir, config, force=force, panel=panel, **inputs)
+        protection_id = Protection.open(out_dir).protection_id
     except ModelproveError as error:
         _fail(error)
     table = Table(title=f"protection written to {out_dir}")
@@ -85,10 +117,10 @@ def protect(
         table.add_row(f"seconds: {key}", f"{value:.1f}")
     out.print(table)
     out.print(self_test_table(result.results["calibration"]))
-    from modelprove.methods.protection import Protection
-
-    out.print(f"protection id {Protection.open(out_dir).protection_id} (register it: every verdict states the id "
-              "it checked)", highlight=False)
+    out.print(f"protection id: {protection_id}", highlight=False, soft_wrap=True)
+    out.print("Register this id now (e.g. with a timestamping service or a notary), before anyone sees a "
+              "suspect: every verdict states the id it checked, and `modelprove verify --protection-id ID` "
+              "refuses any protection changed since.", highlight=False)
 
 
 def self_test_table(calibration: dict) -> Table:
@@ -115,7 +147,9 @@ def verify(
     access: Annotated[Optional[str], typer.Option(
         help="Verify at this access level: white-box, black-box or label-only (default: the most the suspect "
              "file offers that the method uses).")] = None,
-    outputs: Annotated[str, typer.Option(help="What an ONNX suspect returns: logits or probabilities.")] = "logits",
+    outputs: Annotated[Optional[str], typer.Option(
+        help="What an ONNX suspect returns: logits or probabilities (default: logits, refused if its outputs "
+             "already are probabilities).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="Most images the suspect may be queried with.")] = None,
     m: Annotated[Optional[int], typer.Option(help="Images per test (default: the protection's, per setting).")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Significance level (default: the protection's).")] = None,
@@ -129,44 +163,66 @@ def verify(
     competence: Annotated[Optional[float], typer.Option(
         help="Share of the way from chance to the victim's clean accuracy a suspect must reach to be judged "
              "(default 0.5; 0 turns the check off).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --json verdict (only a verdict).")] = False,
+    protection_id: Annotated[Optional[str], typer.Option(
+        help="The id printed by `modelprove protect` and registered then: refuse a protection whose id differs.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for each answer of a remote suspect.")] = None,
 ) -> None:
     """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
     verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
-                         seed=seed, options=set_, json_out=json_out, rule=rule, competence=competence, timeout=timeout)
+                         seed=seed, options=set_, json_out=json_out, rule=rule, competence=competence, force=force,
+                         protection_id=protection_id, timeout=timeout)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
     out.print(f"{verdict.decision}: {verdict.reason}", highlight=False)
-    out.print(f"checked protection id {verdict.protection_id}", highlight=False)
+    out.print(f"checked protection id {verdict.protection_id} "
+              + ("(matches --protection-id)" if protection_id else
+                 "(not compared with a registered id: pass --protection-id)"), highlight=False, soft_wrap=True)
 
 
 def run_verify(
-    protection: Path, suspect: Path | str, *, access: str | None = None, outputs: str = "logits",
+    protection: Path, suspect: Path | str, *, access: str | None = None, outputs: str | None = None,
     budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
     options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
-    rule: str = "panel", competence: float | None = None, timeout: float | None = None,
+    rule: str = "panel", competence: float | None = None, force: bool = False,
+    protection_id: str | None = None, timeout: float | None = None,
 ) -> Verdict:
-    from modelprove.access import is_remote, open_suspect, suspect_hashes
+    """verify's work: ``json_out`` is checked before anything runs (never an input, never inside a
+    protection, an existing file only with ``force`` and only a verdict), then the protection is
+    opened (and compared with the registered ``protection_id``), then the suspect is verified."""
+    from modelprove.access import WHITE_BOX, is_remote, open_suspect, suspect_files
     from modelprove.methods import get_method
-    from modelprove.methods.protection import Protection
+    from modelprove.methods.protection import MANIFEST, Protection, check_protection_id
 
     try:
-        checked = Protection.open(protection)  # hashes every file once
+        if protection_id is not None:
+            protection_id = check_protection_id(protection_id)
+        if json_out is not None:
+            check_output_file(json_out, flag="--json", force=force, suffixes=(".json",), what="verdict",
+                              inputs=[*([] if is_remote(str(suspect)) else suspect_files(suspect)),
+                                      Path(protection) / MANIFEST],
+                              replaceable=is_verdict_file)
+        checked = Protection.open(protection, protection_id=protection_id)  # hashes every file once
         spec = get_method(checked.method)
+        overrides = _verify_options(spec, options)
         opened = spec.open(checked)
         remote = {"timeout": timeout, "transcript": Path(json_out).with_suffix(".transcript.jsonl") if json_out
                   else None} if is_remote(str(suspect)) else {}  # a remote suspect's queries are kept beside --json
         suspect_access = open_suspect(suspect, level=access, outputs=outputs, budget=budget,  # type: ignore[arg-type]
                                       name=name or (None if remote else Path(suspect).stem), **remote)
-        overrides = _verify_options(spec, options)
+        if budget is not None and suspect_access.level == WHITE_BOX and WHITE_BOX in spec.access:
+            raise ModelproveError("--budget does not apply: white-box verification sends no queries.",
+                                  fix="drop --budget, or verify with --access black-box.")
         if m is not None:
-            key = "m_black_box" if suspect_access.level != "white-box" and "m_black_box" in spec.verify_options else "m"
+            key = "m_black_box" if suspect_access.level != WHITE_BOX and "m_black_box" in spec.verify_options else "m"
             if key not in spec.verify_options:
                 raise ModelproveError(f"method {spec.name!r} has no --m: its verification uses every key sample.",
                                       fix="drop --m.")
-            overrides[key] = m
+            overrides[key] = _agree(key, "--m", m, overrides.get(key))
+        alpha_field = getattr(spec, "alpha_field", "alpha")  # --alpha names every method's significance level
+        alpha = _agree(alpha_field, "--alpha", alpha, overrides.pop(alpha_field, None))
         verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, rule=rule, competence=competence,
                               **overrides)
-        verdict.hashes.update(suspect_hashes(suspect_access, suspect))
+        verdict.hashes.update(suspect_access.file_hashes)
         if hasattr(suspect_access, "transcript"):
             verdict.details["transcript"] = suspect_access.transcript.summary()
         if json_out is not None:
@@ -176,22 +232,44 @@ def run_verify(
     return verdict
 
 
-def _verify_options(spec, pairs: list[str] | None) -> dict:
-    """``--set key=value`` for verification: typed by the method's config, limited to what verify takes."""
-    import dataclasses
+def _agree(key: str, flag: str, flag_value, set_value):  # type: ignore[no-untyped-def]
+    """One value of an option given as ``flag`` and/or as ``--set key=``: the same twice is fine."""
+    if flag_value is not None and set_value is not None and flag_value != set_value:
+        raise ModelproveError(f"{key} is given twice with different values: {flag} {flag_value} and "
+                              f"--set {key}={set_value}.", fix=f"give it once, as {flag} or as --set {key}=.")
+    return flag_value if flag_value is not None else set_value
 
+
+def _verify_options(spec, pairs: list[str] | None) -> dict:
+    """``--set key=value`` for verification: limited to what verify takes, typed by the method's config."""
     if not pairs:
         return {}
+    _check_set_keys(spec, pairs, "verify")
     config = config_from_pairs(spec.config, pairs)
-    keys = {pair.partition("=")[0].strip().replace("-", "_") for pair in pairs}
-    refused = sorted(keys - set(spec.verify_options))
-    if refused:
-        raise ModelproveError(
-            f"{', '.join(refused)} cannot change at verification for method {spec.name!r}; it takes "
-            f"{', '.join(spec.verify_options) or 'no options'}.",
-            fix="other parameters define the protection; protect again to change them.",
-        )
-    return {key: getattr(config, key) for key in keys if key in {f.name for f in dataclasses.fields(config)}}
+    return {key: getattr(config, key) for key in pair_keys(pairs)}
+
+
+def _check_set_keys(spec, pairs: list[str] | None, verb: str) -> None:
+    """Refuse a ``--set`` key that ``verb`` does not take, listing only what it takes: verify the
+    method's verify_options, protect every field of its config (verify_options are the defaults)."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(spec.config)]
+    if verb == "verify":
+        accepted = ", ".join(spec.verify_options) or "no options"
+    else:
+        accepted = ", ".join(f for f in fields if f not in spec.verify_options)
+        if spec.verify_options:
+            accepted += f"; and the defaults of the verification options {', '.join(spec.verify_options)}"
+    for key in pair_keys(pairs):
+        if key in (spec.verify_options if verb == "verify" else fields):
+            continue
+        if key in fields:
+            raise ModelproveError(f"{key} cannot change at verification for method {spec.name!r}; verify --set "
+                                  f"takes {accepted}.", fix="other parameters define the protection; protect "
+                                                            "again to change them.")
+        raise ModelproveError(f"method {spec.name!r} has no field {key!r}; {verb} --set takes {accepted}.",
+                              fix="see `modelprove methods` for every method's parameters.")
 
 
 @app.command()
@@ -201,9 +279,11 @@ def export(
     force: Annotated[bool, typer.Option(help="Overwrite an existing ONNX file.")] = False,
 ) -> None:
     """Export a model to ONNX, e.g. to serve it or to verify it as a black-box suspect."""
-    from modelprove.models import export_onnx, load_model
+    from modelprove.models import export_onnx, load_model, model_paths
 
     try:
+        check_output_file(onnx, flag="--onnx", force=force, suffixes=(".onnx",), inputs=model_paths(model),
+                          what="ONNX file")
         loaded, _ = load_model(model)
         path = export_onnx(loaded, onnx, overwrite=force)
     except ModelproveError as error:
@@ -238,7 +318,7 @@ def steal(
         return
     from modelprove.attacks import run_attack
     from modelprove.data import load_splits
-    from modelprove.models import card_for, load_model, model_paths, save_model
+    from modelprove.models import card_for, load_model, model_output_paths, model_paths, save_model
 
     try:
         missing = [flag for flag, value in (("--victim", victim), ("--attack", attack), ("--out", out_path))
@@ -247,10 +327,8 @@ def steal(
             raise ModelproveError(f"steal needs {', '.join(missing)}.",
                                   fix="e.g. modelprove steal --victim victim.safetensors --attack distill --out suspect; "
                                       "`modelprove steal --list` shows the attacks.")
-        existing = [p for p in model_paths(out_path) if p.exists()]
-        if existing and not force:  # before the attack runs, not after minutes of training
-            raise ModelproveError("a model file already exists here; refusing to overwrite it.", path=existing[0],
-                                  fix="pass --force, or choose another --out.")
+        for path in model_output_paths(out_path):  # before the attack runs, not after minutes of training
+            check_output_file(path, flag="--out", force=force, inputs=model_paths(victim), what="model file")
         model, card = load_model(victim)
         splits = load_splits(data, data=data_dir, attacker_fraction=attacker_fraction, seed=seed,
                              attacker_limit=attacker_limit, test_limit=test_limit)
@@ -352,8 +430,15 @@ def list_methods() -> None:
 
     for spec in METHODS.values():
         out.print(f"[bold]{spec.name}[/] ({', '.join(spec.access)}): {spec.description}")
-        for name, kind, default in describe_fields(spec.config):
-            out.print(f"    --set {name}=<{kind}>  (default {default})", highlight=False)
+        fields = describe_fields(spec.config)
+        groups = (("protection parameters (protect --set)", [f for f in fields if f[0] not in spec.verify_options]),
+                  ("verification options (verify --set; protect --set gives their defaults)",
+                   [f for f in fields if f[0] in spec.verify_options]))
+        for title, group in groups:
+            if group:
+                out.print(f"  {title}:", highlight=False)
+            for name, kind, default in group:
+                out.print(f"    --set {name}=<{kind}>  (default {default})", highlight=False)
 
 
 @app.command("models")

@@ -40,6 +40,11 @@ def _convert(cls: type, name: str, annotation: Any, text: str) -> Any:
     return text
 
 
+def pair_keys(pairs: list[str] | None) -> list[str]:
+    """The field names that ``key=value`` strings set (as :func:`config_from_pairs` reads them)."""
+    return [pair.partition("=")[0].strip().replace("-", "_") for pair in pairs or [] if "=" in pair]
+
+
 def config_from_pairs(cls: type[C], pairs: list[str] | None = None, **overrides: Any) -> C:
     """Build ``cls`` from its defaults, then ``key=value`` strings, then keyword overrides."""
     hints = typing.get_type_hints(cls)
@@ -60,10 +65,20 @@ def config_from_pairs(cls: type[C], pairs: list[str] | None = None, **overrides:
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
-    """(name, type, default) of every field, for `--help`-style listings."""
+    """(name, type, default) of every field, for `--help`-style listings; a Literal's type is its
+    allowed values, e.g. ``sign|gradient``."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
-        out.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
+        out.append((f.name, _describe_type(hints[f.name]), default))
     return out
+
+
+def _describe_type(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _describe_type(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))

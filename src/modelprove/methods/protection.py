@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ from modelprove.core.fileio import atomic_write_json, read_json, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "modelprove-protection/1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class Protection:
@@ -68,9 +70,11 @@ class Protection:
         return self.directory / name
 
     @classmethod
-    def open(cls, directory: str | Path) -> "Protection":
-        """Open and check a protection: the manifest's format, and every file's presence and sha256."""
+    def open(cls, directory: str | Path, protection_id: str | None = None) -> "Protection":
+        """Open and check a protection: the manifest's format, its id (when the owner's registered
+        ``protection_id`` is given), and every file's presence and sha256."""
         directory = Path(directory)
+        expected_id = check_protection_id(protection_id) if protection_id is not None else None
         if not directory.is_dir():
             raise ProtectionError(
                 "protection directory not found.", path=directory, fix="pass the --out directory of `modelprove protect`."
@@ -94,6 +98,13 @@ class Protection:
         if manifest["format"] != FORMAT:
             raise ProtectionError(
                 f"field 'format' is {manifest['format']!r}; this modelprove reads {FORMAT!r}.", path=manifest_path
+            )
+        if expected_id is not None and (found := canonical_digest(manifest)) != expected_id:
+            raise ProtectionError(
+                f"the protection id is {found}, not the registered {expected_id}: the manifest was changed "
+                "(a parameter or a file's hash) after the protection was made, or this is another protection.",
+                path=manifest_path,
+                fix="restore the protection you registered from your backup; a changed protection proves nothing.",
             )
         for name, expected in manifest["files"].items():
             file = directory / name
@@ -139,16 +150,51 @@ def reseal(directory: str | Path, **fields: Any) -> dict[str, Any]:
     manifest.update(fields)
     atomic_write_json(directory / MANIFEST, manifest)
     return manifest
+def check_protection_id(value: str) -> str:
+    """A registered protection id: 64 hex digits (any case), returned in lower case."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value.strip().lower()):
+        raise ProtectionError(
+            f"a protection id is 64 hexadecimal digits (the sha256 printed by protect); got {value!r}.",
+            fix="copy the id printed by `modelprove protect` (\"protection id: ...\").",
+        )
+    return value.strip().lower()
+
+
+def protection_containing(path: str | Path) -> Path | None:
+    """The protection directory that ``path`` is (or lies inside), or None: the directory itself or
+    its nearest ancestor holding a modelprove protection manifest."""
+    path = Path(path).absolute()
+    for directory in (path, *path.parents):
+        manifest = directory / MANIFEST
+        if manifest.is_file():
+            try:
+                if read_json(manifest).get("format") == FORMAT:
+                    return directory
+            except (ModelproveError, AttributeError):  # not JSON, or not an object: someone else's manifest
+                pass
+    return None
 
 
 def ensure_writable(directory: str | Path, force: bool = False) -> None:
-    """Fail early, before hours of training, if ``directory`` would overwrite a protection."""
+    """Fail early, before hours of training, if ``directory`` would overwrite a protection or write
+    into one, or is not a directory."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ProtectionError("exists and is not a directory; a protection is a directory.", path=directory,
+                              fix="choose another output directory.", cli_fix="choose another --out.")
+    if (inside := protection_containing(directory.parent)) is not None:
+        raise ProtectionError(
+            f"lies inside the protection {inside}; modelprove never writes into a protection directory.",
+            path=directory,
+            fix="choose a directory outside every protection.",
+            cli_fix="choose an --out outside every protection.",
+        )
     if directory.exists() and not force:
         raise ProtectionError(
             "already exists; refusing to overwrite a protection.",
             path=directory,
-            fix="choose another --out, or pass --force (the old one is kept as NAME.replaced-<time>).",
+            fix="choose another directory, or pass force=True (the old one is kept as NAME.replaced-<time>).",
+            cli_fix="choose another --out, or pass --force (the old one is kept as NAME.replaced-<time>).",
         )
 
 

@@ -16,7 +16,7 @@ from modelprove.models.classifier import (
     predict_logits,
     predict_proba,
 )
-from modelprove.models.modelfile import load_model, model_paths, save_model
+from modelprove.models.modelfile import load_model, model_output_paths, model_paths, save_model
 from modelprove.models.onnx_export import export_onnx
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "card_for",
     "export_onnx",
     "load_model",
+    "model_output_paths",
     "model_paths",
     "predict_labels",
     "predict_logits",

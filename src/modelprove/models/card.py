@@ -20,6 +20,9 @@ _REPR.maxlist = _REPR.maxdict = 8
 _REPR.maxstring = _REPR.maxother = 80
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FIX = f"correct the field in the card, or re-save the model with modelprove (format {CARD_FORMAT})."
+# Smallest normalisation std a card may give: pixels are in [0, 1], so dividing by less blows them up to
+# values a float32 network turns into inf/NaN (a card with std 1e-30 made every output NaN).
+MIN_STD = 1e-6
 
 
 @dataclass
@@ -99,8 +102,8 @@ class ModelCard:
         if mean is None:
             raise bad("mean", f"a list of {shape[0]} finite numbers (one per channel)", self.mean)
         std = _floats(self.std, shape[0])
-        if std is None or min(std) <= 0:
-            raise bad("std", f"a list of {shape[0]} finite positive numbers (one per channel)", self.std)
+        if std is None or min(std) < MIN_STD:
+            raise bad("std", f"a list of {shape[0]} finite positive numbers >= {MIN_STD:g} (one per channel)", self.std)
         for name in ("training", "lineage"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "a JSON object", getattr(self, name))

@@ -19,6 +19,7 @@ class Classifier(nn.Module):
     Normalisation lives inside the model so every caller (trainer, attacks, per-sample gradients,
     black-box queries) feeds the same [0, 1] images. ``mean`` and ``std`` are non-persistent
     buffers: the model card is their one record, and the weights file holds only learned tensors.
+    ``source`` is the file the model was loaded from (None for a model made in memory).
     """
 
     mean: Tensor
@@ -35,6 +36,7 @@ class Classifier(nn.Module):
     ):
         super().__init__()
         self.arch = arch
+        self.source: str | None = None  # the model file it was loaded from (load_model sets it), for errors
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.input_size = (int(input_size[0]), int(input_size[1]))

@@ -8,6 +8,7 @@ whose restricted unpickler refuses any global outside torch's tensor allowlist.
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import warnings
 from collections.abc import Mapping
@@ -44,22 +45,30 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return base.parent / f"{base.name}{WEIGHTS_SUFFIX}", base.parent / f"{base.name}{CARD_SUFFIX}"
 
 
-def save_model(model: Classifier, card: ModelCard, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``model``'s weights and ``card`` (with the weights' sha256); return the weights path."""
-    if Path(path).suffix in (*TORCH_SUFFIXES, *PICKLE_SUFFIXES, ONNX_SUFFIX):
+def model_output_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, card)`` that :func:`save_model` would write for ``path``; refuses the suffixes of
+    other formats (modelprove writes only safetensors + card)."""
+    if Path(path).suffix.lower() in (*TORCH_SUFFIXES, *PICKLE_SUFFIXES, ONNX_SUFFIX):
         raise ModelFileError(
             f"modelprove saves models as NAME{WEIGHTS_SUFFIX} + NAME{CARD_SUFFIX}, not {Path(path).suffix}.",
             path=path,
             fix=f"give a path ending in {WEIGHTS_SUFFIX} or without a suffix.",
+            cli_fix=f"give --out a path ending in {WEIGHTS_SUFFIX} or without a suffix.",
         )
-    weights_path, card_path = model_paths(path)
+    return model_paths(path)
+
+
+def save_model(model: Classifier, card: ModelCard, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model``'s weights and ``card`` (with the weights' sha256); return the weights path."""
+    weights_path, card_path = model_output_paths(path)
     if not overwrite:
         for existing in (weights_path, card_path):
             if existing.exists():
                 raise ModelFileError(
                     "a model file already exists here; refusing to overwrite it.",
                     path=existing,
-                    fix="pass overwrite=True / --force, or choose another path.",
+                    fix="pass overwrite=True, or choose another path.",
+                    cli_fix="pass --force, or choose another --out.",
                 )
     card = card.validated(card_path)
     _check_card_fits(model, card, card_path)
@@ -123,8 +132,10 @@ def load_model(path: str | Path) -> tuple[Classifier, ModelCard]:
             fix="restore the original weights file, or pair it with its own card.",
         )
     state = _read_torch_state(weights_path) if suffix in TORCH_SUFFIXES else _read_safetensors(weights_path)
+    _check_finite(state, weights_path)
     model = build_model(card.arch, card.in_channels, card.num_classes, card.input_size, card.mean, card.std)
     _load_state(model, state, card, weights_path)
+    model.source = str(weights_path)
     return model.eval(), card
 
 
@@ -154,11 +165,12 @@ def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not a plain state dict
         raise ModelFileError(
-            f"refused to load {path.name}: it is not a plain tensor state dict (weights_only loading "
-            f"rejected it: {_rejection_reason(exc)}). modelprove never unpickles model files.",
+            f"refused to load {path.name}: it is not a plain tensor state dict; {_rejection_reason(exc)}. "
+            "modelprove never unpickles model files.",
             path=path,
-            fix=f"convert it to safetensors on a machine you trust (safetensors.torch.save_file(state_dict, "
-            f"'{path.stem}{WEIGHTS_SUFFIX}')).",
+            fix=f"do not load this file anywhere else either; ask whoever made the model for its state dict saved "
+            f"with safetensors where it was trained (safetensors.torch.save_file(state_dict, "
+            f"'{path.stem}{WEIGHTS_SUFFIX}')) and its card {path.stem}{CARD_SUFFIX}.",
         ) from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -217,11 +229,27 @@ def _check_card_fits(model: Classifier, card: ModelCard, card_path: Path) -> Non
 
 
 def _rejection_reason(exc: Exception) -> str:
-    # torch's message goes on to suggest weights_only=False, the one thing never to do here.
+    """Our own sentence for why torch's restricted loader refused a file. torch's text is never shown: it
+    goes on to suggest loading with weights_only=False, which would run the file's code."""
     text = str(exc)
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
-    reason = match.group(1) if match else f"{type(exc).__name__}: {(text.strip().splitlines() or [''])[0]}"
-    return " ".join(reason.split())
+    if match := re.search(r"GLOBAL\s+([\w.]+)", text):
+        return (f"unpickling it would call {match.group(1)} (code chosen by whoever made the file), "
+                "so loading it was blocked")
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds pickled Python objects other than tensors, so loading it was blocked"
+    return f"torch could not read it ({type(exc).__name__})"
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A model file's tensors must be finite: an inf or NaN weight makes every output meaningless."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ModelFileError(
+                f"tensor {name!r} holds {count} NaN or infinite value(s); the model cannot be used.",
+                path=path,
+                fix="restore the original weights file; a model with non-finite weights cannot be verified.",
+            )
 
 
 def _first(items: list[str], limit: int = 5) -> str:

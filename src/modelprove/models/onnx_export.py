@@ -24,7 +24,8 @@ def export_onnx(model: Classifier, path: str | Path, overwrite: bool = False) ->
         raise ModelFileError("an ONNX export needs a path ending in .onnx.", path=path)
     if path.exists() and not overwrite:
         raise ModelFileError("a file already exists here; refusing to overwrite it.", path=path,
-                             fix="pass overwrite=True / --force, or choose another path.")
+                             fix="pass overwrite=True, or choose another path.",
+                             cli_fix="pass --force, or choose another --onnx.")
     buffer = io.BytesIO()
     dummy = torch.zeros(1, model.in_channels, *model.input_size)
     was_training = model.training

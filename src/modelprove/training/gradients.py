@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from modelprove.core.errors import ModelproveError
+from modelprove.core.errors import ModelproveError, SuspectError
 
 # How a weight tensor's per-sample gradient becomes features:
 # - "spatial_max": conv kernels (out, in, kh, kw) are max-pooled over (kh, kw), as the public MOVE
@@ -105,9 +105,27 @@ def per_sample_gradient_features(
             x = images[start : start + chunk_size].float()
             y = labels[start : start + chunk_size].long()
             grads = per_sample(weights, x, y)
+            _check_finite(grads, model, start)
             yield torch.cat([spec.reduce(grads[name]) for name in weights], dim=1)
     finally:
         model.train(was_training)
+
+
+def _check_finite(grads: dict[str, torch.Tensor], model: nn.Module, start: int) -> None:
+    """Refuse NaN or infinite per-sample gradients before they are reduced: sign() maps inf to +-1 and
+    the layer statistics map NaN to 0, so a broken model (in practice a suspect: e.g. a card whose
+    normalisation overflows, or an infinite weight) would otherwise give finite, meaningless features."""
+    bad = torch.zeros(len(next(iter(grads.values()))), dtype=torch.bool)
+    for g in grads.values():
+        bad |= ~torch.isfinite(g.flatten(start_dim=1)).all(dim=1)
+    if bad.any():
+        first = start + int(bad.nonzero()[0])
+        raise SuspectError(
+            f"the model's per-sample gradients are NaN or infinite for {int(bad.sum())} of {len(bad)} images "
+            f"(first: image {first}); its features would be meaningless.",
+            path=getattr(model, "source", None),
+            fix="check the model's weights and its card's normalisation (mean, std).",
+        )
 
 
 def gradient_features(
