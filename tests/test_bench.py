@@ -161,10 +161,24 @@ def test_result_log_drops_a_truncated_last_line(tmp_path):
     assert [json.loads(line)["cell"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
 
 
+def group_ends(group: int, seconds: float) -> bool:
+    """Whether every process of the process group ``group`` is gone within ``seconds``."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
-    """The smoke preset end to end in worker processes: killed after its first results, resumed, re-run
-    from cache, and verified again in one process from the same cache with the same numbers."""
+    """The smoke preset end to end in worker processes: its coordinator killed after the first results
+    (its workers then end by themselves), resumed, re-run from cache, and verified again in one process
+    from the same cache with the same numbers."""
     out, cache = tmp_path / "run", tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -178,34 +192,40 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
             break
         time.sleep(0.2)
     assert process.poll() is None, "the smoke run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes, as a killed job
+    os.kill(process.pid, signal.SIGKILL)  # the coordinator alone, as a killed job
     process.wait()
+    try:  # no worker may go on writing to the cache of a run that is gone
+        assert group_ends(process.pid, 30), "worker processes outlived their killed coordinator"
+    finally:
+        if not group_ends(process.pid, 0):
+            os.killpg(process.pid, signal.SIGKILL)
     before = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines() if line}
-    assert 2 <= len(before) < 8
+    assert len(before) >= 2
     with open(results, "a") as handle:
         handle.write('{"cell": "half a li')  # as if the kill had landed mid-write
     cached_models = {p.parent.name for p in cache.rglob("entry.json")}
 
     config = load_bench_config("smoke")
     resumed = run_bench(config, out, cache_dir=cache, threads=1, workers=2, progress=False)
-    assert len(resumed.records) == 8 and resumed.cells_run == 8 - len(before)
+    total = len(resumed.records)
+    assert resumed.missing == 0 and len(before) < total and resumed.cells_run == total - len(before)
     after = {json.loads(line)["cell"]: json.loads(line) for line in results.read_text().splitlines()}
-    assert len(after) == 8 and all(after[cell] == record for cell, record in before.items())
+    assert len(after) == total and all(after[cell] == record for cell, record in before.items())
     rebuilt = {p.parent.name for p in cache.rglob("entry.json")}
     assert cached_models <= rebuilt and resumed.cache_misses == len(rebuilt - cached_models)
     assert not list(cache.rglob("*.partial/entry.json"))
     report = (out / "report.md").read_text()
     assert "## Verification, black-box" in report and "## False accusations" in report
     assert (out / "report-pvalues.png").stat().st_size > 0
-    assert [r["cells_run"] for r in resumed.history] == [8 - len(before)]  # the killed run never finished
+    assert [r["cells_run"] for r in resumed.history] == [total - len(before)]  # the killed run never finished
     assert "| 2 x 1 |" in report
 
     again = run_bench(config, out, cache_dir=cache, threads=1, progress=False)
     assert again.cells_run == 0 and again.cache_misses == 0 and again.records == resumed.records
-    assert [r["cells_run"] for r in again.history] == [8 - len(before), 0]
+    assert [r["cells_run"] for r in again.history] == [total - len(before), 0]
 
     alone = run_bench(config, tmp_path / "alone", cache_dir=cache, threads=1, workers=1, progress=False)
-    assert alone.cells_run == 8 and alone.cache_misses == 0
+    assert alone.cells_run == total and alone.cache_misses == 0
 
     def numbers(records):
         return [{k: v for k, v in r.items() if k != "verify_seconds"} for r in records]
@@ -213,39 +233,81 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
     assert numbers(alone.records) == numbers(resumed.records)
 
 
-def test_workers_cut_the_grid_into_jobs_that_build_nothing_twice():
-    """Shared models (benign, independents) get one job each; every protection's cells one job, seed-major."""
+def planned_jobs(grid_dict: dict, cached: set[str] = frozenset()):
+    """The grid's jobs, with the recipes of ``cached`` kinds ("models", "protections") already in the cache."""
     from modelprove.bench.runner import _Grid  # noqa: PLC2701 - the job plan is the runner's own
 
     grid = _Grid.__new__(_Grid)
-    grid.config = parse_bench_config(GRID)
-    grid.data = {"dataset": "x", "defender": "d0", "attacker": "a0", "test": "t0"}
+    grid.config = parse_bench_config(grid_dict)
+    grid.data = DATA
     grid.protections, grid.suspect_recipes, grid.plan = plan_grid(grid.config, grid.data)
-    from types import SimpleNamespace
 
-    from conftest import make_bars
-
-    grid.splits = SimpleNamespace(defender=make_bars(40, 0))  # the panel's members are keyed by their data
-
-    class EmptyCache:
+    class Cache:
         def entry_seconds(self, kind, recipe):
-            return None
+            return 1.0 if kind in cached else None
 
-    grid.cache = EmptyCache()
-    jobs = grid.jobs(grid.plan)
-    kinds = [kind for kind, _ in jobs]
-    panel = grid.config.panel.size * len(grid.config.panel.architectures.split(","))
-    assert kinds == ["benign", "benign", *["panel"] * panel, "independent", "cells", "cells"]
-    assert len({key for kind, key in jobs if kind == "panel"}) == panel  # every panel model once
-    cells = [key for kind, keys in jobs if kind == "cells" for key in keys]
+    grid.cache = Cache()
+    grid.panel_members = lambda: [({"kind": "panel", "member": i}, None) for i in range(2)]  # no data to draw them
+    return grid, grid.jobs(grid.plan)
+
+
+def test_jobs_name_what_they_need_and_build_nothing_twice():
+    """Shared models, protections and each suspect stage one job each; each suspect's cells one job, after
+    the jobs that make what it verifies; every job after its deps; seed by seed."""
+    from modelprove.bench.executors import check_order
+
+    chained = variant(attacks=[*GRID["attacks"], {"label": "Copy > FT", "attack": "copy>finetune:epochs=1"}])
+    grid, jobs = planned_jobs(chained)
+    check_order(jobs)  # every dep is an earlier job: the list is a valid order
+    by_key = {job.key: job for job in jobs}
+    kinds = [job.kind for job in jobs]
+    assert kinds[:5] == ["benign", "benign", "panel", "panel", "independent"]
+    # per seed: the protection, then each suspect and its cells (copy, finetune, copy>finetune, whose first
+    # stage is the copy's job), then the independent's cells
+    assert kinds[5:] == 2 * ["protection", "suspect", "cells", "suspect", "cells", "suspect", "cells", "cells"]
+    cells = [key for job in jobs if job.kind == "cells" for key in job.payload]
     assert sorted(cells) == sorted(c["key"] for c in grid.plan)  # every cell once
-    by_key = {c["key"]: c for c in grid.plan}
-    for kind, keys in jobs:
-        if kind == "cells":
-            group = [by_key[k] for k in keys]
-            assert len({c["protection"]["key"] for c in group}) == 1
-            assert [c["kind"] for c in group] == sorted((c["kind"] for c in group), key=lambda k: k != "attack")
-    assert [by_key[keys[0]]["seed"] for kind, keys in jobs if kind == "cells"] == [0, 1]
+    cell_of = {c["key"]: c for c in grid.plan}
+    for job in jobs:
+        needs = {by_key[dep].kind: by_key[dep] for dep in job.deps}
+        if job.kind == "cells":
+            group = [cell_of[k] for k in job.payload]
+            assert len({(c["protection"]["key"], c["suspect_key"]) for c in group}) == 1
+            maker = needs["suspect" if group[0]["kind"] == "attack" else "independent"]
+            assert maker.key.endswith(group[0]["suspect_key"])
+            assert needs["protection"].key == f"protection:{group[0]['protection']['key']}"
+            assert needs["benign"].payload == group[0]["seed"]
+        elif job.kind == "suspect":
+            seed, label, attack, stages = job.payload
+            assert needs["protection"].payload == (seed, label)
+            assert len(job.deps) == (1 if stages == 1 else 2)  # stage n needs stage n-1
+            if stages == 2:
+                assert [by_key[d].payload[3] for d in job.deps if by_key[d].kind == "suspect"] == [1]
+        elif job.kind == "protection":  # after every model of the null panel it is calibrated on
+            assert sorted(needs) == ["panel"] and len(job.deps) == 2
+        else:
+            assert job.deps == ()
+    assert [cell_of[job.payload[0]]["seed"] for job in jobs if job.kind == "cells"] == 4 * [0] + 4 * [1]
+
+
+def test_jobs_skip_what_the_cache_holds_and_carry_the_grids_resources():
+    _, jobs = planned_jobs(variant(resources={"train": {"GPU": 1}}), cached={"protections"})
+    assert {job.kind for job in jobs} == {"benign", "panel", "independent", "suspect", "cells"}
+    assert all(not dep.startswith("protection:") for job in jobs for dep in job.deps)
+    assert all(job.resources == ({} if job.kind == "cells" else {"GPU": 1.0}) for job in jobs)
+    _, everything_cached = planned_jobs(GRID, cached={"protections", "models"})
+    assert {job.kind for job in everything_cached} == {"cells"} and all(not j.deps for j in everything_cached)
+
+
+@pytest.mark.parametrize("resources, field", [
+    ({"gpu": {"GPU": 1}}, "resources.gpu"),
+    ({"train": {"GPU": 0}}, "resources.train"),
+    ({"train": {"GPU": "one"}}, "resources.train"),
+    ({"train": 1}, "resources.train"),
+])
+def test_grid_resources_are_checked(resources, field):
+    with pytest.raises(BenchConfigError, match=f"field '{field}'"):
+        parse_bench_config({**GRID, "resources": resources}, source="grid.toml")
 
 
 def test_cache_keeps_the_entry_a_concurrent_process_finished_first(tmp_path):

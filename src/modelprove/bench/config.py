@@ -34,6 +34,10 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     size = 8                              # honest models per architecture
     architectures = "cnn_small,lenet5,vgg_small"
     epochs = 5
+
+    [resources]                           # optional: Dask worker resources the jobs need
+    train = { GPU = 1 }                   # jobs that train (models, protections, suspects)
+    verify = {}                           # jobs that verify cells
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from modelprove.core.errors import ModelproveError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SETTINGS = ("white-box", "black-box", "label-only")
+JOB_RESOURCES = ("train", "verify")  # the two sorts of job a grid's [resources] can place
 
 
 class BenchConfigError(ModelproveError):
@@ -130,6 +135,9 @@ class BenchConfig:
     source: str = ""
     paper_table: str = ""  # which paper table the rows are compared with (bench.paper), if any
     panel: PanelSpec = field(default_factory=PanelSpec)
+    # Dask worker resources (e.g. {"train": {"GPU": 1}}): where jobs may run, never what they make, so no
+    # cache key or record depends on them.
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def independent_models(self) -> list[tuple[IndependentEntry, int]]:
         """(entry, seed) of every independent model."""
@@ -166,7 +174,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
 
     known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
-             "alpha", "paper_table", "panel"}
+             "alpha", "paper_table", "panel", "resources"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
@@ -255,9 +263,20 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
     alpha = raw.get("alpha", 0.01)
     if not isinstance(alpha, float) or not 0 < alpha < 1:
         raise fail("alpha", f"expected a number strictly between 0 and 1, got {alpha!r}", "e.g. alpha = 0.01")
+    resources = raw.get("resources", {})
+    if not isinstance(resources, dict):
+        raise fail("resources", "must be a table", "write [resources] with train = { GPU = 1 }")
+    for sort, amounts in resources.items():
+        if sort not in JOB_RESOURCES:
+            raise fail(f"resources.{sort}", "is not a sort of job", f"use {' or '.join(JOB_RESOURCES)}")
+        if not isinstance(amounts, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in amounts.values()):
+            raise fail(f"resources.{sort}", f"expected a table of positive amounts, got {amounts!r}",
+                       f"e.g. {sort} = {{ GPU = 1 }} (names as the workers' --resources)")
     return BenchConfig(
         name=raw.get("name", Path(source).stem), description=raw.get("description", ""), data=data,
         training=training, seeds=tuple(seeds), settings=tuple(settings), methods=tuple(methods),
         attacks=tuple(attacks), independents=tuple(independents), alpha=alpha, source=source,
         paper_table=raw.get("paper_table", ""), panel=panel,
+        resources={sort: {name: float(v) for name, v in amounts.items()} for sort, amounts in resources.items()},
     )

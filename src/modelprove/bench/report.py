@@ -68,7 +68,8 @@ def _history(run) -> list[str]:
              "| cache hits / builds | wall time |", "|---|---|---|---|---|---|---|"]
     for past in run.history:
         part = "" if past.get("methods", "all") == "all" else f" (only {', '.join(past['methods'])})"
-        lines.append(f"| {past['started']} | {past['workers']} x {past['threads']} | {past['cores']} "
+        where = f" (Dask {past['cluster']})" if past.get("executor") == "dask" else ""
+        lines.append(f"| {past['started']} | {past['workers']} x {past['threads']}{where} | {past['cores']} "
                      f"| {past['load_at_start']} / {past['load_at_end']} | {past['cells_run']}{part} "
                      f"| {past['cache_hits']} / {past['cache_misses']} | {past['seconds'] / 60:.1f} min |")
     return [*lines, ""]

@@ -1,7 +1,10 @@
 """The benchmark's results: one JSON line per verified cell, appended as each cell finishes.
 
 A killed run leaves at worst a truncated last line; reading drops it (and says so), and the next run
-rewrites the file without it before appending, so resuming never duplicates or corrupts a cell.
+rewrites the file without it before appending, so resuming never duplicates or corrupts a cell. Each
+line is one ``write`` to a file opened for appending, so runs that share the file (``--methods``
+parts) never interleave their lines (on a local filesystem: NFS does not make appends atomic, which is
+why a run's workers send their records to the coordinator, the only one that writes).
 """
 
 from __future__ import annotations
@@ -43,11 +46,23 @@ class ResultLog:
 
     def add(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.path, json.dumps(record, sort_keys=True))
         self.records[record["cell"]] = record
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline with a single write(2) on an O_APPEND descriptor, then fsync: a
+    buffered text file would split a long line into several writes, between which another process's
+    line could land."""
+    data = (line + "\n").encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(descriptor, data)
+        while written < len(data):  # only on a full disk or a signal: finish the line rather than leave half
+            written += os.write(descriptor, data[written:])
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class RunHistory:
@@ -65,8 +80,5 @@ class RunHistory:
                     continue
 
     def add(self, run: dict[str, Any]) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(run, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(self.path, json.dumps(run, sort_keys=True))
         self.runs.append(run)

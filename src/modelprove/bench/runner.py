@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing
 import os
-import queue
 import threading
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from modelprove.access import BLACK_BOX, local_access
 from modelprove.attacks import parse_attack, run_attack
 from modelprove.bench.cache import BenchCache, recipe_key
 from modelprove.bench.config import BenchConfig, DataSpec
+from modelprove.bench.executors import Job, JobError, make_executor
 from modelprove.bench.results import ResultLog, RunHistory
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
@@ -106,43 +107,41 @@ def method_config(spec: MethodSpec, config: BenchConfig, seed: int, overrides: d
 
 
 class _Progress:
-    """One line per cell: what ran, how long it took, and an estimate of the time left.
+    """One line per cell and per model or protection built: what, how long it took, and the time left.
 
-    Cells are uneven: the first cell of a suspect trains it (minutes), the others only verify
-    (a second). The estimate counts the suspects still to be made and the cells that only verify,
-    each at the mean time measured so far for its kind, shared among the worker processes.
+    Jobs are uneven: a protection or a suspect trains (minutes), a cell only verifies (a second). The
+    estimate counts the builds still to come, each at the mean time measured so far for its kind of
+    job (a kind not measured yet: the mean of every build so far), and the cells still to verify at
+    their mean, shared among the worker processes.
     """
 
-    def __init__(self, cells: list[dict[str, Any]], done: set[str], enabled: bool, workers: int = 1):
-        self.total, self.done, self.enabled, self.workers = len(cells), len(done), enabled, workers
+    def __init__(self, total: int, done: int, jobs: list[Job], enabled: bool, workers: int = 1):
+        self.total, self.done, self.enabled, self.workers = total, done, enabled, workers
         self.start = time.perf_counter()
-        self.times: dict[bool, list[float]] = {True: [], False: []}
-        self.pending = [c for c in cells if c["key"] not in done]
-        self.made = {c["suspect_key"] for c in cells if c["key"] in done}
+        self.to_build = Counter(job.kind for job in jobs if job.kind != "cells")
+        self.times: dict[str, list[float]] = {}
 
-    def _elapsed(self) -> str:
-        return f"elapsed {(time.perf_counter() - self.start) / 60:.1f} min"
+    def _tail(self) -> str:
+        def mean(values: list[float]) -> float:
+            return sum(values) / len(values) if values else 0.0
 
-    def built(self, key: str | None, what: str, seconds: float) -> None:
-        """A model every protection shares (benign, independent) was made by a job of its own."""
-        if key is not None:
-            self.made.add(key)
+        builds = [t for kind, times in self.times.items() if kind != "cell" for t in times]
+        left = sum(count * mean(self.times.get(kind) or builds) for kind, count in self.to_build.items())
+        left += (self.total - self.done) * mean(self.times.get("cell", []))
+        return (f"elapsed {(time.perf_counter() - self.start) / 60:.1f} min · "
+                f"about {left / self.workers / 60:.0f} min left")
+
+    def built(self, kind: str, what: str, seconds: float) -> None:
+        self.to_build[kind] -= 1
+        self.times.setdefault(kind, []).append(seconds)
         if self.enabled:
-            console.print(f"built {what} ({seconds:.1f} s) · {self._elapsed()}", highlight=False)
+            console.print(f"built {what} ({seconds:.1f} s) · {self._tail()}", highlight=False)
 
-    def cell(self, cell: dict[str, Any], what: str, seconds: float) -> None:
-        builds = cell["suspect_key"] not in self.made
-        self.made.add(cell["suspect_key"])
-        self.times[builds].append(seconds)
-        self.pending.remove(cell)
+    def cell(self, what: str, seconds: float) -> None:
         self.done += 1
-        if not self.enabled:
-            return
-        to_make = {c["suspect_key"] for c in self.pending} - self.made
-        mean = {kind: (sum(t) / len(t) if t else seconds) for kind, t in self.times.items()}
-        left = (len(to_make) * mean[True] + (len(self.pending) - len(to_make)) * mean[False]) / self.workers
-        console.print(f"[{self.done}/{self.total}] {what} ({seconds:.1f} s) · {self._elapsed()} · "
-                      f"about {left / 60:.0f} min left", highlight=False)
+        self.times.setdefault("cell", []).append(seconds)
+        if self.enabled:
+            console.print(f"[{self.done}/{self.total}] {what} ({seconds:.1f} s) · {self._tail()}", highlight=False)
 
 
 def attack_seed(seed: int) -> int:
@@ -232,12 +231,13 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
 
 
 class _Grid:
-    """The grid in one process: its data, cache, results log, plan, and the protections loaded so far."""
+    """The grid in one process: its data, cache, plan, the protections loaded so far, and (in the
+    coordinator, ``out_dir`` given) the results log, which only the coordinator writes."""
 
-    def __init__(self, config: BenchConfig, out_dir: Path, cache_dir: Path, only_methods: list[str] | None):
+    def __init__(self, config: BenchConfig, out_dir: Path | None, cache_dir: Path, only_methods: list[str] | None):
         self.config = config
         self.cache = BenchCache(cache_dir)
-        self.log = ResultLog(out_dir / "results.jsonl")
+        self.log = ResultLog(out_dir / "results.jsonl") if out_dir is not None else None
         self.splits = bench_splits(config.data)
         self.data = data_recipe(config.data, self.splits)
         self.classes = list(self.splits.defender.classes)
@@ -309,8 +309,10 @@ class _Grid:
             self.loaded[prot["key"]] = (opened, victim.eval(), entry["info"])
         return self.loaded[prot["key"]]
 
-    def suspect(self, seed: int, label: str, attack, victim: Classifier) -> tuple[Classifier, dict[str, Any]]:
-        chain = self.suspect_recipes[(seed, label, attack.label)]
+    def suspect(self, seed: int, label: str, attack, victim: Classifier,
+                stages: int | None = None) -> tuple[Classifier, dict[str, Any]]:
+        """The attack's suspect (or, with ``stages``, the suspect after its first ``stages`` stages)."""
+        chain = self.suspect_recipes[(seed, label, attack.label)][:stages]
         splits = self.splits
         model = victim
         entry: dict[str, Any] = {}
@@ -341,7 +343,7 @@ class _Grid:
         return model, entry["info"]
 
     def run_cell(self, cell: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Verify one cell (building what it needs) and append its record to the results; -> (record, summary)."""
+        """Verify one cell (building what it needs) -> (its record for the results, a summary line)."""
         prot = cell["protection"]
         seed, spec, setting = cell["seed"], prot["spec"], cell["setting"]
         opened, victim, victim_info = self.protection(prot)
@@ -363,132 +365,145 @@ class _Grid:
                   "victim_test_accuracy": victim_info["victim_test_accuracy"],
                   "benign_test_accuracy": self.benign_accuracy(seed), **row}
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
-        self.log.add(record)
         return record, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}"
 
-    def jobs(self, pending: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-        """The pending work cut into jobs that processes can run side by side without building anything twice.
+    def jobs(self, pending: list[dict[str, Any]]) -> list[Job]:
+        """The pending cells as jobs, each listed after the jobs it needs (``Job.deps``), in the order to start them.
 
-        Models every protection shares (benign models, independent models) come first, one job each, the
-        slowest first; then one job per protection: its victim, its suspects and its cells, seed by seed.
+        First the models every protection shares (benign models, the null panel's models, independent
+        models, the slowest first); then protection by protection, seed by seed: the protection (after
+        the panel, and after its seed's benign model when it fingerprints that), each stage of each of its
+        suspects (a stage needs the one before), and one job per suspect that verifies its cells. An entry already
+        in the cache gets no job, so nothing is built twice and a resumed run builds only what it lacks.
+        A new kind of job is a new ``Job`` here and a new branch in :meth:`run_job`.
         """
-        jobs: list[tuple[str, Any]] = []
-        for seed in sorted({cell["seed"] for cell in pending}, key=self.config.seeds.index):
-            if self.cache.entry_seconds("models", self.benign_recipe(seed)) is None:
-                jobs.append(("benign", seed))
-        if pending:  # the null panel every protection is calibrated on: one job per model, built once
-            for recipe, member in self.panel_members():
-                if self.cache.entry_seconds("models", recipe) is None:
-                    jobs.append(("panel", recipe_key(recipe)))
+        jobs: dict[str, Job] = {}
+        train, verify = self.config.resources.get("train", {}), self.config.resources.get("verify", {})
+
+        def add(kind: str, key: str, payload: Any, *, built: tuple[str, dict] | None = None,
+                deps: tuple[str | None, ...] = (), resources: dict[str, float] | None = None) -> str | None:
+            """A job unless ``built`` (cache kind, recipe) is already in the cache -> its key, or None."""
+            if built is not None and self.cache.entry_seconds(*built) is not None:
+                return None
+            key = f"{kind}:{key}"
+            if key not in jobs:
+                jobs[key] = Job(key, kind, payload, tuple(dict.fromkeys(d for d in deps if d)), resources or {})
+            return key
+
+        seeds = sorted({cell["seed"] for cell in pending}, key=self.config.seeds.index)
+        benign = {seed: add("benign", recipe_key(self.benign_recipe(seed)), seed,
+                            built=("models", self.benign_recipe(seed)), resources=train) for seed in seeds}
+        # The null panel every protection is calibrated on: one job per model, each protection after all.
+        panel = tuple(add("panel", recipe_key(recipe), recipe_key(recipe), built=("models", recipe), resources=train)
+                      for recipe, _ in (self.panel_members() if pending else []))
         independents = {cell["suspect_key"]: cell["independent"] for cell in pending if cell["kind"] == "independent"}
         epochs_x_cost = {"vgg_small": 20, "cnn_small": 2, "lenet5": 1}  # rough relative cost per epoch
-        for key, ind in sorted(independents.items(),
-                               key=lambda item: -epochs_x_cost.get(item[1]["arch"], 5) * item[1]["training"]["epochs"]):
-            if self.cache.entry_seconds("models", ind["recipe"]) is None:
-                jobs.append(("independent", key))
-        groups: dict[str, list[str]] = {}
-        for cell in sorted(pending, key=lambda c: c["kind"] != "attack"):  # a protection's suspects before the rest
-            groups.setdefault(cell["protection"]["key"], []).append(cell["key"])
+        shared = {key: add("independent", key, key, built=("models", ind["recipe"]), resources=train)
+                  for key, ind in sorted(independents.items(), key=lambda item: -epochs_x_cost.get(
+                      item[1]["arch"], 5) * item[1]["training"]["epochs"])}
+        groups: dict[str, dict[str, list[dict[str, Any]]]] = {}  # protection -> suspect -> its pending cells
+        for cell in sorted(pending, key=lambda c: c["kind"] != "attack"):  # a protection's suspects first
+            groups.setdefault(cell["protection"]["key"], {}).setdefault(cell["suspect_key"], []).append(cell)
         order = {cell["protection"]["key"]: i for i, cell in reversed(list(enumerate(pending)))}
-        jobs.extend(("cells", groups[key]) for key in sorted(groups, key=order.__getitem__))
-        return jobs
+        for suspects in (groups[key] for key in sorted(groups, key=order.__getitem__)):
+            first = next(iter(suspects.values()))[0]
+            prot, seed = first["protection"], first["seed"]
+            fingerprints = "model" in prot["spec"].inputs  # CAE, IPGuard: the seed's benign model
+            protection = add("protection", prot["key"], (seed, first["method"]), built=("protections", prot["recipe"]),
+                             deps=(*panel, benign[seed] if fingerprints else None), resources=train)
+            for suspect_key, cells in suspects.items():
+                cell = cells[0]
+                if cell["kind"] == "attack":
+                    made = protection
+                    chain = self.suspect_recipes[(seed, cell["method"], cell["attack"].label)]
+                    for stages, recipe in enumerate(chain, 1):
+                        made = add("suspect", recipe_key(recipe), (seed, cell["method"], cell["attack"], stages),
+                                   built=("models", recipe), deps=(protection, made), resources=train)
+                else:
+                    made = shared[suspect_key]
+                add("cells", f"{prot['key']}:{suspect_key}", [c["key"] for c in cells],
+                    deps=(benign[seed], protection, made), resources=verify)
+        return list(jobs.values())
 
-    def run_job(self, job: tuple[str, Any], report) -> None:
-        kind, what = job
+    def run_job(self, job: Job) -> JobResult:
+        """Run one job of :meth:`jobs` here -> the records of the cells it verified and its progress events."""
         start = time.perf_counter()
-        if kind == "benign":
-            self.benign_accuracy(what)
-            report(("built", None, f"benign model, seed {what}", time.perf_counter() - start))
-        elif kind == "panel":
-            self.panel_member(what)
-            report(("built", what, "null-panel model", time.perf_counter() - start))
-        elif kind == "independent":
-            ind = next(c["independent"] for c in self.plan if c["suspect_key"] == what)
+        hits, misses = self.cache.hits, self.cache.misses
+        records: list[dict[str, Any]] = []
+        events: list[tuple[str, str, str, float]] = []
+        if job.kind == "benign":
+            self.benign_accuracy(job.payload)
+            what = f"benign model, seed {job.payload}"
+        elif job.kind == "panel":
+            self.panel_member(job.payload)
+            what = "null-panel model"
+        elif job.kind == "independent":
+            ind = next(c["independent"] for c in self.plan if c["suspect_key"] == job.payload)
             self.independent(ind)
-            report(("built", what, ind["name"], time.perf_counter() - start))
-        else:
-            for key in what:
+            what = ind["name"]
+        elif job.kind == "protection":
+            seed, label = job.payload
+            self.protection(self.protections[(seed, label)])
+            what = f"protection seed {seed} · {label}"
+        elif job.kind == "suspect":
+            seed, label, attack, stages = job.payload
+            _, victim, _ = self.protection(self.protections[(seed, label)])
+            self.suspect(seed, label, attack, victim, stages)
+            what = f"suspect seed {seed} · {label} · {' > '.join(str(s) for s in parse_attack(attack.attack)[:stages])}"
+        elif job.kind == "cells":
+            for key in job.payload:
                 cell_start = time.perf_counter()
-                _, summary = self.run_cell(self.cells[key])
-                report(("cell", key, summary, time.perf_counter() - cell_start))
+                record, summary = self.run_cell(self.cells[key])
+                records.append(record)
+                events.append(("cell", key, summary, time.perf_counter() - cell_start))
+            what = ""
+        else:
+            raise ValueError(f"no job kind {job.kind!r}")
+        if job.kind != "cells":
+            events.append(("built", job.kind, what, time.perf_counter() - start))
+        return JobResult(records, events, self.cache.hits - hits, self.cache.misses - misses)
 
 
-# One grid per worker process, made once by the pool's initializer.
-_WORKER: dict[str, Any] = {}
+@dataclass
+class JobResult:
+    """What a job sends back to the coordinator: it writes the records and prints the events."""
+
+    records: list[dict[str, Any]]
+    events: list[tuple[str, str, str, float]]  # ("cell", cell key, summary, s) or ("built", job kind, what, s)
+    hits: int
+    misses: int
 
 
-def _init_worker(config: BenchConfig, out_dir: Path, cache_dir: Path, only_methods: list[str] | None,
-                 threads: int, events) -> None:
-    torch.set_num_threads(threads)
-    console.quiet = True  # the parent prints each cell; bars from several processes would garble a terminal
-    parent = os.getppid()
-
-    def watch_parent() -> None:  # a killed run must not leave workers writing to its cache and results
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, daemon=True).start()
-    _WORKER.update(grid=_Grid(config, out_dir, cache_dir, only_methods), events=events)
+# The grid of the run this worker process works for, made by its first job of that run.
+_PROCESS_GRID: dict[str, _Grid] = {}
+_PROCESS_LOCK = threading.Lock()  # a worker with several threads runs one job at a time: one grid, one torch
 
 
-def _work(job: tuple[str, Any]) -> tuple[int, int] | str:
-    """Run one job in a worker -> (cache hits, misses), or the message of the error that stopped it."""
-    grid: _Grid = _WORKER["grid"]
-    hits, misses = grid.cache.hits, grid.cache.misses
-    try:
-        grid.run_job(job, _WORKER["events"].put)
-    except ModelproveError as error:  # its keyword-only constructor does not survive pickling: send the text
-        return str(error)
-    return grid.cache.hits - hits, grid.cache.misses - misses
+@dataclass(frozen=True)
+class GridWork:
+    """A job as a worker process runs it; what is pickled with each job is the grid's description, and
+    the grid itself (its data, plan and loaded protections) is made once per process and run."""
 
+    run: str  # this run's token: a long-lived worker of a shared cluster serves one run after another
+    config: BenchConfig
+    cache_dir: Path
+    only_methods: list[str] | None
+    threads: int
 
-def _run_in_workers(grid: _Grid, pending: list[dict[str, Any]], workers: int, threads: int,
-                    out_dir: Path, cache_dir: Path, only_methods: list[str] | None, bar: "_Progress") -> None:
-    """Run the pending cells in ``workers`` processes of ``threads`` torch threads each.
+    def grid(self) -> _Grid:
+        if self.run not in _PROCESS_GRID:
+            torch.set_num_threads(self.threads)
+            console.quiet = True  # the coordinator prints each cell; bars from several processes garble a terminal
+            _PROCESS_GRID.clear()
+            _PROCESS_GRID[self.run] = _Grid(self.config, None, self.cache_dir, self.only_methods)
+        return _PROCESS_GRID[self.run]
 
-    On 2 cores, two 1-thread processes train about twice as fast as one (../CPU-NOTES: 1.6x from a
-    second thread, 2x from a second process): the grid's models are many and small. Every process
-    shares the cache and the results log, which are written whole, so a kill at any moment resumes.
-    """
-    context = multiprocessing.get_context("spawn")  # fork under torch's thread pools can deadlock
-    # glibc reads these at process start, so the workers (new processes) can have them: they spare tens of
-    # thousands of page faults per training step (../CPU-NOTES). A user's own setting wins.
-    added = {v: str(4 * 1024**3) for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if v not in os.environ}
-    os.environ.update(added)
-    events = context.Queue()
-    try:
-        pool = context.Pool(workers, initializer=_init_worker,
-                            initargs=(grid.config, out_dir, cache_dir, only_methods, threads, events))
-    finally:  # the workers have started: the caller's environment is as it was
-        for variable in added:
-            del os.environ[variable]
-    with pool:
-        results = [pool.apply_async(_work, (job,)) for job in grid.jobs(pending)]
-
-        def drain(timeout: float) -> bool:
+    def __call__(self, job: Job) -> JobResult:
+        with _PROCESS_LOCK:
             try:
-                kind, key, summary, seconds = events.get(timeout=timeout)
-            except queue.Empty:
-                return False
-            if kind == "cell":
-                bar.cell(grid.cells[key], summary, seconds)
-            else:
-                bar.built(key, summary, seconds)
-            return True
-
-        while not all(result.ready() for result in results):
-            drain(0.5)
-        pool.close()
-        pool.join()  # a worker's last events may still be in its queue's feeder thread until it exits
-        while drain(0.1):
-            pass
-        for result in results:
-            outcome = result.get()
-            if isinstance(outcome, str):
-                raise ModelproveError(outcome)
-            grid.cache.hits += outcome[0]
-            grid.cache.misses += outcome[1]
+                return self.grid().run_job(job)
+            except ModelproveError as error:
+                raise JobError(str(error)) from None
 
 
 def default_workers(threads: int | None = None) -> int:
@@ -498,22 +513,25 @@ def default_workers(threads: int | None = None) -> int:
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-              threads: int | None = None, workers: int = 1, progress: bool = True,
+              threads: int | None = None, workers: int = 1, cluster: str | None = None, progress: bool = True,
               reports: list[Path] | None = None, only_methods: list[str] | None = None,
               report_only: bool = False) -> BenchRun:
     """Run (or resume) the grid ``config``; results go to ``out_dir/results.jsonl`` and the report.
 
-    ``workers`` > 1 runs the grid in that many processes (``threads`` torch threads each, default 1;
-    see :func:`default_workers`). ``only_methods`` (method labels) runs part of the grid: several
-    processes, each with its own part, may share one cache and one run directory (cache entries and
-    result lines are written whole), and a last run without it collects every part and writes the
-    report. ``report_only`` trains and verifies nothing: it writes the report from the cells already in
-    the results, marking the rest.
+    ``workers`` > 1 runs the grid in that many processes on this machine (``threads`` torch threads
+    each, default 1; see :func:`default_workers`); ``cluster`` (``local:N`` or ``tcp://HOST:PORT``) runs
+    it on a Dask cluster instead (:mod:`modelprove.bench.executors`), whose workers must all see
+    ``cache_dir`` at the same path. This process alone writes the results log. ``only_methods``
+    (method labels) runs part of the grid: several runs, each with its own part, may share one cache
+    and one run directory (cache entries and result lines are written whole), and a last run without
+    it collects every part and writes the report. ``report_only`` trains and verifies nothing: it
+    writes the report from the cells already in the results, marking the rest.
     """
     from modelprove.bench.report import write_report
 
     if workers < 1:
         raise ModelproveError(f"workers must be an integer >= 1, got {workers}.", fix="pass --workers 1 or more.")
+    executor = make_executor(cluster, workers)  # an unusable --cluster fails here, before anything loads
     start, started, load_at_start = time.perf_counter(), time.gmtime(), os.getloadavg()[0]
     if threads:
         torch.set_num_threads(threads)
@@ -521,53 +539,70 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir or out_dir / "cache")
     grid = _Grid(config, out_dir, cache_dir, only_methods)
-    if grid.log.dropped and progress:
-        console.print(f"dropped {grid.log.dropped} unreadable line(s) of {grid.log.path} (a run killed mid-write); "
+    log = grid.log
+    if log.dropped and progress:
+        console.print(f"dropped {log.dropped} unreadable line(s) of {log.path} (a run killed mid-write); "
                       "those cells run again.")
     plan = grid.plan
-    pending = [] if report_only else [cell for cell in plan if cell["key"] not in grid.log]
-    bar = _Progress(plan, {cell["key"] for cell in plan if cell["key"] in grid.log}, progress,
-                    workers=min(workers, max(1, len(pending))))
-    if progress:
+    pending = [] if report_only else [cell for cell in plan if cell["key"] not in log]
+    jobs = grid.jobs(pending)
+    parallel = cluster is not None or workers > 1
+    worker_threads = threads or (1 if parallel else torch.get_num_threads())
+    results: dict[str, JobResult] = {}
+    if jobs:
+        work = grid.run_job if executor.in_process else GridWork(uuid.uuid4().hex, config, cache_dir, only_methods,
+                                                                  worker_threads)
+        try:
+            with executor:
+                bar = _Progress(len(plan), len(plan) - len(pending), jobs, progress,
+                                workers=min(executor.workers, len(jobs)))
+                if progress:
+                    where = {"local": f"; {executor.workers} worker processes" if executor.workers > 1 else "",
+                             "dask": f"; Dask cluster {cluster}, {executor.workers} workers"}
+                    console.print(f"bench {config.name}: {len(plan)} cells, {len(plan) - len(pending)} already in "
+                                  f"{log.path}{where[executor.description['executor']]}", highlight=False)
+
+                def finished(job: Job, result: JobResult) -> None:  # in this process, as each job ends
+                    for record in result.records:
+                        if record["cell"] not in log:  # a job that ran twice (its worker died) writes once
+                            log.add(record)
+                    for event, name, summary, seconds in result.events:
+                        if event == "cell":
+                            bar.cell(summary, seconds)
+                        else:
+                            bar.built(name, summary, seconds)
+
+                results = executor.run(jobs, work, finished)
+        except JobError as error:  # a worker's ModelproveError, as text
+            raise ModelproveError(str(error)) from None
+    elif progress:
         console.print(f"bench {config.name}: {len(plan)} cells, {len(plan) - len(pending) if not report_only else 0} "
-                      f"already in {grid.log.path}" + (f"; {workers} worker processes" if workers > 1 else ""),
-                      highlight=False)
-    worker_threads = threads or (1 if workers > 1 else torch.get_num_threads())
-    if pending and workers > 1:
-        _run_in_workers(grid, pending, workers, worker_threads, out_dir, cache_dir, only_methods, bar)
-        grid.log = ResultLog(grid.log.path)  # the workers' lines
-    else:
-        def report(event) -> None:  # the jobs' events, as the workers would send them
-            kind, key, summary, seconds = event
-            if kind == "cell":
-                bar.cell(grid.cells[key], summary, seconds)
-            else:
-                bar.built(key, summary, seconds)
+                      f"already in {log.path}", highlight=False)
+    log = ResultLog(log.path)  # with the lines of any other run sharing the directory (--methods)
 
-        for job in grid.jobs(pending):
-            grid.run_job(job, report)
-
-    log, cache = grid.log, grid.cache
     # Labels are presentation, not part of any key: take them from this grid, not from the run that verified.
     records = [{**log.records[cell["key"]], "method": cell["method"],
                 **({"row": cell["attack"].label, "paper_row": cell["attack"].paper} if cell["kind"] == "attack" else {})}
                for cell in plan if cell["key"] in log.records]
     # What the grid cost from an empty cache, from each cache entry's own build time (also when this run
     # only read the cache): models and protections, plus every cell's verification.
+    cache = grid.cache
     recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in grid.protections.values()}
     recipes.update({recipe_key(r): ("models", r) for chain in grid.suspect_recipes.values() for r in chain})
     recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
     recipes.update({recipe_key(r): ("models", r) for r, _ in grid.panel_members()})
     built = [cache.entry_seconds(kind, recipe) for kind, recipe in recipes.values()]
     cells_run = len(records) - (len(plan) - len(pending)) if pending else 0  # from the log, not the events
-    run = BenchRun(config, out_dir, records, cells_run, cache.hits, cache.misses, time.perf_counter() - start,
-                   missing=len(plan) - len(records), workers=workers,
+    hits, misses = sum(r.hits for r in results.values()), sum(r.misses for r in results.values())
+    run = BenchRun(config, out_dir, records, cells_run, hits, misses, time.perf_counter() - start,
+                   missing=len(plan) - len(records), workers=executor.workers,
                    build_seconds=sum(b for b in built if b is not None),
                    verify_seconds=sum(r.get("verify_seconds") or 0.0 for r in records))
     history = RunHistory(out_dir / "runs.jsonl")
     if not report_only:
         history.add({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started), "seconds": round(run.seconds, 1),
-                     "workers": workers, "threads": worker_threads, "cores": default_workers(1),
+                     "workers": executor.workers, "threads": worker_threads, "cores": default_workers(1),
+                     **executor.description,
                      "load_at_start": round(load_at_start, 2), "load_at_end": round(os.getloadavg()[0], 2),
                      "cells_run": run.cells_run, "cache_hits": run.cache_hits, "cache_misses": run.cache_misses,
                      "methods": only_methods or "all"})

@@ -372,6 +372,9 @@ def bench(
         help="torch threads per worker process (default: 1 with several workers, else torch's).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="Processes that build and verify side by side (default: the machine's cores / --threads).")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        help="Run the jobs on a Dask cluster: local:N (N worker processes here) or the scheduler's address "
+             "tcp://HOST:8786; --cache and --out must then be on storage every worker sees.")] = None,
     methods: Annotated[Optional[str], typer.Option(
         help="Run only these method labels (comma-separated): parallel processes may each take a part, "
              "sharing --out and --cache; then run once without it for the report.")] = None,
@@ -388,10 +391,13 @@ def bench(
             out.print(f"[bold]{name}[/]: {' '.join(config.description.split())}", highlight=False)
         return
     try:
+        if cluster is not None and workers is not None:
+            raise ModelproveError("--workers and --cluster both say where the jobs run.",
+                                  fix="give one: --workers N (processes here) or --cluster local:N / tcp://HOST:8786.")
         config = load_bench_config(grid)
         run = run_bench(config, out_dir or Path("runs/bench") / config.name,
                         cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
-                        workers=workers if workers is not None else default_workers(threads),
+                        workers=workers if workers is not None else default_workers(threads), cluster=cluster,
                         progress=True, report_only=report_only, only_methods=[m.strip() for m in methods.split(",")] if methods else None)
     except ModelproveError as error:
         _fail(error)

@@ -159,8 +159,12 @@ class OwnershipMethod:
                                              setting, variant_config, None, reference=False)
                     scored.append((i, evidence.scores))
             tensors[f"victim/{variant}"] = torch.from_numpy(victim_evidence.scores).float()
-            tensors[f"panel/{variant}"] = torch.from_numpy(np.stack([s for _, s in scored])).float()
-            tensors[f"panel/{variant}/members"] = torch.tensor([i for i, _ in scored], dtype=torch.int64)
+            if scored:
+                tensors[f"panel/{variant}"] = torch.from_numpy(np.stack([s for _, s in scored])).float()
+                tensors[f"panel/{variant}/members"] = torch.tensor([i for i, _ in scored], dtype=torch.int64)
+            else:
+                warnings.append(f"{self.name} {variant}: no panel model can be scored here (panel architectures: "
+                                f"{', '.join(panel.architecture_list(victim.arch))}); its verdicts will be inconclusive.")
             record = {"setting": setting, "pool": int(victim_evidence.m), "score_range": list(victim_evidence.score_range),
                       "statistic_name": victim_evidence.statistic_name}
             record["self_test"], record["false_accusation_rate"] = self._full_pool_checks(
@@ -409,6 +413,8 @@ class StoredCalibration:
             return Calibration(paper_self_test=None)
         rows = evidence.rows
         members = self.record["panel"]["members"]
+        if f"panel/{evidence.variant}" not in self.tensors:
+            return Calibration(paper_self_test=variant.get("paper_self_test") if paper else None)
         matrix = self.tensors[f"panel/{evidence.variant}"].double().numpy()
         indices = self.tensors[f"panel/{evidence.variant}/members"].tolist()
         scored = [(i, matrix[j]) for j, i in enumerate(indices)]

@@ -6,7 +6,9 @@ so a second run reuses what it already made and a changed input trains anew. Lab
 other presentation fields must stay out of recipes: they change no model.
 
 Entries are built in a hidden staging directory and renamed into place only when complete, so a
-killed run never leaves a half-written entry that a later run would trust.
+killed run never leaves a half-written entry that a later run would trust. Processes that share the
+store (the benchmark's workers, several runs) may build the same entry at once: the first rename
+wins, since renaming a directory onto a non-empty one fails, and the others keep the winner's entry.
 """
 
 from __future__ import annotations
@@ -68,7 +70,13 @@ class ModelStore:
         if entry is not None:
             self.hits += 1
             return directory, entry
-        if directory.exists():  # an entry without its entry.json: left by a crash in an older layout; keep it aside
+        if directory.exists():
+            entry = self._complete(directory)  # another process may have renamed its entry in since we looked
+            if entry is not None:
+                self.hits += 1
+                return directory, entry
+            # An entry without its entry.json (entries arrive whole, so it never gets one): left by a crash
+            # in an older layout; keep it aside.
             directory.rename(directory.with_name(f"{key}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=directory.parent))
