@@ -337,3 +337,33 @@ def test_cache_keeps_the_entry_a_concurrent_process_finished_first(tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
     again, _ = BenchCache(tmp_path)._build("models", recipe, fill_ours)  # complete: never rebuilt
     assert again == directory and (again / "weights").read_text() == "theirs"
+
+
+@pytest.mark.slow
+def test_sequential_and_fixed_designs_side_by_side(tmp_path):
+    """A small grid (the smoke preset's data) verified black-box with MOVE's fixed design and the sequential
+    one: the report puts their queries and outcomes side by side, and no sequential verdict spends more."""
+    move_set = {"benign_models": 1, "m_black_box": 20, "test_transformed": 20, "meta_epochs": 5}
+    grid = parse_bench_config({
+        "name": "sequential-unit", "seeds": [0], "settings": ["black-box"],
+        "data": {"dataset": "mnist-digits", "defender_limit": 1000, "attacker_limit": 1000, "test_limit": 500},
+        "training": {"arch": "cnn_small", "epochs": 3},
+        "panel": {"size": 4, "architectures": "cnn_small,lenet5", "epochs": 2},
+        "methods": [{"name": "move", "label": "fixed", "set": move_set},
+                    {"name": "move", "label": "sequential", "set": {**move_set, "sequential": True}}],
+        "attacks": [{"label": "Direct-copy", "attack": "copy"}],
+        "independents": [{"arch": "lenet5", "seeds": [200]}],
+    })
+    run = run_bench(grid, tmp_path / "run", cache_dir=tmp_path / "cache", threads=1, progress=False)
+    by = {(r["method"], r["suspect"]): r for r in run.records}
+    assert len(by) == 4
+    for suspect in sorted({name for _, name in by}):
+        fixed, sequential = by[("fixed", suspect)], by[("sequential", suspect)]
+        competence = fixed["competence"]["queries"]  # every verification's competence check, the same for both
+        assert fixed["queries"] == competence + 20 * 6 and "decided_by" not in fixed["paper"]
+        assert sequential["queries"] <= fixed["queries"] and (sequential["queries"] - competence) % 6 == 0
+        assert sequential["paper"]["decided_by"] in ("sequential", "fixed-m test")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Queries to a verdict, black-box" in report
+    assert "| suspect | fixed: queries | fixed: outcome | sequential: queries | sequential: outcome |" in report
+    assert f"| fixed | 2 | 120 [120, 120] | {competence} [{competence}, {competence}] |" in report

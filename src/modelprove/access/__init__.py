@@ -7,7 +7,8 @@ entitled to. Both receive one of these objects, never more than its level offers
 - :class:`BlackBoxAccess` adds ``probabilities(images)`` (probability vectors);
 - :class:`WhiteBoxAccess` adds ``model`` (weights, so gradients are available).
 
-Images are float tensors in [0, 1], shaped (N, C, H, W). Every call counts the images sent as
+A suspect may be a model file, an ONNX file, a Python callable, or a model behind an Open Inference
+Protocol server (:mod:`modelprove.access.remote`). Images are float tensors in [0, 1], shaped (N, C, H, W). Every call counts the images sent as
 queries and can enforce a budget; outputs from outside code are checked before anyone uses them.
 """
 
@@ -26,6 +27,7 @@ from modelprove.access.levels import (
     restrict,
 )
 from modelprove.access.open import onnx_access, open_suspect, suspect_file_hashes, suspect_files
+from modelprove.access.remote import RemoteError, is_remote, remote_access
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -35,11 +37,14 @@ __all__ = [
     "BlackBoxAccess",
     "LabelOnlyAccess",
     "QueryBudgetError",
+    "RemoteError",
     "SuspectAccess",
     "WhiteBoxAccess",
     "local_access",
     "onnx_access",
+    "is_remote",
     "open_suspect",
+    "remote_access",
     "require_access",
     "restrict",
     "suspect_file_hashes",

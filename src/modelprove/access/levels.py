@@ -52,6 +52,7 @@ class LabelOnlyAccess:
     """
 
     level = LABEL_ONLY
+    probability_tolerance = PROBABILITY_TOLERANCE  # |row sum - 1| accepted (a rounding API allows more)
     # sha256 of every file the suspect was loaded from, for the verdict (set by access.open_suspect).
     file_hashes: dict[str, str] = {}
 
@@ -193,7 +194,8 @@ class LabelOnlyAccess:
             return scores.softmax(dim=1)
         sums = scores.sum(dim=1)
         worst = int((sums - 1).abs().argmax())
-        if (scores < -PROBABILITY_TOLERANCE).any() or abs(float(sums[worst]) - 1) > PROBABILITY_TOLERANCE:
+        tolerance = self.probability_tolerance
+        if (scores < -tolerance).any() or abs(float(sums[worst]) - 1) > tolerance:
             raise SuspectError(
                 f"{self.name} returned rows that are not probability vectors (e.g. row {worst} sums to "
                 f"{float(sums[worst]):.4g}, min value {float(scores.min()):.4g}).",

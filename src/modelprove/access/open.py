@@ -20,6 +20,7 @@ from modelprove.access.levels import (
     check_level,
     restrict,
 )
+from modelprove.access.remote import is_remote, remote_access
 from modelprove.core.errors import SuspectError
 from modelprove.core.fileio import sha256_file
 from modelprove.models import load_model, model_paths
@@ -34,19 +35,29 @@ def open_suspect(
     outputs: Literal["probabilities", "logits"] | None = None,
     budget: int | None = None,
     name: str | None = None,
+    timeout: float | None = None,
+    transcript: str | Path | None = None,
 ) -> LabelOnlyAccess:
-    """The suspect at ``path`` at the highest access its file offers, or at ``level``.
+    """The suspect at ``path`` at the highest access it offers, or at ``level``.
 
     ``NAME.safetensors``/``NAME.json``/``NAME.pt`` (a model file) offers white-box access and loads
     without unpickling; ``NAME.onnx`` offers black-box access through onnxruntime, its outputs taken
     as ``outputs`` (None: logits, as torch exports give, unless its first answers already are
     probability vectors, which is refused rather than softmaxed twice). The access's ``file_hashes``
     hold the sha256 of every file the suspect was loaded from (:func:`suspect_file_hashes`).
+    ``http(s)://HOST:PORT/v2/models/NAME`` is a model behind an Open Inference Protocol server, at
+    the level its metadata allows (:mod:`modelprove.access.remote`; ``timeout`` per request,
+    ``transcript`` a file for the queries; its ``file_hashes`` hold the sha256 of its metadata).
     """
-    path = Path(path)
-    name = name or path.stem
     if level is not None:
         check_level(level, "--access")
+    if is_remote(str(path)):
+        remote = remote_access(str(path), budget=budget, name=name, timeout=timeout, transcript=transcript)
+        remote = restrict(remote, level) if level is not None else remote
+        remote.file_hashes = {"suspect_metadata": remote.client.metadata_sha256}  # type: ignore[attr-defined]
+        return remote
+    path = Path(path)
+    name = name or path.stem
     hashes = suspect_file_hashes(path)  # before loading: the verdict names what was read
     if path.suffix.lower() == ONNX_SUFFIX:
         if level == WHITE_BOX:

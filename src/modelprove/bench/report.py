@@ -20,6 +20,10 @@ def _median_range(values: list[float], fmt) -> str:
     return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
 
 
+def _count(value: float) -> str:
+    return f"{value:g}"
+
+
 def _effect(value: float) -> str:
     return f"{value:+.3f}"
 
@@ -156,6 +160,8 @@ def markdown(run) -> str:
               "watermarks: mean target-probability gain from the trigger; DI: private-minus-public regressor score; "
               "key watermarks: key accuracy; CAE/IPGuard: match rate). The Independent row pools every independent "
               "model against every victim seed; the paper's p is its CIFAR-10 value where it has one."]
+
+    lines += _queries(run, rows)
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -207,6 +213,57 @@ def markdown(run) -> str:
                          f"{rows_of[0]['suspect_test_accuracy']:.4f} | "
                          + (f"{statistics.median(fid):.4f} |" if fid else " |"))
     return "\n".join(lines) + "\n"
+
+
+def _test_queries(record: dict[str, Any]) -> int:
+    """A cell's queries without those of the competence check (the same for every design)."""
+    return record["queries"] - ((record.get("competence") or {}).get("queries") or 0)
+
+
+def _queries(run, rows: list[str]) -> list[str]:
+    """Queries to a verdict beside the outcomes, per setting, when the grid verifies some method
+    sequentially (a method entry with ``sequential = true``): the fixed and the sequential design of the
+    paper's test side by side (the sequential test asks the paper's question; the null-panel verdicts
+    above are judged on the rows it drew)."""
+    config, records = run.config, run.records
+    if not any(m.set.get("sequential") for m in config.methods):
+        return []
+    methods = [m.label for m in config.methods]
+    lines: list[str] = []
+    for setting in config.settings:
+        cells = [r for r in _verdicts(records) if r["setting"] == setting and r.get("queries") is not None
+                 and "paper" in r]
+        if not cells:
+            continue
+        lines += ["", f"## Queries to a verdict, {setting}", "",
+                  "Queries are images the test sent to the suspect until its verdict (black-box MOVE: 6 per image, "
+                  "the image and five augmentations), without the competence check every verification sends "
+                  "first (its own column); outcomes are the paper test's (MOVE Eq. 9). A sequential verdict is "
+                  "decided by the betting test (stats/sequential.py) unless it ran out of images, when the fixed-m "
+                  "t-test decided at alpha/2.", "",
+                  "| method | verdicts | queries: median [min, max] | competence check | stolen suspects "
+                  "| independent models | decided sequentially |", "|---|---:|---:|---:|---|---|---:|"]
+        for label in methods:
+            mine = [r for r in cells if r["method"] == label]
+            if not mine:
+                continue
+            stolen = [r["paper"] for r in mine if r.get("stolen_truth")]
+            honest = [r["paper"] for r in mine if not r.get("stolen_truth")]
+            sequential = [r["paper"]["decided_by"] for r in mine if r["paper"].get("decided_by")]
+            decided = f"{sequential.count('sequential')} of {len(sequential)}" if sequential else "—"
+            lines.append(f"| {label} | {len(mine)} | {_median_range([_test_queries(r) for r in mine], _count)} | "
+                         f"{_median_range([r['queries'] - _test_queries(r) for r in mine], _count)} | "
+                         f"{_tally(stolen, 'attack')} | {_tally(honest, 'Independent')} | {decided} |")
+        header = "| suspect | " + " | ".join(f"{label}: queries | {label}: outcome" for label in methods) + " |"
+        lines += ["", header, "|---|" + "---:|---|" * len(methods)]
+        for row in rows:
+            line = f"| {row} |"
+            for label in methods:
+                mine = [r for r in cells if r["row"] == row and r["method"] == label]
+                line += (f" {_median_range([_test_queries(r) for r in mine], _count)} | "
+                         f"{_tally([r['paper'] for r in mine], row)} |" if mine else " n/a | n/a |")
+            lines.append(line)
+    return lines
 
 
 def plot(run, path: Path) -> Path | None:

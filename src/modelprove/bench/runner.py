@@ -653,7 +653,9 @@ def verify_cell(spec: MethodSpec, opened: Any, model: Classifier, setting: str, 
 
     def numbers(verdict) -> dict[str, Any]:
         return {"outcome": verdict.outcome, "stolen": verdict.stolen, "p_value": verdict.p_value,
-                "effect": verdict.effect, "effect_name": verdict.effect_name, "reason": verdict.reason}
+                "effect": verdict.effect, "effect_name": verdict.effect_name, "reason": verdict.reason,
+                # a sequential verification: which test decided (stats.sequential or the fixed-m fallback)
+                **({"decided_by": verdict.details["decided_by"]} if "decided_by" in verdict.details else {})}
 
     return {**numbers(panel), "paper": numbers(paper), "alpha": panel.alpha, "statistic": panel.statistic,
             "statistic_name": panel.statistic_name, "samples": panel.samples, "queries": panel.queries,

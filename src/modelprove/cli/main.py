@@ -142,7 +142,8 @@ def self_test_table(calibration: dict) -> Table:
 @app.command()
 def verify(
     protection: Annotated[Path, typer.Option(help="Protection directory made by `modelprove protect`.")],
-    suspect: Annotated[Path, typer.Option(help="Suspect: a model file (NAME.safetensors + NAME.json) or NAME.onnx.")],
+    suspect: Annotated[str, typer.Option(help="Suspect: a model file (NAME.safetensors + NAME.json), NAME.onnx, or "
+                                              "an Open Inference Protocol URL http://HOST:PORT/v2/models/NAME.")],
     access: Annotated[Optional[str], typer.Option(
         help="Verify at this access level: white-box, black-box or label-only (default: the most the suspect "
              "file offers that the method uses).")] = None,
@@ -165,11 +166,12 @@ def verify(
     force: Annotated[bool, typer.Option(help="Replace an existing --json verdict (only a verdict).")] = False,
     protection_id: Annotated[Optional[str], typer.Option(
         help="The id printed by `modelprove protect` and registered then: refuse a protection whose id differs.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for each answer of a remote suspect.")] = None,
 ) -> None:
     """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
     verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
                          seed=seed, options=set_, json_out=json_out, rule=rule, competence=competence, force=force,
-                         protection_id=protection_id)
+                         protection_id=protection_id, timeout=timeout)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
     out.print(f"{verdict.decision}: {verdict.reason}", highlight=False)
     out.print(f"checked protection id {verdict.protection_id} "
@@ -178,16 +180,16 @@ def verify(
 
 
 def run_verify(
-    protection: Path, suspect: Path, *, access: str | None = None, outputs: str | None = None,
+    protection: Path, suspect: Path | str, *, access: str | None = None, outputs: str | None = None,
     budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
     options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
     rule: str = "panel", competence: float | None = None, force: bool = False,
-    protection_id: str | None = None,
+    protection_id: str | None = None, timeout: float | None = None,
 ) -> Verdict:
     """verify's work: ``json_out`` is checked before anything runs (never an input, never inside a
     protection, an existing file only with ``force`` and only a verdict), then the protection is
     opened (and compared with the registered ``protection_id``), then the suspect is verified."""
-    from modelprove.access import WHITE_BOX, open_suspect, suspect_files
+    from modelprove.access import WHITE_BOX, is_remote, open_suspect, suspect_files
     from modelprove.methods import get_method
     from modelprove.methods.protection import MANIFEST, Protection, check_protection_id
 
@@ -196,14 +198,17 @@ def run_verify(
             protection_id = check_protection_id(protection_id)
         if json_out is not None:
             check_output_file(json_out, flag="--json", force=force, suffixes=(".json",), what="verdict",
-                              inputs=[*suspect_files(suspect), Path(protection) / MANIFEST],
+                              inputs=[*([] if is_remote(str(suspect)) else suspect_files(suspect)),
+                                      Path(protection) / MANIFEST],
                               replaceable=is_verdict_file)
         checked = Protection.open(protection, protection_id=protection_id)  # hashes every file once
         spec = get_method(checked.method)
         overrides = _verify_options(spec, options)
         opened = spec.open(checked)
+        remote = {"timeout": timeout, "transcript": Path(json_out).with_suffix(".transcript.jsonl") if json_out
+                  else None} if is_remote(str(suspect)) else {}  # a remote suspect's queries are kept beside --json
         suspect_access = open_suspect(suspect, level=access, outputs=outputs, budget=budget,  # type: ignore[arg-type]
-                                      name=name or Path(suspect).stem)
+                                      name=name or (None if remote else Path(suspect).stem), **remote)
         if budget is not None and suspect_access.level == WHITE_BOX and WHITE_BOX in spec.access:
             raise ModelproveError("--budget does not apply: white-box verification sends no queries.",
                                   fix="drop --budget, or verify with --access black-box.")
@@ -218,6 +223,8 @@ def run_verify(
         verdict = spec.verify(opened, suspect_access, seed=seed, alpha=alpha, rule=rule, competence=competence,
                               **overrides)
         verdict.hashes.update(suspect_access.file_hashes)
+        if hasattr(suspect_access, "transcript"):
+            verdict.details["transcript"] = suspect_access.transcript.summary()
         if json_out is not None:
             verdict.save(json_out)
     except ModelproveError as error:
@@ -355,7 +362,7 @@ def list_attacks() -> None:
 @app.command()
 def bench(
     grid: Annotated[Optional[str], typer.Argument(
-        help="A preset (smoke, move-fmnist, multistage) or the path of a grid TOML file.")] = None,
+        help="A preset (see --list) or the path of a grid TOML file.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/bench/NAME).")] = None,
     cache: Annotated[Optional[Path], typer.Option(
         help="Model cache shared between grids (default runs/bench/cache).")] = None,
@@ -397,6 +404,29 @@ def bench(
     out.print(f"{len(run.records)} cells ({run.cells_run} verified now) in {run.seconds / 60:.1f} min; cache "
               f"{run.cache_hits} hits, {run.cache_misses} misses; report: {', '.join(map(str, run.reports))}",
               highlight=False)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Model file (NAME.safetensors + NAME.json) or NAME.onnx to serve.")],
+    port: Annotated[int, typer.Option(help="TCP port (0: a free one; the URL is printed).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on (default: this machine only).")] = "127.0.0.1",
+    output: Annotated[str, typer.Option(
+        help="What the API returns: probabilities, logits, label, top-k:K or rounded:D.")] = "probabilities",
+    rate_limit: Annotated[Optional[str], typer.Option(help="At most this many requests, e.g. 20/s or 600/min.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images one request may hold.")] = 256,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the URL (default: the file's stem).")] = None,
+    outputs: Annotated[str, typer.Option(help="What an ONNX model returns: logits or probabilities.")] = "logits",
+    threads: Annotated[int, typer.Option(help="torch threads for inference.")] = 1,
+) -> None:
+    """Serve a model over the Open Inference Protocol (KServe v2 REST) until Ctrl-C or SIGTERM."""
+    from modelprove.serve import run_server
+
+    try:
+        run_server(model, host=host, port=port, output=output, rate_limit=rate_limit, max_batch=max_batch,
+                   name=name, outputs=outputs, threads=threads, say=lambda line: print(line, flush=True))
+    except ModelproveError as error:
+        _fail(error)
 
 
 @app.command("methods")

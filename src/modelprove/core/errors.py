@@ -15,7 +15,8 @@ class ModelproveError(Exception):
 
     def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None,
                  cli_fix: str | None = None):
-        self.path = Path(path) if path is not None else None
+        # A URL (a remote suspect) stays as written: Path would fold its "//".
+        self.path = (path if isinstance(path, str) and "://" in path else Path(path)) if path is not None else None
         self.message = message
         self.fix = fix
         self.cli_fix = cli_fix

@@ -40,6 +40,7 @@ from modelprove.stats import (
     Calibration, Competence, DecisionRule, Evidence, NullPanelRule, PanelStatistics, Provenance, build_verdict,
     competence_threshold,
 )
+from modelprove.stats.sequential import SequentialPairedRule, sequential_paired
 
 CALIBRATION_FILE = "calibration.safetensors"
 COMPETENCE_IMAGES = 200
@@ -253,6 +254,10 @@ class OwnershipMethod:
             if given is not None and options.get(self.alpha_field) is None:
                 options[self.alpha_field] = given
         config = verification_config(opened.config, options, self.verify_options, self.name)
+        if getattr(config, "sequential", False) and "paper" not in rules:  # before any query
+            raise ModelproveError(
+                f"{self.name}: sequential=true asks the paper test's question a batch at a time; verify with "
+                "rule=paper (CLI --rule paper).", fix="add --rule paper, or drop sequential=true.")
         fraction = DEFAULT_COMPETENCE if competence is None else float(competence)
         if not 0.0 <= fraction < 1.0:
             raise ModelproveError(f"competence must be in [0, 1), got {fraction}.",
@@ -266,12 +271,17 @@ class OwnershipMethod:
                                 hashes=prot.hashes(protected_model=self.model_file))
         decision_rules = {r: NullPanelRule() if r == "panel" else self.paper_rule(opened, config) for r in rules}
 
+        note: dict[str, Any] = {}  # what a sequential measurement changes for every rule's verdict
+
+        def extra() -> dict[str, Any]:  # a remote suspect's queries: the digest of every request and response
+            return {"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}
+
         def verdicts(evidence: Evidence | None, **context: Any) -> dict[str, Verdict]:
             return {r: build_verdict(evidence, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
                                      provenance=provenance, method=self.name, setting=setting,
                                      calibration=(stored.view(evidence, r == "paper")
                                                   if stored is not None and evidence is not None else None),
-                                     details={"suspect_access": suspect.level}, **context)
+                                     details={"suspect_access": suspect.level, **extra(), **note}, **context)
                     for r in rules}
 
         measured = stored.competence(suspect, setting, fraction) if stored is not None and fraction > 0 else None
@@ -289,10 +299,59 @@ class OwnershipMethod:
                                       fix=f"use m <= {pool}, or protect with a larger pool.")
             rows = torch.randperm(pool, generator=generator(seed))[:m]
         before = suspect.queries
-        evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
+        if getattr(config, "sequential", False):
+            rows = rows if rows is not None else torch.randperm(pool, generator=generator(seed))
+            evidence, result = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha)
+            decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], result)
+            note["rows_drawn_by"] = "the sequential paper test (stats.sequential): it stopped after these rows"
+        else:
+            evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
         evidence.queries = None if setting == WHITE_BOX else suspect.queries - before
         evidence.suspect_arch = suspect.arch
         return verdicts(evidence, competence=measured)
+
+    def _sequential_evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
+                             rows: torch.Tensor, pool: int, alpha: float) -> tuple[Evidence, Any]:
+        """The evidence of ``rows`` in order, ``config.sequential_batch`` at a time, until the sequential
+        paired test (stats.sequential) decides at alpha/2 or the rows run out; -> (evidence of the rows
+        drawn, the test's result). The rows are a seeded random order of the pool, so the test's
+        without-replacement correction applies to the pool of ``pool`` rows."""
+        parts: list[Evidence] = []
+
+        def next_pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+            done = sum(part.m for part in parts)
+            part = self.evidence(opened, suspect, setting, config, rows[done:done + count], reference=True)
+            if part.paired is None:
+                raise ModelproveError(f"{self.name} {setting} evidence has no paired reference, so its paper test "
+                                      "cannot be asked sequentially.", fix="drop sequential=true.")
+            parts.append(part)
+            return part.paired
+
+        first = next_pairs(min(config.sequential_batch, len(rows)))
+        pending = [first]
+
+        def pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+            return pending.pop() if pending else next_pairs(count)
+
+        result = sequential_paired(pairs, score_range=parts[0].score_range, margin=getattr(config, "margin", 0.0),
+                                   clear=config.sequential_clear, alpha=alpha / 2, batch=config.sequential_batch,
+                                   max_samples=len(rows), pool_size=pool)
+        return _concat(parts), result
+
+
+def _concat(parts: list[Evidence]) -> Evidence:
+    """One Evidence of consecutive batches: scores, rows and pairs joined; per-batch means in the details
+    (``mu_*``) combined by batch size, the other details as the first batch had them."""
+    first = parts[0]
+    sizes = np.array([part.m for part in parts], dtype=np.float64)
+    details = dict(first.details)
+    for key, value in first.details.items():
+        if key.startswith("mu_") and all(isinstance(part.details.get(key), float) for part in parts):
+            details[key] = float(sum(part.details[key] * n for part, n in zip(parts, sizes)) / sizes.sum())
+    paired = None if first.paired is None else tuple(np.concatenate([part.paired[i] for part in parts])
+                                                     for i in range(2))
+    return dataclasses.replace(first, scores=np.concatenate([part.scores for part in parts]),
+                               rows=np.concatenate([part.rows for part in parts]), paired=paired, details=details)
 
 
 def _chance(labels: torch.Tensor, classes: int) -> float:

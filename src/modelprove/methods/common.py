@@ -69,6 +69,17 @@ def check_t_test_fields(config: Any, test: str = "a paired t-test") -> None:
         raise ModelproveError(f"alpha must be in (0, 1), got {config.alpha}.")
 
 
+def check_sequential_fields(config: Any) -> None:
+    """The checks of the sequential verification fields (see OwnershipMethod.verify_rules)."""
+    if config.sequential_batch < 1:
+        raise ModelproveError(f"sequential_batch must be at least 1 image, got {config.sequential_batch}.")
+    margin = getattr(config, "margin", 0.0)
+    if not margin <= config.sequential_clear < 1.0:
+        raise ModelproveError(
+            f"sequential_clear must be in [margin, 1) = [{margin}, 1), got {config.sequential_clear}: a suspect is "
+            "cleared once its mean paired difference is known to be below it.")
+
+
 def verification_config(config: Any, options: dict, verify_options: tuple[str, ...], who: str) -> Any:
     """The protection's ``config`` with the verifier's ``options`` (only VERIFY_OPTIONS) applied; the
     config's own checks validate the new values."""
