@@ -111,3 +111,17 @@ def tiny_panel(tmp_path_factory):
 
     return PanelConfig(size=4, architectures="lenet5,cnn_small", epochs=3,
                        store=str(tmp_path_factory.mktemp("panels")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _panels_never_in_the_users_home(tmp_path_factory):
+    """A protect call that names no panel store uses $MODELPROVE_PANELS: in tests, a session directory."""
+    import os
+
+    before = os.environ.get("MODELPROVE_PANELS")
+    os.environ["MODELPROVE_PANELS"] = str(tmp_path_factory.mktemp("default-panels"))
+    yield
+    if before is None:
+        os.environ.pop("MODELPROVE_PANELS", None)
+    else:
+        os.environ["MODELPROVE_PANELS"] = before

@@ -26,10 +26,10 @@ CONFIG = dict(arch="cnn_small", epochs=12, verification_pool=150, m=10, m_black_
 
 
 @pytest.fixture(scope="module")
-def protection(tmp_path_factory, bars_task, single_thread):
+def protection(tmp_path_factory, bars_task, tiny_panel, single_thread):
     defender, _, test = bars_task
     out = tmp_path_factory.mktemp("badnets") / "protection"
-    made = badnets.protect(defender, test, out, badnets.BadNetsConfig(**CONFIG))
+    made = badnets.protect(defender, test, out, badnets.BadNetsConfig(**CONFIG), panel=tiny_panel)
     return out, made
 
 
@@ -88,24 +88,30 @@ def test_victim_and_copy_are_flagged_white_box_and_black_box(protection):
     out, made = protection
     opened = badnets.open_protection(out)
     white = badnets.verify(opened, copy.deepcopy(opened.victim), suspect_name="copy")
-    assert white.setting == "white-box" and white.stolen and white.p_value < 0.01 and white.effect > 0
-    assert white.queries is None and white.samples == 10 and white.effect_name == "delta_mu"
+    assert white.setting == "white-box" and white.stolen and white.p_value < 0.01 and white.statistic > 0.5
+    assert white.queries is None and white.samples == 10 and white.effect_name == "panel_z"
+    assert white.panel["architecture"] == "cnn_small" and white.panel["k"] == 4 and white.self_test["detected"]
     black = badnets.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"))
     assert black.setting == "black-box" and black.stolen and black.samples == 100
-    assert black.queries == 200  # m triggered images and their m benign originals
+    # m triggered images and their m benign originals, and the competence check's clean images
+    assert black.queries == 200 + black.competence["images"]
+    paper = badnets.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"), rule="paper")
+    assert paper.stolen and paper.effect_name == "delta_mu" and paper.effect > 0.5
 
 
 def test_unrelated_model_is_cleared(protection, unrelated):
     """It does not carry the trigger: its target-class probability does not move (|delta_mu| < 0.01,
-    the victim's is about 1) and white-box (m = 10) clears it. The black-box verdict is not asserted:
-    at m = 100 the t-test calls differences of 1e-5 significant, so it flags some independent models
-    (README: 3 of 30 pairs in the benchmark); over 10 seeds of this test its p ranged 0.011-0.98."""
+    the victim's is about 1). The null-panel rule clears it in both settings and for every seed. The
+    paper's paired t-test is not asserted black-box: at m = 100 it calls differences of 1e-5 significant,
+    so it flags some independent models (over 10 seeds of this test its p ranged 0.011-0.98)."""
     out, made = protection
-    assert badnets.verify(out, WhiteBoxAccess(made.victim, name="victim"), setting="black-box").effect > 0.5
-    verdicts = {setting: badnets.verify(out, WhiteBoxAccess(unrelated, name="unrelated"), setting=setting)
-                for setting in ("white-box", "black-box")}
-    assert all(abs(verdict.effect) < 0.01 for verdict in verdicts.values()), verdicts
-    assert not verdicts["white-box"].stolen, verdicts["white-box"]
+    assert badnets.verify(out, WhiteBoxAccess(made.victim, name="victim"), setting="black-box", rule="paper").effect > 0.5
+    for setting in ("white-box", "black-box"):
+        paper = badnets.verify(out, WhiteBoxAccess(unrelated, name="unrelated"), setting=setting, rule="paper")
+        assert abs(paper.effect) < 0.01, paper
+        for seed in range(5):
+            verdict = badnets.verify(out, WhiteBoxAccess(unrelated, name="unrelated"), setting=setting, seed=seed)
+            assert verdict.outcome == "not stolen", (setting, seed, verdict.reason)
 
 
 def test_t_test_matches_a_hand_computation(protection, unrelated):
@@ -123,7 +129,7 @@ def test_t_test_matches_a_hand_computation(protection, unrelated):
         differences = p_t - p_b
         t = differences.mean() / (differences.std(ddof=1) / np.sqrt(m))
         expected = stats.t.sf(t, df=m - 1)  # one-sided: H1 mu_T > mu_B
-        verdict = badnets.verify(opened, model, seed=seed)
+        verdict = badnets.verify(opened, model, seed=seed, rule="paper")
         # float64 arithmetic on the same float32 inputs: 1e-4 is far above any summation-order effect
         assert verdict.p_value == pytest.approx(expected, rel=1e-4)
         assert verdict.effect == pytest.approx(differences.mean(), abs=1e-6)
@@ -187,7 +193,7 @@ def test_registered_for_the_cli_and_the_benchmark():
     assert spec.config().alpha == 0.01 and spec.config().m == 10 and spec.config().poison_rate == 0.1
 
 
-def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, single_thread):
+def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, tiny_panel, single_thread):
     """`modelprove protect --method badnets` and `modelprove verify` on the bars task saved as npz."""
     import numpy as np
     from typer.testing import CliRunner
@@ -200,7 +206,9 @@ def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, sin
     runner = CliRunner()
     result = runner.invoke(app, ["protect", "--method", "badnets", "--data", str(tmp_path / "bars_train.npz"),
                                  "--out", str(tmp_path / "prot"), "--set", "arch=cnn_small", "--set", "epochs=12",
-                                 "--set", "verification_pool=150", "--set", "poison_rate=0.2"])
+                                 "--set", "verification_pool=150", "--set", "poison_rate=0.2",
+                                 "--panel-size", "4", "--panel-archs", "lenet5,cnn_small", "--panel-epochs", "3",
+                                 "--panel-store", tiny_panel.store])
     assert result.exit_code == 0, result.output
     assert "victim test accuracy" in result.output
     result = runner.invoke(app, ["verify", "--protection", str(tmp_path / "prot"), "--access", "black-box",
@@ -209,4 +217,5 @@ def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, sin
     assert result.exit_code == 0, result.output
     verdict = json.loads((tmp_path / "v.json").read_text())
     assert verdict["method"] == "badnets" and verdict["stolen"] is True
-    assert verdict["samples"] == 50 and verdict["queries"] == 100 and verdict["setting"] == "black-box"
+    assert verdict["samples"] == 50 and verdict["setting"] == "black-box"
+    assert verdict["queries"] == 100 + verdict["competence"]["images"]

@@ -53,10 +53,10 @@ def task():
 
 
 @pytest.fixture(scope="module")
-def protection(tmp_path_factory, task, single_thread):
+def protection(tmp_path_factory, task, tiny_panel, single_thread):
     defender, _, test = task
     out = tmp_path_factory.mktemp("dataset-inference") / "protection"
-    made = di.protect(defender, test, out, di.DatasetInferenceConfig(**CONFIG))
+    made = di.protect(defender, test, out, di.DatasetInferenceConfig(**CONFIG), panel=tiny_panel)
     return out, made
 
 

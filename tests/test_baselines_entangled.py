@@ -23,10 +23,10 @@ CONFIG = dict(arch="cnn_small", epochs=12, m_black_box=50)
 
 
 @pytest.fixture(scope="module")
-def protection(tmp_path_factory, bars_task, single_thread):
+def protection(tmp_path_factory, bars_task, tiny_panel, single_thread):
     defender, _, test = bars_task
     out = tmp_path_factory.mktemp("entangled") / "protection"
-    made = entangled.protect(defender, test, out, entangled.EntangledConfig(**CONFIG))
+    made = entangled.protect(defender, test, out, entangled.EntangledConfig(**CONFIG), panel=tiny_panel)
     return out, made
 
 
@@ -68,22 +68,27 @@ def test_victim_is_flagged_in_both_settings(protection):
     out, made = protection
     opened = entangled.open_protection(out)
     white = entangled.verify(opened, copy.deepcopy(made.victim), suspect_name="copy")
-    assert white.setting == "white-box" and white.stolen and white.effect > 0.3 and white.queries is None
-    assert white.samples == 10 and white.details["watermark_success_rate"] > 0.8
+    assert white.setting == "white-box" and white.stolen and white.statistic > 0.3 and white.queries is None
+    assert white.samples == 10 and white.details["trigger_success_rate"] > 0.8
     black = entangled.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"))
     assert black.setting == "black-box" and black.stolen and black.samples == 50
-    assert black.queries == 100  # m triggered + the same m without the trigger
+    # m triggered + the same m without the trigger, and the competence check's clean images
+    assert black.queries == 100 + black.competence["images"]
 
 
 def test_independent_model_is_cleared(protection, independent):
     """It does not carry the watermark: no success on triggered images and no effect (the victim's is
-    about 1). The t-test's verdict is not asserted: on saturated probabilities it calls differences of
-    1e-4 significant (independent cnn_small models over 3 seeds: effects <= 3e-4, white-box p 0.010-0.068,
-    black-box p 0.0003-0.016), the false accusation the README reports for the trigger tests."""
+    about 1), and the null-panel rule clears it in both settings for every seed. The paper's t-test's
+    verdict is not asserted: on saturated probabilities it calls differences of 1e-4 significant
+    (independent cnn_small models over 3 seeds: effects <= 3e-4, white-box p 0.010-0.068, black-box p
+    0.0003-0.016), the false accusation that the null panel is for."""
     out, _ = protection
     for setting in ("white-box", "black-box"):
-        verdict = entangled.verify(out, independent, setting=setting)
-        assert abs(verdict.effect) < 0.05 and verdict.details["watermark_success_rate"] < 0.1, verdict
+        paper = entangled.verify(out, independent, setting=setting, rule="paper")
+        assert abs(paper.effect) < 0.05 and paper.details["trigger_success_rate"] < 0.1, paper
+        for seed in range(5):
+            verdict = entangled.verify(out, independent, setting=setting, seed=seed)
+            assert verdict.outcome == "not stolen", (setting, seed, verdict.reason)
 
 
 def test_verdict_matches_a_hand_computed_paired_ttest(protection):
@@ -91,7 +96,7 @@ def test_verdict_matches_a_hand_computed_paired_ttest(protection):
 
     out, made = protection
     opened = entangled.open_protection(out)
-    verdict = entangled.verify(opened, made.victim, seed=4)
+    verdict = entangled.verify(opened, made.victim, seed=4, rule="paper")
     rows = torch.randperm(len(opened.pool), generator=torch.Generator().manual_seed(4))[:10]
     clean = opened.pool[rows].float() / 255
     triggered = clean.clone()
@@ -102,7 +107,7 @@ def test_verdict_matches_a_hand_computed_paired_ttest(protection):
     expected = stats.ttest_rel(p_trig, p_clean, alternative="greater")
     assert verdict.p_value == pytest.approx(expected.pvalue, rel=1e-4, abs=1e-12)
     assert verdict.effect == pytest.approx((p_trig - p_clean).mean(), abs=1e-5)
-    again = entangled.verify(opened, made.victim, seed=4)
+    again = entangled.verify(opened, made.victim, seed=4, rule="paper")
     assert again.p_value == verdict.p_value and again.effect == verdict.effect
 
 

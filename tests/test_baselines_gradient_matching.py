@@ -26,10 +26,10 @@ CONFIG = dict(arch="lenet5", epochs=12, verification_pool=150, lr=0.02)
 
 
 @pytest.fixture(scope="module")
-def protection(tmp_path_factory, bars_task, single_thread):
+def protection(tmp_path_factory, bars_task, tiny_panel, single_thread):
     defender, _, test = bars_task
     out = tmp_path_factory.mktemp("gm") / "protection"
-    made = gm.protect(defender, test, out, gm.GradientMatchingConfig(**CONFIG))
+    made = gm.protect(defender, test, out, gm.GradientMatchingConfig(**CONFIG), panel=tiny_panel)
     return out, made
 
 
@@ -94,16 +94,20 @@ def test_protection_poisons_only_target_class_images_within_eps(protection, bars
 
 
 def test_unrelated_model_is_cleared(protection, bars_task):
-    """As BadNets' (tests/test_baselines_badnets.py): no effect in either setting, cleared white-box;
-    the black-box verdict at m = 100 flags some independent models (README), so it is not asserted."""
+    """As BadNets' (tests/test_baselines_badnets.py): no effect in either setting, and the null-panel
+    rule never accuses it (not stolen; or inconclusive where this victim, which does not learn the
+    trigger, does not stand out from the panel); the paper's black-box t-test at m = 100 flags some
+    independent models, so it is not asserted."""
     out, _ = protection
     _, attacker, _ = bars_task
     model = badnets.new_model("lenet5", attacker, 123)
     train(model, attacker, gm.GradientMatchingConfig(**CONFIG).train_config(123), show_progress=False)
-    verdicts = {setting: gm.verify(out, WhiteBoxAccess(model, name="unrelated"), setting=setting)
-                for setting in ("white-box", "black-box")}
-    assert all(abs(v.effect) < 0.01 and v.method == "gradient-matching" for v in verdicts.values()), verdicts
-    assert not verdicts["white-box"].stolen, verdicts["white-box"]
+    for setting in ("white-box", "black-box"):
+        paper = gm.verify(out, WhiteBoxAccess(model, name="unrelated"), setting=setting, rule="paper")
+        assert abs(paper.effect) < 0.01 and paper.method == "gradient-matching", paper
+        for seed in range(5):
+            verdict = gm.verify(out, WhiteBoxAccess(model, name="unrelated"), setting=setting, seed=seed)
+            assert verdict.outcome in ("not stolen", "inconclusive"), (setting, seed, verdict.reason)
 
 
 def test_verification_flags_a_model_that_carries_the_trigger(protection, bars_task, tmp_path):
@@ -113,8 +117,9 @@ def test_verification_flags_a_model_that_carries_the_trigger(protection, bars_ta
     defender, _, test = bars_task
     carrier = badnets.protect(defender, test, tmp_path / "badnets",  # cnn_small learns it: see test_baselines_badnets
                               badnets.BadNetsConfig(arch="cnn_small", epochs=12, verification_pool=150)).victim
-    verdict = gm.verify(out, WhiteBoxAccess(carrier, name="carrier").as_black_box())
-    assert verdict.stolen and verdict.queries == 200 and verdict.effect > 0.5  # it learned the trigger: ~1
+    verdict = gm.verify(out, WhiteBoxAccess(carrier, name="carrier").as_black_box(), rule="paper")
+    # it learned the trigger: ~1; 2m queries and the competence check's clean images
+    assert verdict.stolen and verdict.queries == 200 + verdict.competence["images"] and verdict.effect > 0.5
 
 
 def test_parameter_checks_and_registry(protection):

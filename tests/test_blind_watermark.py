@@ -72,10 +72,10 @@ CONFIG = bw.BlindWatermarkConfig(arch="lenet5", epochs=8, key_fraction=0.025, ke
 
 
 @pytest.fixture(scope="module")
-def protection(tmp_path_factory, bars_task, single_thread):
+def protection(tmp_path_factory, bars_task, tiny_panel, single_thread):
     defender, _, test = bars_task
     out = tmp_path_factory.mktemp("blind") / "protection"
-    made = bw.protect(defender, test, out, CONFIG)
+    made = bw.protect(defender, test, out, CONFIG, panel=tiny_panel)
     return out, made
 
 
@@ -84,7 +84,9 @@ def unwatermarked(bars_task, single_thread):
     defender = bars_task[0]
     torch.manual_seed(5)
     model = build_model("lenet5", 1, defender.num_classes, (28, 28))
-    train(model, defender, TrainConfig(epochs=6, batch_size=50, seed=5), show_progress=False)
+    # lr 0.02: at the trainer's 0.05 this LeNet-5 (no BatchNorm) can diverge and end at chance (measured
+    # accuracy 0.255), which the competence check rightly refuses to judge
+    train(model, defender, TrainConfig(epochs=6, batch_size=50, seed=5, lr=0.02), show_progress=False)
     return model
 
 
@@ -129,10 +131,13 @@ def test_host_is_flagged_and_unwatermarked_model_is_cleared(protection, unwaterm
     host, _ = load_model(out / "host.safetensors")
     opened = bw.open_protection(out)
     stolen = bw.verify(opened, host, suspect_name="host")
-    assert stolen.stolen and stolen.effect_name == "key_accuracy" and stolen.effect > 0.8 and stolen.p_value < 1e-6
-    cleared = bw.verify(opened, unwatermarked, suspect_name="independent")
-    assert not cleared.stolen and cleared.effect < 0.5
-    assert cleared.details["T_acc"] == 0.5
+    assert stolen.stolen and stolen.statistic_name == "key accuracy" and stolen.statistic > 0.8 and stolen.p_value < 0.01
+    paper = bw.verify(opened, host, suspect_name="host", rule="paper")
+    assert paper.stolen and paper.effect > 0.8 and paper.p_value < 1e-6  # T_acc, and the binomial p against 1/K
+    for rule in ("panel", "paper"):
+        cleared = bw.verify(opened, unwatermarked, suspect_name="independent", rule=rule)
+        assert cleared.outcome == "not stolen" and cleared.statistic < 0.5, cleared.reason
+    assert cleared.details["threshold"] == 0.5
 
 
 def test_label_only_access_suffices_and_queries_are_counted(protection):
@@ -140,7 +145,8 @@ def test_label_only_access_suffices_and_queries_are_counted(protection):
     host, _ = load_model(out / "host.safetensors")
     access = BlackBoxAccess.from_model(host, name="api").as_label_only()
     verdict = bw.verify(out, access)
-    assert verdict.stolen and verdict.setting == "label-only" and verdict.queries == 20
+    # every key sample once, and the competence check's clean images
+    assert verdict.stolen and verdict.setting == "label-only" and verdict.queries == 20 + verdict.competence["images"]
 
 
 def test_key_accuracy_and_p_value_by_hand(protection):
@@ -150,11 +156,13 @@ def test_key_accuracy_and_p_value_by_hand(protection):
     answers[:7] = (targets[:7] + 1) % 4  # 13 of 20 right
 
     suspect = LabelOnlyAccess(lambda images: answers[: len(images)], num_classes=4, input_shape=(1, 28, 28))
-    verdict = bw.verify(out, suspect, t_acc=0.6)
-    assert verdict.effect == pytest.approx(13 / 20)
-    assert verdict.p_value == pytest.approx(stats.binom.sf(12, 20, 0.25))  # P(X >= 13), chance 1/K = 1/4
+    # the paper's rule on the key samples alone (the competence check is for real models; this suspect
+    # answers only the key samples' labels)
+    verdict = bw.verify(out, suspect, t_acc=0.6, rule="paper", competence=0)
+    assert verdict.effect == pytest.approx(13 / 20) and verdict.statistic == pytest.approx(13 / 20)
+    assert verdict.p_value == pytest.approx(stats.binom.sf(12, 20, 0.25), rel=1e-9)  # P(X >= 13), chance 1/K
     assert verdict.stolen  # 0.65 > 0.6
-    assert not bw.verify(out, suspect, t_acc=0.7).stolen
+    assert not bw.verify(out, suspect, t_acc=0.7, rule="paper", competence=0).stolen
 
 
 def test_protection_without_labels_is_refused(protection, tmp_path):

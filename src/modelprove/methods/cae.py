@@ -621,7 +621,8 @@ class FingerprintMethod(OwnershipMethod):
         matches = (suspect.labels(opened.images[rows]) == opened.targets[rows]).float()
         return Evidence(self.name, LABEL_ONLY, LABEL_ONLY, self.effect_name, matches.numpy(), rows.numpy(), binary=True,
                         details={"matches": int(matches.sum()), "rho": opened.rho,
-                                 "references_rate": opened.references_rate})
+                                 "references_rate": opened.references_rate,
+                                 "largest_class_share": float(torch.bincount(opened.targets).max()) / len(opened.targets)})
 
 
 def fingerprint_chance(opened: "OpenedFingerprint") -> float:
