@@ -96,9 +96,15 @@ def test_memorising_victim_is_flagged_in_both_settings(protection):
     out, made = protection
     opened = di.open_protection(out)
     white = di.verify(opened, copy.deepcopy(made.victim), suspect_name="copy")
-    assert white.setting == "white-box" and white.stolen and white.effect > 0.2 and white.queries is None
+    assert white.setting == "white-box" and white.stolen and white.statistic > 0.2 and white.queries is None
+    # DI's own null panel never trained on the private samples: its models score about 0
+    assert white.panel["mean"] < 0.1 and white.self_test["detected"]
+    # a victim at chance on held-out images sets no competence bar (it only memorised): none was applied
+    assert white.competence is None and opened.protection.manifest["calibration"]["competence"]["victim_accuracy"] < 0.5
     black = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"))
-    assert black.setting == "black-box" and black.stolen and black.effect > 0.2
+    assert black.setting == "black-box" and black.stolen and black.statistic > 0.2
+    paper = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"), rule="paper")
+    assert paper.stolen and paper.effect > 0.2 and paper.rule.startswith("paper: one-sided Welch")
     # Blind Walk sends at most 2m samples x directions x steps images, and at least one step each
     assert 2 * 30 * 10 <= black.queries <= 2 * 30 * 10 * 30
 
