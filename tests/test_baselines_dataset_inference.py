@@ -95,15 +95,17 @@ def test_protection_is_complete(protection, task):
 def test_memorising_victim_is_flagged_in_both_settings(protection):
     out, made = protection
     opened = di.open_protection(out)
-    white = di.verify(opened, copy.deepcopy(made.victim), suspect_name="copy")
+    # This victim only memorised (at chance on held-out images), so no model of it is a competent model of
+    # the task: by default it is inconclusive, and judged only when the verifier turns the check off.
+    default = di.verify(opened, copy.deepcopy(made.victim), suspect_name="copy")
+    assert default.outcome == "inconclusive" and "not a competent model" in default.reason
+    white = di.verify(opened, copy.deepcopy(made.victim), suspect_name="copy", competence=0)
     assert white.setting == "white-box" and white.stolen and white.statistic > 0.2 and white.queries is None
     # DI's own null panel never trained on the private samples: its models score about 0
-    assert white.panel["mean"] < 0.1 and white.self_test["detected"]
-    # a victim at chance on held-out images sets no competence bar (it only memorised): none was applied
-    assert white.competence is None and opened.protection.manifest["calibration"]["competence"]["victim_accuracy"] < 0.5
-    black = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"))
+    assert white.panel["mean"] < 0.1 and white.self_test["detected"] and white.competence is None
+    black = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"), competence=0)
     assert black.setting == "black-box" and black.stolen and black.statistic > 0.2
-    paper = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"), rule="paper")
+    paper = di.verify(opened, BlackBoxAccess.from_model(made.victim, name="api"), rule="paper", competence=0)
     assert paper.stolen and paper.effect > 0.2 and paper.rule.startswith("paper: one-sided Welch")
     # Blind Walk sends at most 2m samples x directions x steps images, and at least one step each
     assert 2 * 30 * 10 <= black.queries <= 2 * 30 * 10 * 30
@@ -112,7 +114,7 @@ def test_memorising_victim_is_flagged_in_both_settings(protection):
 def test_label_only_suspect_is_enough_for_blind_walk(protection):
     out, made = protection
     label_only = LabelOnlyAccess(lambda x: predict_labels(made.victim, x), num_classes=4, input_shape=(1, 28, 28))
-    verdict = di.verify(out, label_only, seed=1)
+    verdict = di.verify(out, label_only, seed=1, competence=0)  # a memoriser: see above
     assert verdict.setting == "black-box" and verdict.stolen and verdict.queries == label_only.queries
     with pytest.raises(SuspectError, match="needs white-box access"):
         di.verify(out, label_only, setting="white-box")
@@ -123,8 +125,9 @@ def test_independent_model_is_cleared(protection, independent, task):
     assert evaluate(independent, task[1]) > 0.8  # it memorised its own (attacker) data
     for setting in ("white-box", "black-box"):
         for seed in (0, 1):
-            verdict = di.verify(out, independent, setting=setting, seed=seed)
-            assert not verdict.stolen, (setting, seed, verdict.p_value)
+            for competence in (None, 0):
+                verdict = di.verify(out, independent, setting=setting, seed=seed, competence=competence)
+                assert not verdict.stolen, (setting, seed, verdict.p_value)
 
 
 def test_verification_is_reproducible_per_seed(protection):

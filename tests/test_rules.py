@@ -132,3 +132,15 @@ def test_verdict_record_round_trips_as_json(tmp_path):
 def test_evidence_refuses_non_finite_scores():
     with pytest.raises(SuspectError, match="not finite"):
         evidence(np.array([0.1, np.nan, 0.2]))
+
+
+def test_a_constant_answer_is_never_competent():
+    from modelprove.stats import competence_threshold
+
+    # halfway from chance to the victim's accuracy
+    assert competence_threshold(0.90, 0.10, 0.5) == pytest.approx(0.50)
+    # beside a victim that is itself near (or below) chance, still clearly above chance: a constant answer
+    # scores exactly the largest class share, and must never pass
+    for victim in (0.05, 0.10, 0.12):
+        threshold = competence_threshold(victim, 0.10, 0.5)
+        assert threshold >= 0.15 and not Competence(0.10, 0.10, threshold, 200).competent

@@ -284,9 +284,7 @@ class OwnershipMethod:
                                      details={"suspect_access": suspect.level, **extra(), **note}, **context)
                     for r in rules}
 
-        measured = None
-        if stored is not None and fraction > 0 and stored.competence_applies():
-            measured = stored.competence(suspect, setting, fraction)
+        measured = stored.competence(suspect, setting, fraction) if stored is not None and fraction > 0 else None
         if measured is not None and not measured.competent:
             return verdicts(None, competence=measured)
         blocked = self.scorable(opened, suspect.arch, setting) if setting == WHITE_BOX else None
@@ -394,13 +392,6 @@ class StoredCalibration:
         if not record or CALIBRATION_FILE not in protection.manifest["files"]:
             return None
         return cls(record, load_file(str(protection.path(CALIBRATION_FILE))))
-
-    def competence_applies(self) -> bool:
-        """Only a victim that is itself clearly above chance on held-out images (by 0.1) sets a bar a
-        suspect must clear; one that only memorised its private data (Dataset Inference's premise taken to
-        its end) does not, and its suspects are judged without the check."""
-        record = self.record["competence"]
-        return record["victim_accuracy"] >= record["chance"] + 0.1
 
     def competence(self, suspect: LabelOnlyAccess, setting: str, fraction: float) -> Competence:
         """The suspect's top-1 accuracy on the held-out clean set, through the same access."""

@@ -105,6 +105,11 @@ class Competence:
                 "images": self.images, "queries": self.queries, "competent": self.competent}
 
 
+MIN_ABOVE_CHANCE = 0.05
+
+
 def competence_threshold(victim_accuracy: float, chance: float, fraction: float) -> float:
-    """The accuracy a competent suspect reaches: ``fraction`` of the way from chance to the victim's."""
-    return chance + fraction * max(0.0, victim_accuracy - chance)
+    """The accuracy a competent suspect reaches: ``fraction`` of the way from chance to the victim's, and
+    always at least MIN_ABOVE_CHANCE above chance, so a constant answer (which scores exactly the largest
+    class share, chance) is never competent, even beside a victim that is itself near chance."""
+    return chance + max(fraction * max(0.0, victim_accuracy - chance), MIN_ABOVE_CHANCE)
