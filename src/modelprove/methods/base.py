@@ -40,11 +40,16 @@ from modelprove.stats import (
     Calibration, Competence, DecisionRule, Evidence, NullPanelRule, PanelStatistics, Provenance, build_verdict,
     competence_threshold,
 )
-from modelprove.stats.sequential import SequentialPairedRule, sequential_paired
+from modelprove.stats.sequential import (
+    SequentialPairedRule, SequentialPanelRule, sequential_mean_test, sequential_paired,
+)
 
 CALIBRATION_FILE = "calibration.safetensors"
 COMPETENCE_IMAGES = 200
 DEFAULT_COMPETENCE = 0.5  # of the way from chance to the victim's accuracy
+# A sequential competence check wrongly passes an incompetent model at most this often: the check is what
+# keeps a broken model's arbitrary score from being judged, so it is held to a stricter level than alpha.
+COMPETENCE_ALPHA = 0.001
 RULES = ("panel", "paper")
 
 
@@ -254,10 +259,6 @@ class OwnershipMethod:
             if given is not None and options.get(self.alpha_field) is None:
                 options[self.alpha_field] = given
         config = verification_config(opened.config, options, self.verify_options, self.name)
-        if getattr(config, "sequential", False) and "paper" not in rules:  # before any query
-            raise ModelproveError(
-                f"{self.name}: sequential=true asks the paper test's question a batch at a time; verify with "
-                "rule=paper (CLI --rule paper).", fix="add --rule paper, or drop sequential=true.")
         fraction = DEFAULT_COMPETENCE if competence is None else float(competence)
         if not 0.0 <= fraction < 1.0:
             raise ModelproveError(f"competence must be in [0, 1), got {fraction}.",
@@ -284,7 +285,8 @@ class OwnershipMethod:
                                      details={"suspect_access": suspect.level, **extra(), **note}, **context)
                     for r in rules}
 
-        measured = stored.competence(suspect, setting, fraction) if stored is not None and fraction > 0 else None
+        batch = 10 if getattr(config, "sequential", False) else None  # the clean images a sequential check asks at once
+        measured = stored.competence(suspect, setting, fraction, batch) if stored is not None and fraction > 0 else None
         if measured is not None and not measured.competent:
             return verdicts(None, competence=measured)
         blocked = self.scorable(opened, suspect.arch, setting) if setting == WHITE_BOX else None
@@ -301,9 +303,13 @@ class OwnershipMethod:
         before = suspect.queries
         if getattr(config, "sequential", False):
             rows = rows if rows is not None else torch.randperm(pool, generator=generator(seed))
-            evidence, result = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha)
-            decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], result)
-            note["rows_drawn_by"] = "the sequential paper test (stats.sequential): it stopped after these rows"
+            evidence, results = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha,
+                                                          rules, stored)
+            if "paper" in results:
+                decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], results["paper"])
+            if "panel" in results:
+                decision_rules["panel"] = SequentialPanelRule(decision_rules["panel"], *results["panel"])
+            note["rows_drawn_by"] = "the sequential tests (stats.sequential): they stopped after these rows"
         else:
             evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
         evidence.queries = None if setting == WHITE_BOX else suspect.queries - before
@@ -311,32 +317,51 @@ class OwnershipMethod:
         return verdicts(evidence, competence=measured)
 
     def _sequential_evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
-                             rows: torch.Tensor, pool: int, alpha: float) -> tuple[Evidence, Any]:
-        """The evidence of ``rows`` in order, ``config.sequential_batch`` at a time, until the sequential
-        paired test (stats.sequential) decides at alpha/2 or the rows run out; -> (evidence of the rows
-        drawn, the test's result). The rows are a seeded random order of the pool, so the test's
-        without-replacement correction applies to the pool of ``pool`` rows."""
+                             rows: torch.Tensor, pool: int, alpha: float, rules: tuple[str, ...],
+                             stored: "StoredCalibration | None") -> tuple[Evidence, dict[str, Any]]:
+        """The evidence of ``rows`` in order, ``config.sequential_batch`` at a time, until each rule's
+        sequential test has decided or the rows run out; -> (the evidence of every row drawn, {rule: its
+        test's result}). Both tests read one stream of rows (a seeded random order of the pool, so the
+        without-replacement correction applies): the rows drawn are the longer test's."""
         parts: list[Evidence] = []
 
-        def next_pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
-            done = sum(part.m for part in parts)
-            part = self.evidence(opened, suspect, setting, config, rows[done:done + count], reference=True)
-            if part.paired is None:
+        def reader():
+            cursor = [0]
+
+            def take(count: int) -> Evidence:
+                while sum(part.m for part in parts) < cursor[0] + count:  # query only what no test has read
+                    done = sum(part.m for part in parts)
+                    parts.append(self.evidence(opened, suspect, setting, config,
+                                               rows[done:done + config.sequential_batch], reference=True))
+                joined = _concat(parts)
+                piece = dataclasses.replace(joined, scores=joined.scores[cursor[0]:cursor[0] + count],
+                                            rows=joined.rows[cursor[0]:cursor[0] + count],
+                                            paired=None if joined.paired is None else
+                                            tuple(p[cursor[0]:cursor[0] + count] for p in joined.paired))
+                cursor[0] += count
+                return piece
+
+            return take
+
+        batch, results = config.sequential_batch, {}
+        first = reader()(min(batch, len(rows)))  # the score range and the variant, from the first batch
+        if "panel" in rules and stored is not None:
+            critical = stored.critical_value(first, suspect.arch, alpha / 4)
+            if critical is not None:
+                take = reader()
+                low, high = first.score_range
+                results["panel"] = (sequential_mean_test(lambda n: take(n).scores, min(max(critical, low), high),
+                                                         lower=low, upper=high, alpha=alpha / 4, batch=batch,
+                                                         max_samples=len(rows), pool_size=pool), critical)
+        if "paper" in rules:
+            if first.paired is None:
                 raise ModelproveError(f"{self.name} {setting} evidence has no paired reference, so its paper test "
-                                      "cannot be asked sequentially.", fix="drop sequential=true.")
-            parts.append(part)
-            return part.paired
-
-        first = next_pairs(min(config.sequential_batch, len(rows)))
-        pending = [first]
-
-        def pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
-            return pending.pop() if pending else next_pairs(count)
-
-        result = sequential_paired(pairs, score_range=parts[0].score_range, margin=getattr(config, "margin", 0.0),
-                                   clear=config.sequential_clear, alpha=alpha / 2, batch=config.sequential_batch,
-                                   max_samples=len(rows), pool_size=pool)
-        return _concat(parts), result
+                                      "cannot be asked sequentially.", fix="drop sequential=true, or use rule=panel.")
+            take = reader()
+            results["paper"] = sequential_paired(lambda n: take(n).paired, score_range=first.score_range,
+                                                 margin=getattr(config, "margin", 0.0), clear=config.sequential_clear,
+                                                 alpha=alpha / 2, batch=batch, max_samples=len(rows), pool_size=pool)
+        return _concat(parts), results
 
 
 def _concat(parts: list[Evidence]) -> Evidence:
@@ -393,19 +418,56 @@ class StoredCalibration:
             return None
         return cls(record, load_file(str(protection.path(CALIBRATION_FILE))))
 
-    def competence(self, suspect: LabelOnlyAccess, setting: str, fraction: float) -> Competence:
-        """The suspect's top-1 accuracy on the held-out clean set, through the same access."""
+    def competence(self, suspect: LabelOnlyAccess, setting: str, fraction: float,
+                   sequential_batch: int | None = None) -> Competence:
+        """The suspect's top-1 accuracy on the held-out clean set, through the same access.
+
+        With ``sequential_batch`` a queried suspect is asked ``sequential_batch`` images at a time, and the
+        check stops as soon as a betting test (stats.sequential, at COMPETENCE_ALPHA) knows the accuracy
+        over the set to be above the bar or below it; undecided after the whole set, the accuracy decides.
+        """
         images = self.tensors["competence/images"].float() / 255
         labels = self.tensors["competence/labels"]
-        if setting == WHITE_BOX and isinstance(suspect, WhiteBoxAccess):
-            answers, queries = predict_labels(suspect.model, images), None  # the weights are ours to run
-        else:
-            before = suspect.queries
-            answers = suspect.labels(images)
-            queries = suspect.queries - before
         record = self.record["competence"]
         threshold = competence_threshold(record["victim_accuracy"], record["chance"], fraction)
-        return Competence(float((answers == labels).float().mean()), record["chance"], threshold, len(labels), queries)
+        if setting == WHITE_BOX and isinstance(suspect, WhiteBoxAccess):  # the weights are ours to run
+            answers = predict_labels(suspect.model, images)
+            return Competence(float((answers == labels).float().mean()), record["chance"], threshold, len(labels))
+        before = suspect.queries
+        if sequential_batch is None:
+            answers = suspect.labels(images)
+            return Competence(float((answers == labels).float().mean()), record["chance"], threshold, len(labels),
+                              suspect.queries - before)
+        order = torch.randperm(len(labels), generator=generator(17))
+        seen = [0]
+
+        def correct(count: int) -> np.ndarray:
+            rows = order[seen[0]:seen[0] + count]
+            seen[0] += count
+            return (suspect.labels(images[rows]) == labels[rows]).double().numpy()
+
+        result = sequential_mean_test(correct, min(max(threshold, 0.0), 1.0), lower=0.0, upper=1.0,
+                                      alpha=COMPETENCE_ALPHA, batch=sequential_batch, max_samples=len(labels),
+                                      pool_size=len(labels))
+        decided = None if result.decision == "undecided" else result.decision == "above"
+        return Competence(result.mean, record["chance"], threshold, result.samples, suspect.queries - before,
+                          decided=decided, sequential={"decision": result.decision, "alpha": COMPETENCE_ALPHA,
+                                                       "cs_lower": result.cs_lower, "cs_upper": result.cs_upper})
+
+    def critical_value(self, evidence: Evidence, arch: str | None, alpha: float) -> float | None:
+        """The upper end of the null panel's one-sided prediction interval at ``alpha`` on the whole pool,
+        for a suspect of ``arch`` (unknown: the largest over the architectures), or None without a panel."""
+        from modelprove.stats.rules import MIN_PANEL, critical_value
+
+        if f"panel/{evidence.variant}" not in self.tensors:
+            return None
+        pool = int(self.tensors[f"victim/{evidence.variant}"].numel())
+        everything = Evidence(evidence.method, evidence.setting, evidence.variant, evidence.statistic_name,
+                              np.zeros(pool), np.arange(pool), evidence.score_range, evidence.binary)
+        panels = self.view(everything, False).panels
+        chosen = [panels[arch]] if arch in panels else ([] if arch is not None else list(panels.values()))
+        values = [critical_value(panel, pool, alpha, evidence.binary) for panel in chosen if panel.k >= MIN_PANEL]
+        return max(values) if values else None
 
     def view(self, evidence: Evidence, paper: bool) -> Calibration:
         variant = self.record["variants"].get(evidence.variant)

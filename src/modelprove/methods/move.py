@@ -139,12 +139,14 @@ class MoveConfig(TrainsModels):
     # effect. Switchable at verification; the benchmark reports both rules.
     margin: float = 0.0
 
-    # Not in the paper: the paper's test asked sequentially (OwnershipMethod.verify_rules): the m images
-    # are queried ``sequential_batch`` at a time and verification stops as soon as delta_mu is known to
-    # be above ``margin`` (stolen) or below ``sequential_clear`` (cleared) at alpha/2 each; if all m are
-    # spent undecided, the paired t-test decides at alpha/2. Off by default: the fixed-m test reproduces
-    # the paper's tables. 4 images (24 black-box queries) per step and clearing below 0.3 were chosen on
-    # a small exploration grid; `modelprove bench move-sequential` measures them on the benchmark's models.
+    # Not in the paper: verification asked sequentially (OwnershipMethod.verify_rules): the m images are
+    # queried ``sequential_batch`` at a time and stop as soon as the rule's answer is certain. The null-
+    # panel rule (stats.sequential.SequentialPanelRule): the suspect's mean over the pool above or below
+    # the panel's prediction bound at alpha/4 each, undecided -> the fixed rule at alpha/2. The paper's
+    # test: delta_mu above ``margin`` (stolen) or below ``sequential_clear`` (cleared) at alpha/2 each,
+    # undecided -> the paired t-test at alpha/2. The competence check is sequential then too (10 clean
+    # images at a time, methods.base.COMPETENCE_ALPHA). Off by default: the fixed-m test reproduces the
+    # paper's tables; `modelprove bench move-sequential` measures both designs on the benchmark's models.
     sequential: bool = False
     sequential_batch: int = 4
     sequential_clear: float = 0.3

@@ -95,14 +95,18 @@ class Competence:
     threshold: float
     images: int
     queries: int | None = None
+    # Set when a sequential test decided it on fewer images (stats.sequential): its answer, and how.
+    decided: bool | None = None
+    sequential: dict[str, Any] | None = None
 
     @property
     def competent(self) -> bool:
-        return self.accuracy >= self.threshold
+        return self.decided if self.decided is not None else self.accuracy >= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "chance": self.chance, "threshold": self.threshold,
-                "images": self.images, "queries": self.queries, "competent": self.competent}
+                "images": self.images, "queries": self.queries, "competent": self.competent,
+                **({"sequential": self.sequential} if self.sequential else {})}
 
 
 MIN_ABOVE_CHANCE = 0.05

@@ -102,6 +102,16 @@ def prediction_interval_test(statistic: float, values: np.ndarray, floor: float 
                           int((values >= statistic).sum()))
 
 
+def critical_value(panel: PanelStatistics, m: int, alpha: float, binary: bool = False) -> float:
+    """The statistic above which :func:`panel_test` rejects at ``alpha``: the upper end of the panel's
+    one-sided prediction interval, mean + t_{K-1}(1 - alpha) * sd_used * sqrt(1 + 1/K)."""
+    values = np.asarray(panel.statistics, dtype=np.float64)
+    if values.size < MIN_PANEL:
+        raise ModelproveError(f"a null panel needs at least {MIN_PANEL} models, got {values.size}.")
+    sd = max(float(values.std(ddof=1)), sd_floor(panel, m, binary))
+    return float(values.mean()) + float(stats.t.isf(alpha, df=values.size - 1)) * sd * math.sqrt(1 + 1 / values.size)
+
+
 def panel_test(statistic: float, panel: PanelStatistics, m: int, binary: bool = False) -> PredictionTest:
     """:func:`prediction_interval_test` of ``statistic`` against ``panel`` with its :func:`sd_floor`."""
     return prediction_interval_test(statistic, panel.statistics, sd_floor(panel, m, binary))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -287,5 +288,52 @@ class SequentialPairedRule:
         return Decision(outcome, p_value, delta, "delta_mu", reason, record)
 
 
-__all__ = ["ABOVE", "BELOW", "RULE", "UNDECIDED", "BettingTest", "SequentialPairedRule", "SequentialResult",
-           "sequential_mean_test", "sequential_paired"]
+@dataclass(frozen=True)
+class SequentialPanelRule:
+    """The null-panel rule asked sequentially (DESIGN: the null panel).
+
+    The panel's statistics on the whole pool (stored at protect time) give a critical value c: the upper
+    end of the honest models' one-sided prediction interval at alpha/4 (stats.rules; for a suspect of
+    unknown architecture the largest over the architectures). The betting test asks, at alpha/4, whether
+    the suspect's mean over the pool is above c (stolen) or below it (not stolen), a batch of rows at a
+    time; when the rows run out undecided, the fixed null-panel rule decides at alpha/2 on the rows
+    drawn. An honest suspect is accused only if its pool mean exceeds c (at most alpha/4, as a model of
+    the panel's kind), or the betting test errs (alpha/4), or the fallback does (alpha/2): at most alpha.
+    """
+
+    fixed: Any  # stats.rules.NullPanelRule
+    result: SequentialResult
+    critical: float
+    uses_panel: bool = True
+
+    @property
+    def name(self) -> str:
+        return (f"sequential null panel: {RULE}, pool mean above the panel's alpha/4 prediction bound; "
+                f"undecided -> {self.fixed.name} at alpha/2")
+
+    def decide(self, evidence, alpha: float, panel=None):
+        from modelprove.core.verdict import NOT_STOLEN, STOLEN
+        from modelprove.stats.rules import Decision
+
+        seq = self.result
+        record = {"decided_by": "sequential" if seq.decision != UNDECIDED else "fixed-m test",
+                  "sequential": {"decision": seq.decision, "samples": seq.samples, "critical_value": self.critical,
+                                 "alpha": seq.alpha, "p_above": seq.p_above, "p_below": seq.p_below,
+                                 "cs_lower": seq.cs_lower, "cs_upper": seq.cs_upper,
+                                 "steps": [h["samples"] for h in seq.history]}}
+        if seq.decision == UNDECIDED:
+            fixed = self.fixed.decide(evidence, alpha / 2, panel)
+            return Decision(fixed.outcome, min(1.0, 2 * fixed.p_value), fixed.effect, fixed.effect_name,
+                            f"the sequential test was undecided after {seq.samples} rows; at alpha/2: {fixed.reason}",
+                            {**fixed.details, **record})
+        stolen = seq.decision == ABOVE
+        where = "above" if stolen else "below"
+        return Decision(STOLEN if stolen else NOT_STOLEN, min(1.0, 4 * seq.p_above), None, "panel_z",
+                        f"its {evidence.statistic_name} over the whole pool is {where} {self.critical:.3f}, the "
+                        f"upper end of what honest models reach (alpha/4), at alpha/4 after {seq.samples} rows "
+                        f"(observed {evidence.statistic:.3f}; confidence sequence {seq.cs_lower:.3f} to "
+                        f"{seq.cs_upper:.3f}).", record)
+
+
+__all__ = ["ABOVE", "BELOW", "RULE", "UNDECIDED", "BettingTest", "SequentialPairedRule", "SequentialPanelRule",
+           "SequentialResult", "sequential_mean_test", "sequential_paired"]
