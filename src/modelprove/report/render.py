@@ -15,13 +15,14 @@ from typing import Any
 
 import modelprove
 from modelprove.core.errors import ModelproveError, ProtectionError
-from modelprove.core.fileio import atomic_write_bytes, read_json, sha256_file
-from modelprove.methods.protection import FORMAT, MANIFEST, Protection
+from modelprove.core.fileio import atomic_write_bytes, sha256_file
+from modelprove.methods.protection import MANIFEST, Protection, protection_containing
 from modelprove.report import plots
 from modelprove.report.evidence import evidence_images
 from modelprove.report.reading import INCONCLUSIVE, NOT_RECORDED, STOLEN, Reading, rate_text
 
 FORMATS = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+MARKDOWN_MARKER = "<!-- modelprove report"  # the first line of a Markdown report (invisible when rendered)
 SECRETS_LEFT_OUT = ("Public version: the protection's secrets are left out — its evidence images (transformed "
                     "images, style image, key samples, fingerprint examples, trigger) and the per-sample scores. "
                     "Outcome, statistics, the panel's summary and every digest are kept.")
@@ -76,29 +77,33 @@ class Section:
 
 # -- protections ----------------------------------------------------------------------------------
 
-def is_protection_dir(directory: Path) -> bool:
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return False
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` holds a report modelprove wrote (what --force may replace): its HTML names
+    modelprove as generator, its Markdown opens with the marker comment."""
     try:
-        return read_json(manifest).get("format") == FORMAT
-    except (ModelproveError, AttributeError):
+        head = Path(path).read_bytes()[:2048].decode("utf-8", errors="replace")
+    except OSError:
         return False
+    return '<meta name="generator" content="modelprove' in head or head.startswith(MARKDOWN_MARKER)
 
 
-def check_output(path: str | Path, *, overwrite: bool, flag: str = "--force") -> Path:
-    """A report (or one of its picture files) may be written at ``path``: never over an existing file
-    without ``overwrite``, never inside a protection directory."""
+def check_output(path: str | Path, *, overwrite: bool) -> Path:
+    """A report (or one of its picture files) may be written at ``path``: never inside a protection
+    directory, never over an existing file without ``overwrite``, and then only over a report."""
     path = Path(path)
-    for parent in [path.parent.resolve(), *path.parent.resolve().parents]:
-        if is_protection_dir(parent):
-            raise ProtectionError(f"refusing to write {path.name} inside this protection directory: modelprove never "
-                                  "writes into a protection.", path=parent, fix="choose an output path outside it.")
+    if (protection := protection_containing(path.parent)) is not None:
+        raise ProtectionError(f"refusing to write {path.name} inside this protection directory: modelprove never "
+                              "writes into a protection.", path=protection, fix="choose an output path outside it.")
     if path.is_dir():
         raise ModelproveError("is a directory; a report is one file.", path=path, fix="pass a file name, e.g. report.html.")
-    if path.exists() and not overwrite:
-        raise ModelproveError("already exists; refusing to overwrite it.", path=path,
-                              fix=f"pass {flag}, or choose another output path.")
+    if path.exists():
+        if not overwrite:
+            raise ModelproveError("already exists; refusing to overwrite it.", path=path,
+                                  fix="choose another path, or pass overwrite=True to replace it.",
+                                  cli_fix="choose another output path, or pass --force to replace it.")
+        if path.suffix.lower() in FORMATS and not is_report_file(path):
+            raise ModelproveError("exists and is not a modelprove report; only an earlier report is replaced.",
+                                  path=path, fix="choose another output path.")
     return path
 
 
