@@ -4,8 +4,9 @@ Suspects: a direct copy, the copy fine-tuned on the attacker's data, and an inde
 trained from scratch on the attacker's part of the training set without the style. Each is verified
 white-box (its weights) and black-box (probability vectors only), the black-box verdict both from
 the model file and from an ONNX export of it, side by side. Writes the
-protection, the suspects, each verdict as JSON and a Markdown summary to ``runs/demo/``; a second
-run reuses what is already there (``--fresh`` redoes everything).
+protection, the suspects, each verdict as JSON, a Markdown summary and an HTML report of every verdict
+(``report.html``) to ``runs/demo/``; a second run reuses what is already there (``--fresh`` redoes
+everything).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from modelprove.core.verdict import format_p, verdict_table
 from modelprove.data import load_splits
 from modelprove.methods import move
 from modelprove.models import build_model, card_for, export_onnx, load_model, save_model
+from modelprove.report import with_paths, write_report
 from modelprove.training import TrainConfig, agreement, evaluate, train
 
 
@@ -115,7 +117,7 @@ def main() -> int:
 
     make_suspect("independent", independent)
 
-    verdicts, rows = [], {}
+    verdicts, rows, readings = [], {}, []
     by_setting: dict[str, dict[str, object]] = {}
     for name, path in suspects.items():
         model, card = load_model(path)
@@ -129,12 +131,14 @@ def main() -> int:
             "black-box": white_box.as_black_box(),
             "black-box (ONNX)": open_suspect(onnx_path, name=name),
         }
+        files = {"white-box": path, "black-box": path, "black-box (ONNX)": onnx_path}
         by_setting[name] = {}
         for label, access in accesses.items():
             begin = time.perf_counter()
             verdict = move.verify(opened, access, m=args.m, m_black_box=args.m_black_box, seed=args.seed)
             timings[f"verify {label}: {name}"] = time.perf_counter() - begin
-            verdict.save(out / "verdicts" / f"{name}.{label.replace(' ', '-').replace('(', '').replace(')', '')}.json")
+            saved = verdict.save(out / "verdicts" / f"{name}.{label.replace(' ', '-').replace('(', '').replace(')', '')}.json")
+            readings.append(with_paths(saved, protection=protection_dir, suspect=files[label]))
             by_setting[name][label] = verdict
             if label != "black-box (ONNX)":
                 verdicts.append(verdict)
@@ -149,9 +153,12 @@ def main() -> int:
     (out / "summary.md").write_text(summary)
     (out / "summary.json").write_text(json.dumps({"results": results, "verdicts": [v.to_dict() for v in verdicts],
                                                  "timings": timings}, indent=2))
+    # The demo's own page, rewritten on every run like summary.md: every verdict, the protection's evidence.
+    write_report(readings, out / "report.html", protections=[protection_dir], overwrite=True,
+                 title="modelprove demo: MOVE verdicts for three suspects")
     for stage, seconds in timings.items():
         console.print(f"  {seconds:8.2f} s  {stage}")
-    console.print(f"summary written to {out / 'summary.md'}")
+    console.print(f"summary written to {out / 'summary.md'}; report of every verdict: {out / 'report.html'}")
     expected = {"direct-copy": True, "fine-tuned": True, "independent": False}
     wrong = [f"{v.suspect} ({v.setting})" for v in verdicts if v.suspect in expected and v.stolen != expected[v.suspect]]
     if wrong:

@@ -35,6 +35,9 @@ def test_demo_script_runs_and_reuses_its_work(tmp_path, bars_task):
     onnx = json.loads((tmp_path / "demo" / "verdicts" / "direct-copy.black-box-ONNX.json").read_text())
     assert abs(onnx["effect"] - verdicts["direct-copy", "black-box"]["effect"]) < 1e-4
     assert "| direct-copy |" in (tmp_path / "demo" / "summary.md").read_text()
+    report = (tmp_path / "demo" / "report.html").read_text()  # make demo's page: all 9 verdicts, one evidence block
+    assert report.count("<section") == 9 and "suspect model “direct-copy”" in report
+    assert report.count("Transformed images beside their originals.</strong>") == 1
     second = subprocess.run(command, capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing
     assert second.returncode == 0, second.stderr[-2000:]
     assert "reusing the protection" in second.stderr and "reusing suspect" in second.stderr
