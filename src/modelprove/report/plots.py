@@ -121,6 +121,8 @@ def combined_plot(readings: list[Reading]) -> bytes | None:
     figure = _figure(8, 0.4 * len(shown) + 1.4)
     axis = figure.subplots()
     labels = [f"{r.suspect} · {r.method} · {r.setting} · m={r.record.get('samples', '?')}" for r in shown]
+    if len(set(labels)) < len(labels):  # e.g. one suspect verified from its model file and from its ONNX export
+        labels = [f"{label} ({r.source.name if r.source else i + 1})" for i, (label, r) in enumerate(zip(labels, shown))]
     y = np.arange(len(shown))[::-1]
     axis.barh(y, [_neg_log10(r.p_value) for r in shown], color=[OUTCOME_COLOURS[r.outcome] for r in shown])
     for row, reading in zip(y, shown):

@@ -66,6 +66,7 @@ class Section:
     command_notes: list[str]
     protection: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    origin: str = ""  # which verdict file, which suspect file: two verdicts of one suspect and setting differ here
 
     @property
     def outcome_class(self) -> str:
@@ -247,7 +248,9 @@ def section(index: int, reading: Reading, protection: Protection | None, *, publ
         facts=_facts(reading), details=details, standing=figures, samples=samples, samples_note=samples_note,
         evidence=evidence, evidence_note=evidence_note, provenance=reading.provenance(), command=command,
         command_notes=command_notes, protection=_protection_summary(protection) if protection is not None else None,
-        notes=reading.notes)
+        notes=reading.notes, origin=" · ".join(
+            part for part in (f"verdict {reading.source}" if reading.source else "",
+                              f"suspect file {reading.suspect_path}" if reading.suspect_path else "") if part))
 
 
 def _thumbnail(path: Path, size: int = 256) -> bytes:
@@ -282,7 +285,7 @@ def context(readings: list[Reading], protections: list[Protection | None], *, pu
                  "difference significant.", plots.p_vs_m_plot(readings))):
             if data:
                 combined.append(Figure(name, title_, caption, data))
-    summary = [[r.suspect, r.method, r.setting, r.outcome, r.p_text,
+    summary = [[r.source.name if r.source else "—", r.suspect, r.method, r.setting, r.outcome, r.p_text,
                 "—" if r.alpha is None else f"{r.alpha:g}", r.effect_text,
                 "—" if r.statistic[0] is None else f"{r.statistic[0]:.4f}", str(r.record.get("samples", "—")),
                 "—" if r.record.get("queries") is None else str(r.record["queries"])] for r in readings]
@@ -295,7 +298,7 @@ def context(readings: list[Reading], protections: list[Protection | None], *, pu
         "public": public,
         "secrets_note": SECRETS_LEFT_OUT,
         "sections": sections,
-        "summary_headers": ["suspect", "method", "setting", "outcome", "p", "alpha", "effect", "statistic", "samples",
+        "summary_headers": ["verdict", "suspect", "method", "setting", "outcome", "p", "alpha", "effect", "statistic", "samples",
                             "queries"],
         "summary": summary if len(readings) > 1 else [],
         "combined": combined,
