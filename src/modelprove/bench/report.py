@@ -322,9 +322,9 @@ def _png(figure, plt) -> bytes:
 
 
 def statistic_strip_png(run) -> bytes | None:
-    """Every verified cell's statistic (the verdict's effect, e.g. delta_mu, where the cell records no
-    model-level statistic): one strip per attack and one for the independent models, one panel per method
-    and setting; red points were called stolen."""
+    """Every verified cell's model-level statistic (its effect where a cell records none): one strip per
+    attack and one for the independent models, one panel per method and setting; red points were called
+    stolen, blue not stolen, olive inconclusive."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,18 +351,21 @@ def statistic_strip_png(run) -> bytes | None:
                 continue
             name = cells[0].get("statistic_name") or cells[0].get("effect_name", "effect")
             for k, row in enumerate(reversed(rows)):
-                values = [(r.get("statistic", r["effect"]), r["stolen"]) for r in cells if r["row"] == row]
+                values = [(r["statistic"] if r.get("statistic") is not None else r.get("effect"), r["outcome"])
+                          for r in cells if r["row"] == row]
+                values = [(v, outcome) for v, outcome in values if v is not None]
                 if values:
                     x = [v for v, _ in values]
                     y = k + rng.uniform(-0.2, 0.2, len(values))
-                    axis.scatter(x, y, s=22, c=["#d62728" if stolen else "#1f77b4" for _, stolen in values], zorder=2)
+                    axis.scatter(x, y, s=22, zorder=2, c=[{"stolen": "#d62728", "inconclusive": "#bcbd22"}.get(
+                        outcome, "#1f77b4") for _, outcome in values])
             axis.set_yticks(range(len(rows)), list(reversed(rows)), fontsize=8)
             axis.set_ylim(-0.6, len(rows) - 0.4)
-            axis.axvline(0, color="black", linewidth=0.8)
             axis.set_xlabel(name, fontsize=8)
             axis.grid(axis="x", alpha=0.3)
             axis.set_title(f"{method}, {setting}", fontsize=9)
-    figure.suptitle("Each cell's statistic: attacks vs independent models (red: called stolen)", fontsize=10)
+    figure.suptitle("Each cell's statistic: attacks vs independent models (red: stolen, blue: not stolen, "
+                    "olive: inconclusive)", fontsize=10)
     figure.tight_layout()
     return _png(figure, plt)
 

@@ -16,6 +16,9 @@ from safetensors.torch import load_file
 
 from modelprove.data.style import stamp_patch
 from modelprove.methods import key_watermarks
+from modelprove.methods.badnets import POOL_FILE
+from modelprove.methods.blind_watermark import LOGO_FILE
+from modelprove.methods.key_samples import KEYS_FILE
 from modelprove.methods.protection import Protection
 
 SHOWN = 8  # images per gallery: enough to see what the evidence is, few enough to stay on one screen
@@ -72,7 +75,7 @@ def move_images(protection: Protection) -> tuple[list[Gallery], list[Attachment]
 
 def key_images(protection: Protection) -> tuple[list[Gallery], list[Attachment]]:
     """Key samples with the labels the watermarked model gives them (Adi, Zhang, the blind watermark)."""
-    stored = _tensors(protection, "keys.safetensors")
+    stored = _tensors(protection, KEYS_FILE)
     classes = _classes(protection)
     shown = slice(0, SHOWN)
     rows = ([("original", stored["originals"][shown])] if "originals" in stored else []) + \
@@ -83,7 +86,7 @@ def key_images(protection: Protection) -> tuple[list[Gallery], list[Attachment]]
                       + ". A suspect that gives these labels learned the watermark.",
                       rows, [f"label: {_label(classes, int(t))}" for t in stored["targets"][shown]])
     logo = [Attachment("The owner's logo", "The logo the encoder hides in every key sample (blind watermark, "
-                       "Li et al. 2019).", protection.path("logo.png"))] if "logo.png" in protection.manifest["files"] else []
+                       "Li et al. 2019).", protection.path(LOGO_FILE))] if LOGO_FILE in protection.manifest["files"] else []
     return [gallery], logo
 
 
@@ -106,7 +109,7 @@ def trigger_images(size_field: str) -> Callable[[Protection], tuple[list[Gallery
     the config's ``size_field``)."""
 
     def show(protection: Protection) -> tuple[list[Gallery], list[Attachment]]:
-        stored = _tensors(protection, "verification.safetensors")
+        stored = _tensors(protection, POOL_FILE)  # entangled writes the same name
         images = stored["images"][:SHOWN]
         size = int(protection.config.get(size_field, 3))
         target = protection.config.get("target", protection.config.get("target_class"))

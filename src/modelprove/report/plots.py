@@ -69,27 +69,42 @@ def standing_plot(reading: Reading, marks: list[Mark]) -> bytes | None:
 
 
 def scores_plot(reading: Reading) -> bytes | None:
-    """Per-sample evidence: the distribution of the suspect's scores and the reference's (new records'
-    ``evidence``), e.g. MOVE's meta-classifier output per transformed image."""
+    """Per-sample evidence (the calibrated record's ``evidence``): the distributions of the suspect's
+    scores and the paper test's reference on the same rows (e.g. MOVE's meta-classifier output for the
+    suspect and for B), or, for 0/1 scores (a key sample or fingerprint example matched or not), which rows
+    the suspect matched."""
     evidence = reading.record.get("evidence")
     if not isinstance(evidence, dict) or not evidence.get("suspect_scores"):
         return None
-    suspect = np.asarray(evidence["suspect_scores"], dtype=float)
     reference = np.asarray(evidence.get("reference_scores") or [], dtype=float)
+    # The paper test's pair shares one axis; the suspect's own scores may be another quantity (a gain).
+    suspect = np.asarray(evidence.get("paired_suspect_scores") if len(reference) and evidence.get("paired_suspect_scores")
+                         else evidence["suspect_scores"], dtype=float)
+    colour = OUTCOME_COLOURS[reading.outcome]
+    if not len(reference) and np.isin(suspect, (0.0, 1.0)).all():
+        figure = _figure(8, 1.4)
+        axis = figure.subplots()
+        axis.bar(np.arange(len(suspect)), np.ones(len(suspect)), width=0.9,
+                 color=[colour if v else "#d9d9d9" for v in suspect])
+        axis.set_xlim(-0.6, len(suspect) - 0.4)
+        axis.set_yticks([])
+        axis.set_xlabel("sample (in the order verified)")
+        axis.set_title(f"Matched by the suspect: {int(suspect.sum())} of {len(suspect)} (coloured)", fontsize=10)
+        return png(figure)
     both = np.concatenate([suspect, reference])
     low, high = (0.0, 1.0) if both.min() >= 0 and both.max() <= 1 else (both.min(), both.max() + 1e-9)
     bins = np.linspace(low, high, 21)
     figure = _figure(8, 3)
     axis = figure.subplots()
-    axis.hist(suspect, bins=bins, alpha=0.6, color=OUTCOME_COLOURS[reading.outcome],
+    axis.hist(suspect, bins=bins, alpha=0.6, color=colour,
               label=f"suspect “{reading.suspect}” ({len(suspect)} samples, mean {suspect.mean():.3f})")
     if len(reference):
-        axis.hist(reference, bins=bins, alpha=0.6, color=HONEST,
+        axis.hist(reference, bins=bins, alpha=0.6, color=REFERENCE,
                   label=f"{evidence.get('reference') or 'reference'} (mean {reference.mean():.3f})")
     axis.set_xlabel("per-sample score")
     axis.set_ylabel("samples")
     axis.legend(fontsize=8)
-    axis.set_title("Per-sample evidence: the suspect's scores and the reference's", fontsize=10)
+    axis.set_title("Per-sample evidence", fontsize=10)
     return png(figure)
 
 

@@ -15,9 +15,8 @@ from typing import Any
 
 from modelprove.core.errors import ModelproveError
 from modelprove.core.fileio import read_json, sha256_file
-from modelprove.core.verdict import format_p
+from modelprove.core.verdict import INCONCLUSIVE, NOT_STOLEN, OUTCOMES, STOLEN, format_p
 
-STOLEN, NOT_STOLEN, INCONCLUSIVE = "stolen", "not stolen", "inconclusive"
 NOT_RECORDED = "not recorded"
 
 # What each method's evidence means, for someone who has not read the paper (DESIGN.md's vocabulary).
@@ -73,6 +72,10 @@ class Mark:
     # | threshold (the decision rule's line) | chance (a line of what chance or the references give)
 
 
+def marks_victim(marks: list[Mark]) -> bool:
+    return any(m.label.startswith("the protected model") for m in marks)
+
+
 @dataclass
 class Reading:
     """One verdict record, read: ``record`` is the JSON as saved; ``source`` the file it came from."""
@@ -108,7 +111,7 @@ class Reading:
     @property
     def outcome(self) -> str:
         outcome = self.record.get("outcome")
-        if outcome in (STOLEN, NOT_STOLEN, INCONCLUSIVE):
+        if outcome in OUTCOMES:
             return outcome
         return STOLEN if self.record.get("stolen") else NOT_STOLEN
 
@@ -124,7 +127,9 @@ class Reading:
 
     @property
     def p_text(self) -> str:
-        return NOT_RECORDED if self.p_value is None else format_p(self.p_value)
+        if self.p_value is None:
+            return "none (no test was decided)" if self.outcome == INCONCLUSIVE else NOT_RECORDED
+        return format_p(self.p_value)
 
     @property
     def seed(self) -> Any:
@@ -142,10 +147,15 @@ class Reading:
         return (float(effect) if isinstance(effect, (int, float)) else None), str(self.record.get("effect_name", "effect"))
 
     @property
+    def t_acc(self) -> float | None:
+        value = self.details.get("T_acc", self.details.get("t_acc"))
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
     def effect_text(self) -> str:
         effect = self.record.get("effect")
         if not isinstance(effect, (int, float)):
-            return NOT_RECORDED
+            return "none (no test was decided)" if self.outcome == INCONCLUSIVE else NOT_RECORDED
         return f"{self.record.get('effect_name', 'effect')} = {effect:+.3f}"
 
     @property
@@ -173,28 +183,37 @@ class Reading:
         details, marks = self.details, []
         panel = self.record.get("panel")
         if isinstance(panel, dict) and panel.get("statistics"):
-            marks.append(Mark(f"null panel: {len(panel['statistics'])} honest models", [float(v) for v in panel["statistics"]],
-                              "honest"))
+            arch = f" {panel['architecture']}" if panel.get("architecture") else ""
+            marks.append(Mark(f"null panel: {len(panel['statistics'])} honest{arch} models",
+                              [float(v) for v in panel["statistics"]], "honest"))
         self_test = self.record.get("self_test")
         if isinstance(self_test, dict) and isinstance(self_test.get("statistic"), (int, float)):
             marks.append(Mark("the protected model itself (self-test)", [float(self_test["statistic"])], "derived"))
-        if isinstance(details.get("mu_benign"), (int, float)):
-            marks.append(Mark("honest reference model B", [float(details["mu_benign"])], "honest"))
-        if isinstance(details.get("mu_reference"), (int, float)):
+        # B's and the reference condition's means share the statistic's axis only where the statistic is
+        # the suspect's mean score (MOVE; today's trigger records), not e.g. a trigger's gain.
+        same_axis = isinstance(details.get("mu_suspect"), (int, float)) and (
+            value is None or "statistic" not in self.record or abs(float(details["mu_suspect"]) - value) < 1e-5)
+        if same_axis and isinstance(details.get("mu_benign"), (int, float)):
+            marks.append(Mark("benign model B (the paper test's reference)", [float(details["mu_benign"])], "reference"))
+        elif same_axis and isinstance(details.get("mu_reference"), (int, float)):
             label = ("the suspect on public samples" if self.method == "dataset-inference"
                      else "the suspect on the same images without the trigger")
             marks.append(Mark(label, [float(details["mu_reference"])], "reference"))
-        if "T_acc" in details and isinstance(results.get("key_accuracy"), (int, float)):
+        t_acc = self.t_acc
+        if t_acc is not None and isinstance(results.get("key_accuracy"), (int, float)) and not marks_victim(marks):
             marks.append(Mark("the watermarked model, when protected", [float(results["key_accuracy"])], "derived"))
         for key, label, role in (("held_out_surrogate", "held-out models derived from it (surrogates)", "derived"),
                                  ("held_out_reference", "held-out independent models (references)", "honest")):
             values = next((results[k] for k in (f"{key}_caeacc", f"{key}_match") if isinstance(results.get(k), list)), None)
             if "rho" in details and values:
                 marks.append(Mark(label, [float(v) for v in values], role))
-        for key, label, role in (("T_acc", "decision threshold T_acc", "threshold"), ("rho", "decision threshold rho", "threshold"),
+        paper = not isinstance(panel, dict) or self.rule.startswith("paper")
+        for key, label, role in (("T_acc", "the paper's threshold T_acc", "threshold"),
+                                 ("t_acc", "the paper's threshold T_acc", "threshold"),
+                                 ("rho", "the paper's threshold rho", "threshold"),
                                  ("chance", "chance (the test's null rate)", "chance")):
             if isinstance(details.get(key), (int, float)):
-                marks.append(Mark(label, [float(details[key])], role))
+                marks.append(Mark(label if paper else f"{label} (not the rule used here)", [float(details[key])], role))
         if value is not None:
             marks.append(Mark(f"suspect “{self.suspect}”", [value], "suspect"))
         return marks
@@ -205,8 +224,13 @@ class Reading:
         head = {STOLEN: f"The suspect model “{self.suspect}” is judged STOLEN from the protected model",
                 NOT_STOLEN: f"The suspect model “{self.suspect}” is judged NOT stolen from the protected model",
                 INCONCLUSIVE: f"No decision could be reached for the suspect model “{self.suspect}” (inconclusive)"}
-        reason = self.record.get("reason")
-        return f"{head[self.outcome]}: {reason if reason else self._evidence_clause()}."
+        reason = str(self.record.get("reason") or "").strip().rstrip(".")
+        return f"{head[self.outcome]}: {reason or self._evidence_clause()}."
+
+    def meaning(self) -> str:
+        """What the method measures, in words ('' for a method this report does not know)."""
+        text = MEANING.get(self.method, "")
+        return f"{text[0].upper()}{text[1:]}." if text else ""
 
     def _evidence_clause(self) -> str:
         details, p, alpha, samples = self.details, self.p_text, self.alpha, self.record.get("samples")
@@ -228,10 +252,10 @@ class Reading:
                 null = "had the suspect not learned the trigger"
             return (f"{compared} (difference {self.record.get('effect', float('nan')):+.3f}); {null}, a difference at "
                     f"least this large would arise by chance with probability p = {p}" + (f", {level}" if level else ""))
-        if "T_acc" in details:
+        if self.t_acc is not None:
             return (f"it gave the owner's secret labels to {details.get('successes', '?')} of {samples} key samples "
                     f"({self.record.get('effect', 0):.0%}); the rule calls a suspect stolen above "
-                    f"T_acc = {details['T_acc']:.0%} (chance is {details.get('chance', 0):.0%}; p = {p} against chance)")
+                    f"T_acc = {self.t_acc:.0%} (chance is {details.get('chance', 0):.0%}; p = {p} against chance)")
         if "rho" in details:
             return (f"it matched the fingerprint's labels on {details.get('matches', '?')} of {samples} examples "
                     f"({self.record.get('effect', 0):.0%}); the rule calls a suspect stolen above rho = "
@@ -250,12 +274,13 @@ class Reading:
         who = f"{panel.get('k', '?')} honest {panel.get('architecture', '')} models".replace("  ", " ")
         if not isinstance(far, dict):
             return f"False-accusation rate: not recorded for the null panel of {who}."
-        parts = [f"{rate_text(far[key])} {label}" for key, label in
-                 (("leave_one_out", "when each was left out in turn"),
-                  ("leave_one_recipe_out", "when each training recipe was left out"))
+        parts = [f"{rate_text(far[key], far.get(f'{key}_tested'))} {label}" for key, label in
+                 (("leave_one_out", "when each was tested against the others"),
+                  ("leave_one_recipe_out", "when each training recipe was held out"))
                  if key in far]
         at = f" at alpha = {far['alpha']:g}" if isinstance(far.get("alpha"), (int, float)) else ""
-        return f"Measured false-accusation rate on the null panel of {who}{at}: {' and '.join(parts) or NOT_RECORDED}."
+        return (f"How often this rule accuses an innocent model, measured on the null panel of {who}{at}: "
+                f"{' and '.join(parts) or NOT_RECORDED}.")
 
     # -- provenance -------------------------------------------------------------------------------
     @property
@@ -278,6 +303,19 @@ class Reading:
                 if "transcript" in key and isinstance(value, str):
                     return value
         return None
+
+    def _competence_option(self, manifest: dict[str, Any] | None, notes: list[str]) -> list[str]:
+        if "format" not in self.record:  # today's record: no competence check existed
+            return []
+        competence = self.record.get("competence")
+        if not isinstance(competence, dict):
+            return ["--competence", "0"]  # the check was off
+        fraction = _competence_fraction(competence, manifest)
+        if fraction is None:
+            notes.append(f"The verdict records the competence threshold (accuracy {competence.get('threshold')}), not "
+                         "the --competence share that set it; without the protection the command assumes the default.")
+            return []
+        return [] if abs(fraction - 0.5) < 1e-6 else ["--competence", f"{fraction:.6g}"]
 
     def suspect_hashes(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in sorted(self.hashes.items()) if k.startswith("suspect")]
@@ -306,8 +344,9 @@ class Reading:
         ]
         return rows
 
-    def rerun(self, protection: str | None = None) -> tuple[str, list[str]]:
-        """The command that verifies again, built from what the verdict records, and what it had to guess."""
+    def rerun(self, protection: str | None = None, manifest: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+        """The command that verifies again, built from what the verdict records (and the protection's
+        ``manifest``, when it is open), and what it could not tell."""
         from modelprove.methods import METHODS
 
         notes = []
@@ -334,6 +373,9 @@ class Reading:
             parts += ["--alpha", repr(self.alpha)]
         if self.seed is not None:
             parts += ["--seed", str(self.seed)]
+        if self.rule.startswith("paper"):
+            parts += ["--rule", "paper"]
+        parts += self._competence_option(manifest, notes)
         for key, option in (("verification_images", "verification_images"), ("margin", "margin"),
                             ("T_acc", "t_acc"), ("rho", "rho")):
             if key in details and option in options and not (key == "verification_images" and details[key] == "train") \
@@ -346,12 +388,25 @@ class Reading:
         return " ".join(shlex.quote(p) if not p.startswith("<") else p for p in parts), notes
 
 
-def rate_text(value: Any) -> str:
-    """A false-accusation rate as it may be recorded: a fraction, or counts."""
+def _competence_fraction(competence: dict[str, Any], manifest: dict[str, Any] | None) -> float | None:
+    """The --competence share that set the record's accuracy threshold: (threshold - chance) / (the
+    victim's accuracy - chance), the victim's accuracy from the protection's calibration."""
+    victim = ((manifest or {}).get("calibration") or {}).get("competence", {}).get("victim_accuracy")
+    threshold, chance = competence.get("threshold"), competence.get("chance")
+    if not all(isinstance(v, (int, float)) for v in (victim, threshold, chance)) or victim <= chance:
+        return None
+    return (threshold - chance) / (victim - chance)
+
+
+def rate_text(value: Any, tested: Any = None) -> str:
+    """A false-accusation rate as recorded: a fraction (of ``tested`` models), None (too few models), or counts."""
+    of = f" of {tested} tested" if isinstance(tested, int) and not isinstance(tested, bool) else ""
+    if value is None:
+        return "not measurable (too few models)"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, float)):
-        return f"{value:.0%}"
+        return f"{value:.0%}{of}"
     if isinstance(value, dict):
         count = next((value[k] for k in ("accused", "flagged", "false_accusations", "count") if k in value), None)
         total = next((value[k] for k in ("of", "k", "n", "total", "models") if k in value), None)

@@ -16,6 +16,7 @@ from typing import Any
 import modelprove
 from modelprove.core.errors import ModelproveError, ProtectionError
 from modelprove.core.fileio import atomic_write_bytes, sha256_file
+from modelprove.core.verdict import format_p
 from modelprove.methods.protection import MANIFEST, Protection, protection_containing
 from modelprove.report import plots
 from modelprove.report.evidence import evidence_images
@@ -53,6 +54,7 @@ class Section:
     title: str
     outcome: str
     sentence: str
+    meaning: str
     false_accusations: str
     facts: list[tuple[str, str]]
     details: list[tuple[str, str]]
@@ -109,25 +111,24 @@ def check_output(path: str | Path, *, overwrite: bool) -> Path:
 
 
 def match_protections(readings: list[Reading], given: list[Path]) -> list[Protection | None]:
-    """Each verdict's protection, opened read-only (every file hash-checked): one of ``given`` whose
-    manifest is the one the verdict recorded, else the directory the verdict names, if it still exists."""
-    opened = {}
-    for directory in given:
-        protection = Protection.open(directory)
-        opened[sha256_file(protection.directory / MANIFEST)] = protection
+    """Each verdict's protection, opened read-only (every file hash-checked): one of ``given`` that the
+    verdict was made with (by the protection id the calibrated record states, or by its manifest's
+    sha256), else the directory the verdict names, if it is still there and still the same."""
+    protections = [Protection.open(directory) for directory in given]
+    by_digest = {digest: p for p in protections for digest in (p.protection_id, sha256_file(p.directory / MANIFEST))}
     used, result = set(), []
     for reading in readings:
-        recorded = reading.hashes.get("protection_manifest")
-        protection = opened.get(recorded) if recorded else None
-        if protection is None and recorded is None and len(opened) == 1:
-            protection = next(iter(opened.values()))
-            reading.notes.append("The verdict records no digest of its protection's manifest: that "
+        recorded = reading.record.get("protection_id") or reading.hashes.get("protection_manifest")
+        protection = by_digest.get(recorded) if recorded else None
+        if protection is None and recorded is None and len(protections) == 1:
+            protection = protections[0]
+            reading.notes.append("The verdict records no digest of its protection: that "
                                  f"{protection.directory} is the protection it was made with is not checked.")
-        if protection is None and reading.protection_path and not given and Path(reading.protection_path).is_dir():
+        if protection is None and not given and reading.protection_path and Path(reading.protection_path).is_dir():
             candidate = Protection.open(reading.protection_path)
-            if recorded and sha256_file(candidate.directory / MANIFEST) != recorded:
+            if recorded and recorded not in (candidate.protection_id, sha256_file(candidate.directory / MANIFEST)):
                 reading.notes.append(f"The protection at {reading.protection_path} is not the one this verdict was "
-                                     "made with (its manifest's sha256 differs): its evidence images are not shown.")
+                                     "made with (its digest differs): its evidence images are not shown.")
             else:
                 protection = candidate
         if protection is not None:
@@ -137,19 +138,20 @@ def match_protections(readings: list[Reading], given: list[Path]) -> list[Protec
                                       f"{reading.source or reading.suspect} is a {reading.method!r} verdict.",
                                       path=protection.directory)
         result.append(protection)
-    unused = [p for p in opened.values() if id(p) not in used]
+    unused = [p for p in protections if id(p) not in used]
     if unused:
-        wanted = sorted({r.hashes.get("protection_manifest", NOT_RECORDED)[:12] for r in readings})
+        wanted = sorted({str(r.record.get("protection_id") or r.hashes.get("protection_manifest", NOT_RECORDED))[:12]
+                         for r in readings})
         raise ProtectionError(
-            f"no verdict given was made with this protection (its manifest's sha256 is "
-            f"{sha256_file(unused[0].directory / MANIFEST)[:12]}…; the verdicts record {', '.join(wanted)}…).",
+            f"no verdict given was made with this protection (its id is {unused[0].protection_id[:12]}…; the "
+            f"verdicts record {', '.join(wanted)}…).",
             path=unused[0].directory, fix="pass the protection directory the verdicts were made with.")
     return result
 
 
 def _protection_summary(protection: Protection) -> dict[str, Any]:
     manifest = protection.manifest
-    return {"directory": str(protection.directory), "method": protection.method,
+    return {"directory": str(protection.directory), "method": protection.method, "id": protection.protection_id,
             "created": manifest.get("created", NOT_RECORDED),
             "modelprove_version": manifest.get("modelprove_version", NOT_RECORDED),
             "manifest_sha256": sha256_file(protection.directory / MANIFEST),
@@ -181,23 +183,42 @@ def _facts(reading: Reading) -> list[tuple[str, str]]:
     ]
     panel = record.get("panel")
     if isinstance(panel, dict):
-        rows.append(("null panel", ", ".join(f"{k} {_scalar(panel[k])}" for k in ("architecture", "k", "mean", "sd", "rank")
-                                             if k in panel)))
+        spread = (f", mean {panel['mean']:.4f} ± {panel['sd']:.4f}" if isinstance(panel.get("mean"), (int, float))
+                  and isinstance(panel.get("sd"), (int, float)) else "")
+        rank = (f"; {panel['rank']} of them score at least the suspect's {value:.4f}"
+                if isinstance(panel.get("rank"), int) and value is not None else "")
+        recipes = f" (recipes: {', '.join(dict.fromkeys(panel['recipes']))})" if panel.get("recipes") else ""
+        rows.append(("null panel", f"{panel.get('k', '?')} honest {panel.get('architecture', '')} models{recipes}"
+                                   f"{spread}{rank}"))
         far = panel.get("false_accusation_rate")
         if isinstance(far, dict):
-            rows.append(("false-accusation rate", ", ".join(f"{k.replace('_', ' ')} {rate_text(v) if k != 'alpha' else v}"
-                                                           for k, v in far.items())))
+            rows.append(("false-accusation rate", "; ".join(
+                f"{label} {rate_text(far[key], far.get(f'{key}_tested'))}" for key, label in
+                (("leave_one_out", "leave-one-out"), ("leave_one_recipe_out", "leave-one-recipe-out")) if key in far)))
     else:
         rows.append(("null panel", "none in this verdict (false-accusation rate not measured)"))
-    for key, what in (("self_test", "self-test (the protected model verified)"), ("competence", "competence")):
-        if isinstance(record.get(key), dict):
-            rows.append((what, ", ".join(f"{k} {_scalar(v)}" for k, v in record[key].items())))
+    self_test = record.get("self_test")
+    if isinstance(self_test, dict):
+        found = {True: "detected", False: "NOT detected"}.get(self_test.get("detected"), "")
+        rows.append(("self-test: the protected model verified the same way", ", ".join(part for part in (
+            f"statistic {self_test['statistic']:.4f}" if isinstance(self_test.get("statistic"), (int, float)) else "",
+            f"p {format_p(self_test['p_value'])}" if isinstance(self_test.get("p_value"), (int, float)) else "",
+            found) if part)))
+    competence = record.get("competence")
+    if isinstance(competence, dict):
+        c = competence
+        needs = f"; a verdict needs >= {c['threshold']:.3f}" if isinstance(c.get("threshold"), (int, float)) else ""
+        rows.append(("competence: the suspect's clean top-1 accuracy",
+                     f"{_scalar(c.get('accuracy'))} on {c.get('images', '?')} held-out images (chance "
+                     f"{_scalar(c.get('chance'))}{needs}): {'competent' if c.get('competent') else 'NOT competent'}"))
+    elif "format" in record:
+        rows.append(("competence (clean top-1 accuracy)", "not checked"))
     return rows
 
 
 ROLE_WORDS = {"honest": "honest, independently trained models (blue circles)",
               "derived": "the protected model and models derived from it (orange squares)",
-              "reference": "the suspect's own reference condition (grey)",
+              "reference": "the paper test's reference (grey)",
               "threshold": "the decision rule's threshold (dashed)", "chance": "the chance rate (dotted)"}
 
 
@@ -217,7 +238,8 @@ def section(index: int, reading: Reading, protection: Protection | None, *, publ
         samples_note = "Left out of this public version (per-sample scores)."
     elif scores:
         samples.append(Figure(f"v{index}-scores", "Per-sample scores",
-                              "Each sample's score for the suspect and for the reference.", scores, secret=True))
+                              "Each verification sample's score for the suspect (and, where the paper's test pairs "
+                              "it with one, for its reference on the same samples).", scores, secret=True))
     else:
         samples_note = ("Per-sample scores are not recorded in this verdict (verdicts record them from the "
                         "calibrated record on); the means are in the table above.")
@@ -239,12 +261,14 @@ def section(index: int, reading: Reading, protection: Protection | None, *, publ
                                    _thumbnail(attachment.path), secret=True))
         if not evidence:
             evidence_note = f"Method {protection.method} keeps no images to show."
-    command, command_notes = reading.rerun(str(protection.directory) if protection is not None else None)
+    command, command_notes = reading.rerun(str(protection.directory) if protection is not None else None,
+                                           protection.manifest if protection is not None else None)
     details = [(k, _scalar(v)) for k, v in sorted(reading.details.items())
                if isinstance(v, (str, int, float, bool)) or v is None]
     return Section(
         anchor=f"verdict-{index}", title=f"{reading.suspect} — {reading.method}, {reading.setting}",
-        outcome=reading.outcome, sentence=reading.sentence(), false_accusations=reading.false_accusation_text(),
+        outcome=reading.outcome, sentence=reading.sentence(), meaning=reading.meaning(),
+        false_accusations=reading.false_accusation_text(),
         facts=_facts(reading), details=details, standing=figures, samples=samples, samples_note=samples_note,
         evidence=evidence, evidence_note=evidence_note, provenance=reading.provenance(), command=command,
         command_notes=command_notes, protection=_protection_summary(protection) if protection is not None else None,
@@ -285,8 +309,9 @@ def context(readings: list[Reading], protections: list[Protection | None], *, pu
                  "difference significant.", plots.p_vs_m_plot(readings))):
             if data:
                 combined.append(Figure(name, title_, caption, data))
-    summary = [[r.source.name if r.source else "—", r.suspect, r.method, r.setting, r.outcome, r.p_text,
-                "—" if r.alpha is None else f"{r.alpha:g}", r.effect_text,
+    summary = [[r.source.name if r.source else "—", r.suspect, r.method, r.setting, r.outcome,
+                "—" if r.p_value is None else r.p_text, "—" if r.alpha is None else f"{r.alpha:g}",
+                "—" if r.record.get("effect") is None else r.effect_text,
                 "—" if r.statistic[0] is None else f"{r.statistic[0]:.4f}", str(r.record.get("samples", "—")),
                 "—" if r.record.get("queries") is None else str(r.record["queries"])] for r in readings]
     first = readings[0]
