@@ -43,10 +43,12 @@ def workspace(tmp_path_factory, bars_task, tiny_panel, single_thread):
 
     save_model(independent, card_for(independent, attacker.classes), root / "independent.safetensors")
     victim = root / "protection" / "victim.safetensors"
+    # Not beside the suspects: a verdict named like a suspect would take the place of its card (NAME.json).
+    (root / "verdicts").mkdir()
     for name, suspect, options in (("copy", victim, ["--rule", "paper"]), ("panel", victim, []),
                                    ("independent", root / "independent.safetensors", ["--access", "black-box", "--m", "30"])):
         result = runner.invoke(app, ["verify", "--protection", str(root / "protection"), "--suspect", str(suspect),
-                                     *options, "--json", str(root / f"{name}.json")])
+                                     *options, "--json", str(root / "verdicts" / f"{name}.json")])
         assert result.exit_code == 0, result.output
     return root
 
@@ -57,15 +59,15 @@ def _manifest_snapshot(directory: Path) -> dict[str, str]:
 
 def test_html_report_of_a_real_verdict_says_what_was_decided_and_on_what(workspace):
     before = _manifest_snapshot(workspace / "protection")
-    verdict = json.loads((workspace / "copy.json").read_text())
+    verdict = json.loads((workspace / "verdicts" / "copy.json").read_text())
     assert verdict["outcome"] == "stolen" and verdict["rule"].startswith("paper")  # the victim itself, MOVE's t-test
     out = workspace / "copy.html"
-    write_report([workspace / "copy.json"], out, protections=[workspace / "protection"])
+    write_report([workspace / "verdicts" / "copy.json"], out, protections=[workspace / "protection"])
     html = out.read_text()
     assert "is judged STOLEN from the protected model" in html and "MOVE tests whether the suspect" in html
     assert f"p {format_p(verdict['p_value'])}" in html and "paper: one-sided paired t-test" in html
     for digest in (verdict["protection_id"], verdict["hashes"]["protection_manifest"],
-                   verdict["hashes"]["suspect_weights"], sha256_file(workspace / "copy.json")):
+                   verdict["hashes"]["suspect_weights"], sha256_file(workspace / "verdicts" / "copy.json")):
         assert digest in html
     assert verdict["created"] in html and "False-accusation rate: not measured" in html  # the paper rule: no panel
     # The command to re-run names the protection and the rule, and says what the verdict does not record.
@@ -81,11 +83,11 @@ def test_html_report_of_a_real_verdict_says_what_was_decided_and_on_what(workspa
 
 
 def test_the_null_panel_and_its_measured_false_accusation_rate_are_rendered(workspace):
-    record = json.loads((workspace / "panel.json").read_text())
+    record = json.loads((workspace / "verdicts" / "panel.json").read_text())
     panel = record["panel"]
     assert record["rule"] == "null-panel prediction interval" and panel["k"] == 4
     out = workspace / "panel.html"
-    write_report([workspace / "panel.json"], out)  # the record names its protection: found without --protection
+    write_report([workspace / "verdicts" / "panel.json"], out)  # the record names its protection: found without --protection
     html = markup.unescape(out.read_text())
     far = panel["false_accusation_rate"]
     assert (f"{far['leave_one_out']:.0%} of {far['leave_one_out_tested']} tested when each was tested against the "
@@ -97,11 +99,33 @@ def test_the_null_panel_and_its_measured_false_accusation_rate_are_rendered(work
     assert "--rule" not in html.split("To verify again")[1]  # the default rule
 
 
+@pytest.mark.parametrize("name", ["copy", "independent"])
+def test_the_command_to_verify_again_gives_the_same_verdict(workspace, name):
+    """The report's re-run command, with the suspect's file put in, reproduces the verdict (the paper
+    rule white-box; the null-panel rule black-box at m = 30)."""
+    import shlex
+
+    from modelprove.report.reading import load_verdict
+
+    suspect = {"copy": workspace / "protection" / "victim.safetensors", "independent": workspace / "independent.safetensors"}
+    command, notes = load_verdict(workspace / "verdicts" / f"{name}.json").rerun()
+    assert "<SUSPECT-FILE>" in command and any("sha256" in note for note in notes)
+    args = shlex.split(command.replace("<SUSPECT-FILE>", shlex.quote(str(suspect[name])))
+                       .replace("verdict-again.json", shlex.quote(str(workspace / f"{name}-again.json"))))
+    assert args[:2] == ["modelprove", "verify"]
+    result = runner.invoke(app, args[1:])
+    assert result.exit_code == 0, result.output
+    before, after = (json.loads(f.read_text()) for f in (workspace / "verdicts" / f"{name}.json",
+                                                         workspace / f"{name}-again.json"))
+    for key in ("outcome", "p_value", "statistic", "samples", "rule", "setting", "protection_id"):
+        assert after[key] == before[key], key
+
+
 def test_public_report_leaves_every_image_of_the_protection_out(workspace):
     private = workspace / "private.html"
     public = workspace / "public.html"
-    write_report([workspace / "panel.json"], private, protections=[workspace / "protection"])
-    write_report([workspace / "panel.json"], public, protections=[workspace / "protection"], public=True)
+    write_report([workspace / "verdicts" / "panel.json"], private, protections=[workspace / "protection"])
+    write_report([workspace / "verdicts" / "panel.json"], public, protections=[workspace / "protection"], public=True)
     private_images, public_images = set(DATA_URI.findall(private.read_text())), set(DATA_URI.findall(public.read_text()))
     assert public_images and public_images < private_images  # the plots are kept, identical
     assert len(private_images - public_images) == 3  # per-sample scores, transformed images, style image
@@ -113,13 +137,13 @@ def test_public_report_leaves_every_image_of_the_protection_out(workspace):
     style = next(name for name in protection.manifest["files"] if name.startswith("style."))
     style_bytes = (workspace / "protection" / style).read_bytes()
     assert base64.b64encode(style_bytes[:48]).decode() not in text
-    record = json.loads((workspace / "panel.json").read_text())
+    record = json.loads((workspace / "verdicts" / "panel.json").read_text())
     assert record["protection_id"] in text and record["hashes"]["suspect_weights"] in text  # digests are kept
 
 
 def test_markdown_report_writes_its_pictures_beside_it(workspace):
     out = workspace / "md" / "report.md"
-    written = write_report([workspace / "copy.json", workspace / "panel.json", workspace / "independent.json"], out,
+    written = write_report([workspace / "verdicts" / f"{name}.json" for name in ("copy", "panel", "independent")], out,
                            protections=[workspace / "protection"])
     text = out.read_text()
     assert "data:image" not in text  # GitHub's renderer drops data-URI images: files beside the page
@@ -132,7 +156,7 @@ def test_markdown_report_writes_its_pictures_beside_it(workspace):
 
 
 def test_cli_report_and_its_output_rules(workspace):
-    args = ["report", str(workspace / "copy.json"), "--protection", str(workspace / "protection")]
+    args = ["report", str(workspace / "verdicts" / "copy.json"), "--protection", str(workspace / "protection")]
     out = workspace / "cli.html"
     assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0 and out.is_file()
     again = runner.invoke(app, [*args, "--out", str(out)])
@@ -151,7 +175,7 @@ def test_a_report_refuses_a_protection_the_verdict_was_not_made_with(workspace, 
     defender, _, test = bars_task
     key_watermarks.protect(defender, test, tmp_path / "keys",
                            key_watermarks.ZhangContentConfig(arch="lenet5", epochs=1, key_fraction=0.01), panel=tiny_panel)
-    result = runner.invoke(app, ["report", str(workspace / "copy.json"), "--protection", str(tmp_path / "keys"),
+    result = runner.invoke(app, ["report", str(workspace / "verdicts" / "copy.json"), "--protection", str(tmp_path / "keys"),
                                  "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "no verdict given was made with this protection" in result.output
     assert not (tmp_path / "r.html").exists()
@@ -240,14 +264,14 @@ def test_the_report_renders_in_headless_chromium(workspace, tmp_path):
     from modelprove.report.plots import OUTCOME_COLOURS
 
     # The suspect's diamond in the standing plot has its outcome's colour (the copy: stolen, red).
-    diamond = OUTCOME_COLOURS[json.loads((workspace / "copy.json").read_text())["outcome"]]
+    diamond = OUTCOME_COLOURS[json.loads((workspace / "verdicts" / "copy.json").read_text())["outcome"]]
     page = tmp_path / "page.html"
-    write_report([workspace / "copy.json"], page, protections=[workspace / "protection"])
+    write_report([workspace / "verdicts" / "copy.json"], page, protections=[workspace / "protection"])
     colours, seen = _plot_pixels(screenshot(page, tmp_path / "page.png", width=1200, height=1400), diamond)
     assert colours > 200 and seen > 20  # text, the outcome box, the plot, the evidence: not a blank page
     # A public page's only picture is the plot: its colour appears when the <img> loaded, and not without it.
     public = tmp_path / "public.html"
-    write_report([workspace / "copy.json"], public, protections=[workspace / "protection"], public=True)
+    write_report([workspace / "verdicts" / "copy.json"], public, protections=[workspace / "protection"], public=True)
     assert len(DATA_URI.findall(public.read_text())) == 1
     _, seen = _plot_pixels(screenshot(public, tmp_path / "public.png", width=1200, height=1400), diamond)
     bare = tmp_path / "bare.html"

@@ -16,6 +16,7 @@ from typing import Any
 from modelprove.core.errors import ModelproveError
 from modelprove.core.fileio import read_json, sha256_file
 from modelprove.core.verdict import INCONCLUSIVE, NOT_STOLEN, OUTCOMES, STOLEN, format_p
+from modelprove.methods.base import DEFAULT_COMPETENCE
 
 NOT_RECORDED = "not recorded"
 
@@ -51,6 +52,10 @@ MEANING = {
     "ipguard": "IPGuard tests whether the suspect agrees with the protected model on points near its decision "
                "boundary",
 }
+
+# Verification options a verdict's details record: (detail, the --set option, the value that needs no --set).
+RERUN_SETTINGS = (("verification_images", "verification_images", "train"), ("margin", "margin", 0.0),
+                  ("T_acc", "t_acc", None), ("t_acc", "t_acc", None), ("rho", "rho", None))
 
 # The model-level statistic of today's records, by what their details hold (the new record names its own).
 STATISTIC_NAMES = {
@@ -315,7 +320,7 @@ class Reading:
             notes.append(f"The verdict records the competence threshold (accuracy {competence.get('threshold')}), not "
                          "the --competence share that set it; without the protection the command assumes the default.")
             return []
-        return [] if abs(fraction - 0.5) < 1e-6 else ["--competence", f"{fraction:.6g}"]
+        return [] if abs(fraction - DEFAULT_COMPETENCE) < 1e-6 else ["--competence", f"{fraction:.6g}"]
 
     def suspect_hashes(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in sorted(self.hashes.items()) if k.startswith("suspect")]
@@ -367,8 +372,9 @@ class Reading:
             parts += ["--access", self.setting]
         elif self.setting == "confidence":  # MOVE's ablation without the meta-classifier
             parts += ["--access", str(details.get("suspect_access", "black-box")), "--set", "meta_classifier=false"]
-        if {"m", "m_black_box"} & set(options) and isinstance(self.record.get("samples"), int):
-            parts += ["--m", str(self.record["samples"])]
+        samples = self.record.get("samples")
+        if {"m", "m_black_box"} & set(options) and isinstance(samples, int) and samples >= 2:  # 0: nothing was measured
+            parts += ["--m", str(samples)]
         if self.alpha is not None:
             parts += ["--alpha", repr(self.alpha)]
         if self.seed is not None:
@@ -376,11 +382,10 @@ class Reading:
         if self.rule.startswith("paper"):
             parts += ["--rule", "paper"]
         parts += self._competence_option(manifest, notes)
-        for key, option in (("verification_images", "verification_images"), ("margin", "margin"),
-                            ("T_acc", "t_acc"), ("rho", "rho")):
-            if key in details and option in options and not (key == "verification_images" and details[key] == "train") \
-                    and not (key == "margin" and not details[key]):
-                parts += ["--set", f"{option}={details[key]!r}" if isinstance(details[key], float) else f"{option}={details[key]}"]
+        for key, option, default in RERUN_SETTINGS:
+            value = details.get(key, default)
+            if option in options and value != default:
+                parts += ["--set", f"{option}={value!r}" if isinstance(value, float) else f"{option}={value}"]
         if str(suspect or "").lower().endswith(".onnx"):
             notes.append("An ONNX suspect that returns probabilities needs --outputs probabilities; the verdict does "
                          "not record which it returns.")
