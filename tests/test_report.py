@@ -90,8 +90,9 @@ def test_the_null_panel_and_its_measured_false_accusation_rate_are_rendered(work
     write_report([workspace / "verdicts" / "panel.json"], out)  # the record names its protection: found without --protection
     html = markup.unescape(out.read_text())
     far = panel["false_accusation_rate"]
-    assert (f"{far['leave_one_out']:.0%} of {far['leave_one_out_tested']} tested when each was tested against the "
-            "others") in html
+    accused = round(far["leave_one_out"] * far["leave_one_out_tested"])
+    assert (f"{accused} of {far['leave_one_out_tested']} accused ({far['leave_one_out']:.0%}) when each was tested "
+            "against the others") in html
     assert f"4 honest {panel['architecture']} models" in html and "self-test" in html and "competence" in html
     assert record["reason"].rstrip(".") in html
     assert {"stolen": "STOLEN<", "not stolen": "NOT STOLEN<", "inconclusive": "INCONCLUSIVE<"}[record["outcome"]] in html

@@ -405,13 +405,14 @@ def _competence_fraction(competence: dict[str, Any], manifest: dict[str, Any] | 
 
 def rate_text(value: Any, tested: Any = None) -> str:
     """A false-accusation rate as recorded: a fraction (of ``tested`` models), None (too few models), or counts."""
-    of = f" of {tested} tested" if isinstance(tested, int) and not isinstance(tested, bool) else ""
     if value is None:
         return "not measurable (too few models)"
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (int, float)):
-        return f"{value:.0%}{of}"
+        if isinstance(tested, int) and not isinstance(tested, bool) and tested > 0:
+            return f"{round(value * tested)} of {tested} accused ({value:.0%})"
+        return f"{value:.0%}"
     if isinstance(value, dict):
         count = next((value[k] for k in ("accused", "flagged", "false_accusations", "count") if k in value), None)
         total = next((value[k] for k in ("of", "k", "n", "total", "models") if k in value), None)
