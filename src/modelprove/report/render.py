@@ -124,7 +124,10 @@ def match_protections(readings: list[Reading], given: list[Path]) -> list[Protec
             protection = protections[0]
             reading.notes.append("The verdict records no digest of its protection: that "
                                  f"{protection.directory} is the protection it was made with is not checked.")
-        if protection is None and not given and reading.protection_path and Path(reading.protection_path).is_dir():
+        if protection is None and not given and reading.protection_path and not Path(reading.protection_path).is_dir():
+            reading.notes.append(f"The protection this verdict names ({reading.protection_path}) is not found from "
+                                 "here: pass --protection DIR to show its evidence images.")
+        elif protection is None and not given and reading.protection_path:
             candidate = Protection.open(reading.protection_path)
             if recorded and recorded not in (candidate.protection_id, sha256_file(candidate.directory / MANIFEST)):
                 reading.notes.append(f"The protection at {reading.protection_path} is not the one this verdict was "
