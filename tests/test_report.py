@@ -72,7 +72,8 @@ def test_html_report_of_a_real_verdict_says_what_was_decided_and_on_what(workspa
     assert verdict["created"] in html and "False-accusation rate: not measured" in html  # the paper rule: no panel
     # The command to re-run names the protection and the rule, and says what the verdict does not record.
     assert f"--protection {workspace / 'protection'}" in html and "--m 8" in html and "--rule paper" in html
-    assert "&lt;SUSPECT-FILE&gt;" in html and "does not record the suspect&#39;s file" in html
+    assert "&lt;SUSPECT-FILE&gt;" in html and "does not record the suspect&#39;s path" in html
+    assert "victim.safetensors (sha256" in html  # the name it was loaded from
     # Self-contained: no script, nothing fetched, every image inline.
     assert "<script" not in html and 'src="http' not in html and "url(" not in html
     images = DATA_URI.findall(html)

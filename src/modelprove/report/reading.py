@@ -361,9 +361,12 @@ class Reading:
             notes.append("The verdict does not record the protection's directory: replace <PROTECTION-DIR> with it "
                          f"(its manifest has sha256 {self.hashes.get('protection_manifest', NOT_RECORDED)}).")
         if suspect is None:
+            # Verdicts record each file the suspect was loaded from as suspect:NAME (a name, not a path).
+            files = [f"{k.partition(':')[2]} (sha256 {v})" for k, v in self.suspect_hashes() if k.startswith("suspect:")]
             digest = dict(self.suspect_hashes()).get("suspect_weights", NOT_RECORDED)
-            notes.append(f"The verdict does not record the suspect's file: replace <SUSPECT-FILE> with the file "
-                         f"whose sha256 is {digest}.")
+            notes.append("The verdict does not record the suspect's path: replace <SUSPECT-FILE> with "
+                         + (f"the file it was loaded from: {', '.join(files)}." if files else
+                            f"the file whose sha256 is {digest}."))
         parts = ["modelprove", "verify", "--protection", protection or "<PROTECTION-DIR>",
                  "--suspect", suspect or "<SUSPECT-FILE>"]
         options = METHODS[self.method].verify_options if self.method in METHODS else ()
