@@ -166,6 +166,10 @@ def main() -> int:
     return 0
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"  # an inconclusive verdict has no effect
+
+
 def render_summary(args, splits, results, by_setting, rows, timings) -> str:
     lines = [
         "| suspect | test acc | fidelity to victim | white-box delta_mu | p | decision | black-box delta_mu | p "
@@ -175,8 +179,8 @@ def render_summary(args, splits, results, by_setting, rows, timings) -> str:
     for name, verdicts in by_setting.items():
         white, black, onnx = verdicts["white-box"], verdicts["black-box"], verdicts["black-box (ONNX)"]
         lines.append(f"| {name} | {rows[name]['test acc']} | {rows[name]['fidelity']} | "
-                     f"{white.effect:+.3f} | {format_p(white.p_value)} | {white.decision} | "
-                     f"{black.effect:+.3f} | {format_p(black.p_value)} | {black.decision} | {black.queries} | "
+                     f"{_signed(white.effect)} | {format_p(white.p_value)} | {white.decision} | "
+                     f"{_signed(black.effect)} | {format_p(black.p_value)} | {black.decision} | {black.queries} | "
                      f"{format_p(onnx.p_value)} |")
     lines += [
         "",

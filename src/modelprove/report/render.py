@@ -304,10 +304,13 @@ def context(readings: list[Reading], protections: list[Protection | None], *, pu
         if key is not None:
             first_shown.setdefault(key, f"“{sections[-1].title}”")
     combined = []
+    undecided = sum(r.p_value is None for r in readings)
     if len(readings) > 1:
         for name, title_, caption, data in (
                 ("all-p", "All verdicts", "Each verdict's -log10 p, coloured by outcome (red stolen, green not "
-                 "stolen); the black tick is its alpha: a bar past it is significant.", plots.combined_plot(readings)),
+                 "stolen); the black tick is its alpha: a bar past it is significant." + (
+                     f" {undecided} verdict(s) without a p (inconclusive) are not drawn." if undecided else ""),
+                 plots.combined_plot(readings)),
                 ("p-vs-m", "How p moves with m", "Verdicts of one suspect at several m: a large m makes even a small "
                  "difference significant.", plots.p_vs_m_plot(readings))):
             if data:
