@@ -117,7 +117,7 @@ def markdown(run) -> str:
         lines.append(f"| {label} | {_median_range(victim, lambda x: f'{x:.4f}')} | "
                      f"{_median_range(benign, lambda x: f'{x:.4f}')} | {_median_range(diff, lambda x: f'{x:+.4f}')} |")
 
-    rows = list(dict.fromkeys([a.label for a in config.attacks] + (["Independent"] if config.independents else [])))
+    rows = _rows(config)
     paper_row = {a.label: a.paper for a in config.attacks}
     paper_row["Independent"] = "Independent"
     lines += ["", "## How to read the verification tables", "",
@@ -268,6 +268,12 @@ def _queries(run, rows: list[str]) -> list[str]:
 
 def plot(run, path: Path) -> Path | None:
     """Median -log10(p) per suspect and method, one panel per setting; the line is alpha."""
+    picture = pvalue_png(run)
+    return None if picture is None else atomic_write_bytes(path, picture)
+
+
+def pvalue_png(run) -> bytes | None:
+    """The PNG of :func:`plot`."""
     import math
 
     import matplotlib
@@ -276,7 +282,7 @@ def plot(run, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     config, records = run.config, run.records
-    rows = list(dict.fromkeys([a.label for a in config.attacks] + (["Independent"] if config.independents else [])))
+    rows = _rows(config)
     methods = [m.label for m in config.methods]
     if not rows:
         return None
@@ -299,20 +305,87 @@ def plot(run, path: Path) -> Path | None:
         axis.set_title(f"{config.name}, {setting}")
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
+    return _png(figure, plt)
+
+
+def _rows(config) -> list[str]:
+    return list(dict.fromkeys([a.label for a in config.attacks] + (["Independent"] if config.independents else [])))
+
+
+def _png(figure, plt) -> bytes:
     import io
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
+
+
+def statistic_strip_png(run) -> bytes | None:
+    """Every verified cell's model-level statistic (its effect where a cell records none): one strip per
+    attack and one for the independent models, one panel per method and setting; red points were called
+    stolen, blue not stolen, olive inconclusive."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    config, verdicts = run.config, _verdicts(run.records)
+    rows = _rows(config)
+    panels = [(m.label, s) for m in config.methods for s in config.settings
+              if any(r["method"] == m.label and r["setting"] == s for r in verdicts)]
+    if not rows or not panels:
+        return None
+    columns = len(config.settings)
+    methods = list(dict.fromkeys(label for label, _ in panels))
+    figure, axes = plt.subplots(len(methods), columns, figsize=(5.5 * columns, (0.5 * len(rows) + 1.5) * len(methods) + 0.4),
+                                squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    for i, method in enumerate(methods):
+        for j, setting in enumerate(config.settings):
+            axis = axes[i][j]
+            cells = [r for r in verdicts if r["method"] == method and r["setting"] == setting]
+            if not cells:
+                axis.set_axis_off()
+                continue
+            name = cells[0].get("statistic_name") or cells[0].get("effect_name", "effect")
+            for k, row in enumerate(reversed(rows)):
+                values = [(r["statistic"] if r.get("statistic") is not None else r.get("effect"), r["outcome"])
+                          for r in cells if r["row"] == row]
+                values = [(v, outcome) for v, outcome in values if v is not None]
+                if values:
+                    x = [v for v, _ in values]
+                    y = k + rng.uniform(-0.2, 0.2, len(values))
+                    axis.scatter(x, y, s=22, zorder=2, c=[{"stolen": "#d62728", "inconclusive": "#bcbd22"}.get(
+                        outcome, "#1f77b4") for _, outcome in values])
+            axis.set_yticks(range(len(rows)), list(reversed(rows)), fontsize=8)
+            axis.set_ylim(-0.6, len(rows) - 0.4)
+            axis.set_xlabel(name, fontsize=8)
+            axis.grid(axis="x", alpha=0.3)
+            axis.set_title(f"{method}, {setting}", fontsize=9)
+    figure.suptitle("Each cell's statistic: attacks vs independent models (red: stolen, blue: not stolen, "
+                    "olive: inconclusive)", fontsize=10)
+    figure.tight_layout()
+    return _png(figure, plt)
 
 
 def write_report(run, paths: list[Path]) -> list[Path]:
-    """The Markdown report at each of ``paths``, each with its plot beside it (``NAME-pvalues.png``)."""
+    """The Markdown report at each of ``paths``, each with its plot beside it (``NAME-pvalues.png``); a
+    path ending in .html gets one self-contained page instead (tables and plots, modelprove.report)."""
     written = []
     for path in paths:
         path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            from modelprove.report import write_bench_page
+
+            figures = [(title, caption, data) for title, caption, data in (
+                ("Median −log10 p", "Per suspect and method, one panel per setting; the dashed line is alpha.",
+                 pvalue_png(run)),
+                ("Each cell's statistic", "Every verified cell: the attacks' suspects and the independent models.",
+                 statistic_strip_png(run))) if data]
+            written.append(write_bench_page(run, path, markdown(run), figures))
+            continue
         picture = plot(run, path.with_name(f"{path.stem}-pvalues.png"))
         text = markdown(run)
         if picture is not None:

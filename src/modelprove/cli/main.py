@@ -163,20 +163,27 @@ def verify(
     competence: Annotated[Optional[float], typer.Option(
         help="Share of the way from chance to the victim's clean accuracy a suspect must reach to be judged "
              "(default 0.5; 0 turns the check off).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing --json verdict (only a verdict).")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace an existing --json verdict or --report report (only files modelprove wrote).")] = False,
     protection_id: Annotated[Optional[str], typer.Option(
         help="The id printed by `modelprove protect` and registered then: refuse a protection whose id differs.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for each answer of a remote suspect.")] = None,
+    report_out: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write a report a person reads: NAME.html (self-contained) or NAME.md.")] = None,
+    public: Annotated[bool, typer.Option(
+        help="With --report: leave the protection's secrets out (evidence images, key samples, per-sample scores).")] = False,
 ) -> None:
-    """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON."""
+    """Is the suspect derived from the protected victim? Prints a verdict table, optionally JSON and a report."""
     verdict = run_verify(protection, suspect, access=access, outputs=outputs, budget=budget, m=m, alpha=alpha,
                          seed=seed, options=set_, json_out=json_out, rule=rule, competence=competence, force=force,
-                         protection_id=protection_id, timeout=timeout)
+                         protection_id=protection_id, timeout=timeout, report_out=report_out, public=public)
     out.print(verdict_table([verdict], title=f"verdict for {suspect}"))
     out.print(f"{verdict.decision}: {verdict.reason}", highlight=False)
     out.print(f"checked protection id {verdict.protection_id} "
               + ("(matches --protection-id)" if protection_id else
                  "(not compared with a registered id: pass --protection-id)"), highlight=False, soft_wrap=True)
+    if report_out is not None:
+        out.print(f"report written to {report_out}", highlight=False)
 
 
 def run_verify(
@@ -184,7 +191,8 @@ def run_verify(
     budget: int | None = None, m: int | None = None, alpha: float | None = None, seed: int = 0,
     options: list[str] | None = None, json_out: Path | None = None, name: str | None = None,
     rule: str = "panel", competence: float | None = None, force: bool = False,
-    protection_id: str | None = None, timeout: float | None = None,
+    protection_id: str | None = None, timeout: float | None = None, report_out: Path | None = None,
+    public: bool = False,
 ) -> Verdict:
     """verify's work: ``json_out`` is checked before anything runs (never an input, never inside a
     protection, an existing file only with ``force`` and only a verdict), then the protection is
@@ -201,6 +209,10 @@ def run_verify(
                               inputs=[*([] if is_remote(str(suspect)) else suspect_files(suspect)),
                                       Path(protection) / MANIFEST],
                               replaceable=is_verdict_file)
+        if report_out is not None:
+            _check_report_path(report_out, force, inputs=[*([] if is_remote(str(suspect)) else suspect_files(suspect)),
+                                                           Path(protection) / MANIFEST,
+                                                           *([json_out] if json_out is not None else [])])
         checked = Protection.open(protection, protection_id=protection_id)  # hashes every file once
         spec = get_method(checked.method)
         overrides = _verify_options(spec, options)
@@ -227,6 +239,8 @@ def run_verify(
             verdict.details["transcript"] = suspect_access.transcript.summary()
         if json_out is not None:
             verdict.save(json_out)
+        if report_out is not None:
+            _write_verdict_report(verdict, report_out, protection, suspect, json_out, public, force)
     except ModelproveError as error:
         _fail(error)
     return verdict
@@ -238,6 +252,55 @@ def _agree(key: str, flag: str, flag_value, set_value):  # type: ignore[no-untyp
         raise ModelproveError(f"{key} is given twice with different values: {flag} {flag_value} and "
                               f"--set {key}={set_value}.", fix=f"give it once, as {flag} or as --set {key}=.")
     return flag_value if flag_value is not None else set_value
+
+
+def _check_report_path(path: Path, force: bool, *, flag: str = "--report", inputs=(), fmt: str | None = None) -> None:
+    """A report's path, checked like every output before any work (cli.paths); --force replaces only a
+    report modelprove wrote."""
+    from modelprove.report.render import FORMATS, is_report_file, output_format
+
+    output_format(path, fmt)
+    check_output_file(path, flag=flag, force=force, suffixes=() if fmt else tuple(FORMATS), inputs=inputs,
+                      what="report", replaceable=is_report_file)
+
+
+def _write_verdict_report(verdict: Verdict, path: Path, protection: Path, suspect: Path, json_out: Path | None,
+                          public: bool, force: bool) -> None:
+    from modelprove.report import write_verdict_report
+
+    write_verdict_report(verdict.to_dict(), path, protection=protection, suspect=suspect, json_path=json_out,
+                         public=public, overwrite=force)
+
+
+@app.command()
+def report(
+    verdicts: Annotated[list[Path], typer.Argument(help="Verdict JSON files written by `modelprove verify --json`.")],
+    out_path: Annotated[Path, typer.Option(
+        "--out", help="The report: NAME.html (one self-contained file) or NAME.md (its pictures beside it).")],
+    protection: Annotated[Optional[list[Path]], typer.Option(
+        help="Protection directory the verdicts were made with (repeatable), for its evidence images; "
+             "opened read-only and hash-checked.")] = None,
+    public: Annotated[bool, typer.Option(
+        help="Leave the protection's secrets out (evidence images, style image, key samples, fingerprints, "
+             "per-sample scores): for a report that leaves the owner's hands.")] = False,
+    format_: Annotated[Optional[str], typer.Option("--format", help="html or md (default: from --out's suffix).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="The report's title.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing report.")] = False,
+) -> None:
+    """Render verdicts into a report a person reads: the outcome in words, plots, evidence images, provenance."""
+    from modelprove.report import write_report
+
+    from modelprove.methods.protection import MANIFEST
+
+    try:
+        _check_report_path(out_path, force, flag="--out", fmt=format_,
+                           inputs=[*verdicts, *(Path(p) / MANIFEST for p in protection or [])])
+        written = write_report(verdicts, out_path, protections=protection or [], public=public, fmt=format_,
+                               overwrite=force, title=title)
+    except ModelproveError as error:
+        _fail(error)
+    out.print(f"report written to {written[0]}" + (f" (+ {len(written) - 1} picture files beside it)"
+                                                   if len(written) > 1 else ""), highlight=False)
 
 
 def _verify_options(spec, pairs: list[str] | None) -> dict:
@@ -367,7 +430,8 @@ def bench(
     cache: Annotated[Optional[Path], typer.Option(
         help="Model cache shared between grids (default runs/bench/cache).")] = None,
     report: Annotated[Optional[list[Path]], typer.Option(
-        help="Also write the Markdown report here (repeatable), e.g. docs/results/move-fmnist.md.")] = None,
+        help="Also write the report here (repeatable): NAME.md (Markdown, e.g. docs/results/move-fmnist.md) or "
+             "NAME.html (one self-contained page with the tables and plots).")] = None,
     threads: Annotated[Optional[int], typer.Option(
         help="torch threads per worker process (default: 1 with several workers, else torch's).")] = None,
     workers: Annotated[Optional[int], typer.Option(
