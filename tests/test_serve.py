@@ -29,6 +29,7 @@ from modelprove.cli.main import run_verify
 from modelprove.core.errors import SuspectError
 from modelprove.methods import METHODS, key_watermarks as kw, move
 from modelprove.models import build_model, card_for, save_model
+from modelprove.report import load_verdict
 from modelprove.serve import OutputMode, ServedModel, create_app, served_model
 from modelprove.training import TrainConfig, train
 
@@ -159,6 +160,8 @@ def test_remote_verification_gives_the_files_verdict(models, servers, tmp_path):
         lines = [json.loads(line) for line in (tmp_path / f"{name}.transcript.jsonl").read_text().splitlines()]
         assert lines[0]["metadata_sha256"] == record["hashes"]["suspect_metadata"]
         assert transcript_digest(lines[1:]) == transcript["digest"]
+        provenance = dict(load_verdict(tmp_path / f"{name}.json").provenance())  # what a report prints
+        assert provenance["query transcript digest"].startswith(transcript["digest"])
         panel_remote = run_verify(protection, servers[name].url)
         panel_local = run_verify(protection, model, access="black-box")
         # Same outcome; the reasons may differ: an API does not reveal its architecture (a claimed one is not

@@ -307,6 +307,9 @@ class Reading:
             for key, value in holder.items():
                 if "transcript" in key and isinstance(value, str):
                     return value
+                if key == "transcript" and isinstance(value, dict) and value.get("digest"):
+                    # a remote suspect's record (access.remote.Transcript.summary): digest of every body, in order
+                    return f"{value['digest']} ({value.get('batches', '?')} requests, {value.get('images', '?')} images)"
         return None
 
     def _competence_option(self, manifest: dict[str, Any] | None, notes: list[str]) -> list[str]:
