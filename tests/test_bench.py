@@ -367,3 +367,15 @@ def test_sequential_and_fixed_designs_side_by_side(tmp_path):
     assert "## Queries to a verdict, black-box" in report
     assert "| suspect | fixed: queries | fixed: outcome | sequential: queries | sequential: outcome |" in report
     assert f"| fixed | 2 | 120 [120, 120] | {competence} [{competence}, {competence}] |" in report
+
+
+def test_bench_seeds_runs_a_subset_of_the_grid_and_refuses_others(tmp_path):
+    from typer.testing import CliRunner
+
+    from modelprove.cli.main import _grid_seeds, app
+
+    config = load_bench_config("move-fmnist")
+    assert _grid_seeds(config, "2,0").seeds == (2, 0) and _grid_seeds(config, "1").methods == config.methods
+    result = CliRunner().invoke(app, ["bench", "move-fmnist", "--seeds", "7", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "has seeds [0, 1, 2]" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was made

@@ -49,6 +49,21 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 120)
 
 
+def _grid_seeds(config, seeds: str):
+    """``config`` for a subset of its seeds (``bench --seeds``)."""
+    import dataclasses
+
+    try:
+        chosen = tuple(dict.fromkeys(int(part) for part in seeds.split(",") if part.strip()))
+    except ValueError:
+        chosen = ()
+    unknown = [seed for seed in chosen if seed not in config.seeds]
+    if not chosen or unknown:
+        raise ModelproveError(f"--seeds {seeds!r}: the grid {config.name} has seeds {list(config.seeds)}.",
+                              fix=f"pass some of them, comma-separated (e.g. --seeds {config.seeds[0]}).")
+    return dataclasses.replace(config, seeds=chosen)
+
+
 def _fail(error: Exception) -> None:
     text = error.for_cli() if isinstance(error, ModelproveError) else str(error)
     Console(stderr=True).print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
@@ -444,6 +459,9 @@ def bench(
              "sharing --out and --cache; then run once without it for the report.")] = None,
     report_only: Annotated[bool, typer.Option(
         help="Run nothing: write the report from the results so far, marking cells not yet verified.")] = False,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Run the grid for these of its seeds only (comma-separated, e.g. 0): a smaller grid whose report "
+             "says which seeds it has; the same command without it later adds the rest from the cache.")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
 ) -> None:
     """Run (or resume) a grid of methods x attacks x seeds; write results.jsonl, report.md and a plot."""
@@ -459,6 +477,8 @@ def bench(
             raise ModelproveError("--workers and --cluster both say where the jobs run.",
                                   fix="give one: --workers N (processes here) or --cluster local:N / tcp://HOST:8786.")
         config = load_bench_config(grid)
+        if seeds is not None:
+            config = _grid_seeds(config, seeds)
         run = run_bench(config, out_dir or Path("runs/bench") / config.name,
                         cache_dir=cache or Path("runs/bench/cache"), threads=threads, reports=report or [],
                         workers=workers if workers is not None else default_workers(threads), cluster=cluster,
