@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from modelprove.access import BlackBoxAccess, WhiteBoxAccess, open_suspect
+from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError, ProtectionError, SuspectError
 from modelprove.methods import METHODS, move
 from modelprove.models import build_model, export_onnx, load_model, predict_proba
@@ -307,3 +308,61 @@ def test_negatives_of_other_recipes_are_recorded(tmp_path, bars_task):
     assert len(set(results["meta_classifier_negative_seeds"])) == 3
     with pytest.raises(ModelproveError, match="negative_recipes: unknown recipe 'rmsprop'"):
         move.MoveConfig(negative_recipes="rmsprop")
+
+
+class _Wide(torch.nn.Module):
+    """Weights on both sides of the reference's 5000 limit: a small conv (kept, pooled), a conv of
+    2 x 2600 channels (skipped), a 4 x 2600 linear weight (pooled over its last dimension) and a 3 x 4 one
+    (kept whole); the biases are 1-D (dropped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.wide_conv = torch.nn.Conv2d(2, 2600, 1)
+        self.wide_fc = torch.nn.Linear(2600, 4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.wide_conv(torch.relu(self.conv(x))).mean(dim=(2, 3))
+        return self.fc(torch.relu(self.wide_fc(x)))
+
+
+def test_reference_reduction_is_the_public_codes_layout():
+    torch.manual_seed(5)
+    model = _Wide().eval()
+    images, labels = torch.rand(3, 1, 5, 5), torch.tensor([0, 2, 1])
+    spec = GradientFeatureSpec("reference", signed=False)
+    assert spec.layout(model) == [("conv.weight", 2), ("wide_fc.weight", 4), ("fc.weight", 12)]
+    features = gradient_features(model, images, labels, spec)
+    assert features.shape == (3, 18)
+    for i in range(3):  # by hand: autograd on one image, then the reference's pooling
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(images[i : i + 1]), labels[i : i + 1]).backward()
+        expected = torch.cat([model.conv.weight.grad.amax(dim=(2, 3)).flatten(), model.wide_fc.weight.grad.amax(dim=1),
+                              model.fc.weight.grad.flatten()])
+        assert torch.allclose(features[i], expected, atol=1e-6)
+    signs = gradient_features(model, images, labels, GradientFeatureSpec("reference"))
+    assert signs.dtype == torch.int8 and torch.equal(signs.float(), torch.sign(features))
+    # cnn_small's fc1 (128 x 512) becomes 128 numbers, not 65,536 as with spatial_max
+    cnn = build_model("cnn_small", 1, 10, (28, 28))
+    assert GradientFeatureSpec("reference").dimension(cnn) == 16 + 32 * 16 + 128 + 10 * 128
+    assert GradientFeatureSpec("spatial_max").dimension(cnn) == 16 + 32 * 16 + 128 * 512 + 10 * 128
+
+
+def test_move_protects_and_verifies_with_the_reference_layout(tmp_path, bars_task, tiny_panel, single_thread):
+    defender, attacker, test = bars_task
+    config = config_from_pairs(move.MoveConfig, ["reduction=reference"], arch="lenet5", epochs=8, benign_models=2,
+                               meta_samples=30, meta_epochs=10, m=8, m_black_box=20, test_transformed=30)
+    move.protect(defender, test, tmp_path / "p", config, panel=tiny_panel)
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["config"]["reduction"] == "reference"
+    # lenet5 pooled: conv1 6 x 1, conv2 16 x 6, fc1 120 x 400 and fc2 84 x 120 over their inputs, the head whole
+    assert manifest["results"]["feature_dimension"] == 6 + 16 * 6 + 120 + 84 + defender.num_classes * 84
+    victim, _ = load_model(tmp_path / "p" / "victim.safetensors")
+    stolen = move.verify(tmp_path / "p", copy.deepcopy(victim), setting="white-box", rule="paper")
+    assert stolen.stolen and stolen.effect > 0.2
+    torch.manual_seed(777)
+    honest = build_model("lenet5", 1, attacker.num_classes, (28, 28))
+    train(honest, attacker, TrainConfig(epochs=4, seed=777), show_progress=False)
+    for seed in range(2):
+        assert move.verify(tmp_path / "p", honest, setting="white-box", seed=seed).outcome != "stolen"

@@ -27,8 +27,13 @@ from modelprove.core.errors import ModelproveError, SuspectError
 #   of its gradient signs that are positive and the fraction that are zero. They do not change when
 #   hidden units are permuted, so a meta-classifier cannot separate models by the arbitrary order of
 #   their units; docs/results/move-false-accusations.md measures why that matters.
-Reduction = Literal["layer_sign_stats", "spatial_max", "none"]
-REDUCTIONS: tuple[str, ...] = ("layer_sign_stats", "spatial_max", "none")
+# - "reference": the public MOVE code's layout (collect_grads of zlh-thu/StealingVerification): conv
+#   kernels whose out x in channels exceed REFERENCE_POOL_LIMIT are skipped, the others max-pooled over
+#   (kh, kw); a 2-D weight with more than REFERENCE_POOL_LIMIT elements is max-pooled over its last
+#   dimension (cnn_small's fc1 of 128 x 512 gives 128 numbers), a smaller one kept whole.
+Reduction = Literal["layer_sign_stats", "spatial_max", "reference", "none"]
+REDUCTIONS: tuple[str, ...] = ("layer_sign_stats", "spatial_max", "reference", "none")
+REFERENCE_POOL_LIMIT = 5000  # the reference's pool_thresh on out x in channels
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,15 @@ class GradientFeatureSpec:
             raise ModelproveError("the 'layer_sign_stats' reduction summarises gradient signs; it needs signed features.")
 
     def selected(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {name: p for name, p in model.named_parameters() if p.ndim >= self.min_ndim}
+        return {name: p for name, p in model.named_parameters() if p.ndim >= self.min_ndim
+                and not (self.reduction == "reference" and p.ndim == 4 and _channels(p.shape) > REFERENCE_POOL_LIMIT)}
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """One weight's per-sample gradients (B, *weight_shape) -> features (B, n): signs or values."""
         if self.reduction != "none" and per_sample.ndim == 5:
             per_sample = per_sample.amax(dim=(3, 4))
+        elif self.reduction == "reference" and per_sample.ndim == 3 and _channels(per_sample.shape[1:]) > REFERENCE_POOL_LIMIT:
+            per_sample = per_sample.amax(dim=2)
         flat = per_sample.flatten(start_dim=1)
         if self.reduction == "layer_sign_stats":
             return torch.stack([(flat > 0).float().mean(dim=1), (flat == 0).float().mean(dim=1)], dim=1)
@@ -63,14 +71,21 @@ class GradientFeatureSpec:
         for name, p in self.selected(model).items():
             if self.reduction == "layer_sign_stats":
                 count = 2
+            elif self.reduction == "reference" and p.ndim == 2 and _channels(p.shape) > REFERENCE_POOL_LIMIT:
+                count = p.shape[0]
             else:
-                shape = p.shape[:2] if (self.reduction == "spatial_max" and p.ndim == 4) else p.shape
+                shape = p.shape[:2] if (self.reduction in ("spatial_max", "reference") and p.ndim == 4) else p.shape
                 count = int(torch.tensor(shape).prod())
             out.append((name, count))
         return out
 
     def dimension(self, model: nn.Module) -> int:
         return sum(count for _, count in self.layout(model))
+
+
+def _channels(shape: torch.Size) -> int:
+    """out x in of a weight's shape (out, in, ...)."""
+    return int(shape[0]) * int(shape[1])
 
 
 def per_sample_gradient_features(
