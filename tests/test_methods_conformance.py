@@ -44,6 +44,9 @@ TINY = {
     "ipguard": dict(surrogate_archs="lenet5", reference_archs="lenet5", held_out_surrogates=1,
                     held_out_references=1, epochs=2, steps=10, n=10),
 }
+for name in ("sac-w", "sac-m"):
+    TINY[name] = dict(surrogate_archs="lenet5", reference_archs="lenet5", held_out_surrogates=1, held_out_references=1,
+                      epochs=2)
 for name in ("adi", "zhang-content", "zhang-noise", "zhang-unrelated"):
     TINY[name] = dict(key_fraction=0.05, key_repeats=5)
 
@@ -58,7 +61,7 @@ def tiny_config(name: str):
 
 @pytest.fixture(scope="module")
 def source(bars_task):
-    """An already trained model, for the methods that fingerprint one (CAE, IPGuard)."""
+    """An already trained model, for the methods that fingerprint one (CAE, IPGuard, SAC)."""
     defender = bars_task[0]
     model = fresh_model("lenet5", defender, 11)
     train(model, defender, TrainConfig(epochs=4, seed=11), show_progress=False)

@@ -4,6 +4,7 @@ and substitute (other-domain) data for attacks."""
 from modelprove.data.augment import (
     AUGMENTATIONS,
     crop_padding,
+    cutmix,
     hflip,
     random_crop,
     random_hflip,
@@ -37,6 +38,7 @@ __all__ = [
     "ImageDataset",
     "cache_dir",
     "crop_padding",
+    "cutmix",
     "dataset_candidates",
     "fashion_mnist_candidates",
     "hflip",

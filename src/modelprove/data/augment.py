@@ -56,6 +56,23 @@ def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
+def cutmix(x: torch.Tensor, other: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """CutMix (Yun et al., ICCV 2019) of image pairs: each image of ``x`` with a box of the same row of
+    ``other`` pasted in. The box covers a share 1 − λ of the area, λ ~ U(0, 1) (CutMix's Beta(1, 1)),
+    its centre uniform over the image, clipped at the borders."""
+    _check_batch(x)
+    if other.shape != x.shape:
+        raise ValueError(f"cutmix pairs images of one shape, got {tuple(x.shape)} and {tuple(other.shape)}")
+    n, _, h, w = x.shape
+    side = (1 - torch.rand(n, generator=gen)).sqrt()  # the box's share of each side
+    half_h, half_w = (side * h).long() // 2, (side * w).long() // 2
+    cy, cx = torch.randint(0, h, (n,), generator=gen), torch.randint(0, w, (n,), generator=gen)
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = ((ys >= (cy - half_h).view(n, 1, 1)) & (ys < (cy + half_h).view(n, 1, 1))
+           & (xs >= (cx - half_w).view(n, 1, 1)) & (xs < (cx + half_w).view(n, 1, 1)))
+    return torch.where(box[:, None].to(x.device), other, x)
+
+
 def crop_padding(height: int) -> int:
     """The trainer's crop padding: about an eighth of the side, even, at least 1.
 

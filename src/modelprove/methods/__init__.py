@@ -9,6 +9,7 @@ from __future__ import annotations
 from modelprove.core.errors import ModelproveError
 from modelprove.methods import (
     badnets, blind_watermark, cae, dataset_inference, entangled, gradient_matching, ipguard, key_watermarks, move,
+    sac,
 )
 from modelprove.methods.base import OwnershipMethod
 
@@ -24,6 +25,8 @@ METHODS: dict[str, OwnershipMethod] = {method.name: method for method in (
     *key_watermarks.WATERMARKS.values(),
     cae.CAE,
     ipguard.IPGUARD,
+    sac.SAC_W,
+    sac.SAC_M,
 )}
 
 

@@ -392,6 +392,41 @@ def train_defender_models(source: nn.Module, defender: ImageDataset, config: Cae
     return models, records
 
 
+@dataclass
+class HeldOutModels(TrainsModels):
+    """The config fields of the held-out surrogates and references a fingerprint's threshold is chosen
+    with (IPGuard, SAC): CAE's own, so the same plan and seeds train the same models. A subclass has
+    the fields ``n``, ``alpha`` and ``seed``."""
+
+    surrogate_archs: str = "cnn_small,lenet5"
+    reference_archs: str = "cnn_small,lenet5"
+    held_out_surrogates: int = 2
+    held_out_references: int = 2
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.05
+    augmentation: str = "crop"
+
+    def cae_config(self) -> CaeConfig:
+        """The held-out model fields as a CaeConfig (its checks validate them)."""
+        return CaeConfig(surrogate_archs=self.surrogate_archs, reference_archs=self.reference_archs,
+                         surrogates=1, references=1, held_out_surrogates=self.held_out_surrogates,
+                         held_out_references=self.held_out_references, epochs=self.epochs,
+                         batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation,
+                         rho_fallback=getattr(self, "rho_fallback", CaeConfig.rho_fallback), alpha=self.alpha,
+                         seed=self.seed, candidates=max(self.n, 1), n=self.n)
+
+
+def train_held_out_models(source: nn.Module, defender: ImageDataset, config: HeldOutModels,
+                          given: DefenderModels | None = None) -> tuple[DefenderModels, dict]:
+    """Only the held-out surrogates and references of ``config`` (those ``given`` lacks): CEM's slots get
+    placeholders, so none is trained for it."""
+    given = given or DefenderModels()
+    given = DefenderModels([source], [source], given.held_out_surrogates, given.held_out_references)
+    models, records = train_defender_models(source, defender, config.cae_config(), given)
+    return DefenderModels([], [], models.held_out_surrogates, models.held_out_references), records
+
+
 def match_rate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
     """Share of ``images`` a local model labels with ``targets`` (CAEAcc, IPGuard's matching rate)."""
     return float((predict_labels(model, images) == targets).float().mean())
@@ -476,15 +511,15 @@ def held_out_threshold(models: DefenderModels, fingerprint: torch.Tensor, target
 
 def write_fingerprint_protection(out: Path, method: str, config: dict, source: Classifier, defender: ImageDataset,
                                  test: ImageDataset, results: dict, fingerprint: dict[str, torch.Tensor], *,
-                                 force: bool) -> None:
-    """The protection directory of a fingerprint (CAE, IPGuard): the source model, the fingerprint's
+                                 force: bool, access: tuple[str, ...] = ACCESS) -> None:
+    """The protection directory of a fingerprint (CAE, IPGuard, SAC): the source model, the fingerprint's
     tensors (images, targets, origins, ...) and a manifest."""
     with create_protection(out, method, config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": results["source_test_accuracy"]}
         save_model(source, card_for(source, defender.classes, training, {"kind": "source", "method": method}),
                    writer.path("source.safetensors"))
         save_file({k: v.contiguous() for k, v in fingerprint.items()}, str(writer.path("fingerprint.safetensors")))
-        writer.record(dataset=dataset_info(defender, test), results=results, access=ACCESS)
+        writer.record(dataset=dataset_info(defender, test), results=results, access=access)
 
 
 def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,

@@ -41,17 +41,9 @@ VERIFY_OPTIONS = cae.VERIFY_OPTIONS
 
 
 @dataclass
-class IpguardConfig:
-    """IPGuard's parameters; the held-out model fields mirror CAE's so both can share the models."""
+class IpguardConfig(cae.HeldOutModels):
+    """IPGuard's parameters; the held-out model fields are CAE's, so both can share the models."""
 
-    surrogate_archs: str = "cnn_small,lenet5"
-    reference_archs: str = "cnn_small,lenet5"
-    held_out_surrogates: int = 2
-    held_out_references: int = 2
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 0.05
-    augmentation: str = "crop"
     k: float = 0.5  # logit margin of the winning class over the runner-up (IPGuard's k)
     steps: int = 100
     step_size: float = 0.005  # signed-gradient step on x (points stop once past the boundary)
@@ -66,15 +58,6 @@ class IpguardConfig:
             raise ModelproveError(f"IpguardConfig needs k >= 0, steps >= 1, step_size > 0, n >= 1; got k={self.k}, "
                                   f"steps={self.steps}, step_size={self.step_size}, n={self.n}.")
         self.cae_config()  # validates the shared fields
-
-    def cae_config(self) -> cae.CaeConfig:
-        """The defender-model fields as a CaeConfig, so the held-out models are CAE's (same plan, same seeds)."""
-        return cae.CaeConfig(surrogate_archs=self.surrogate_archs, reference_archs=self.reference_archs,
-                             surrogates=1, references=1, held_out_surrogates=self.held_out_surrogates,
-                             held_out_references=self.held_out_references, epochs=self.epochs,
-                             batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation,
-                             rho_fallback=self.rho_fallback, alpha=self.alpha, seed=self.seed,
-                             candidates=max(self.n, 1), n=self.n)
 
 
 def boundary_loss(logits: torch.Tensor, winner: torch.Tensor, runner_up: torch.Tensor, k: float) -> torch.Tensor:
@@ -117,13 +100,9 @@ def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: I
     out = Path(out)
     ensure_writable(out, force)
     source, source_info = cae.load_source(model, defender)
-    shared = config.cae_config()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    given = defender_models or cae.DefenderModels()
-    # Only the held-out models matter here; lend CEM's slots placeholders so none are trained for it.
-    given = cae.DefenderModels([source], [source], given.held_out_surrogates, given.held_out_references)
-    models, records = cae.train_defender_models(source, defender, shared, given)
+    models, records = cae.train_held_out_models(source, defender, config, defender_models)
     timings["train_held_out_models"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -153,8 +132,7 @@ def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: I
     cae.write_fingerprint_protection(out, METHOD, {**asdict(config), **source_info}, source, defender, test, results,
                                      {"images": fingerprint, "targets": targets, "origins": defender.indices[rows[kept]]},
                                      force=force)
-    held_out = cae.DefenderModels([], [], models.held_out_surrogates, models.held_out_references)
-    return cae.CaeProtection(out, source, fingerprint, targets, held_out, results)
+    return cae.CaeProtection(out, source, fingerprint, targets, models, results)
 
 
 def open_protection(directory) -> cae.OpenedFingerprint:
