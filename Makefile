@@ -51,7 +51,7 @@ chromium:
 	fi
 
 test: setup data chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=2 --dist loadfile
 
 demo: setup data
 	$(PY) scripts/demo.py

@@ -44,6 +44,11 @@ def _shift_every_seed(offset: int) -> None:
 def pytest_configure(config):
     if AUDIT_THREADS:
         torch.set_num_threads(AUDIT_THREADS)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs one pytest-xdist worker process per core: one torch thread each, not two
+        # threads per process fighting over the same cores.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if AUDIT_SEED:
         _shift_every_seed(AUDIT_SEED)
 
