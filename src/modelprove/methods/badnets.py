@@ -33,7 +33,6 @@ from safetensors.torch import load_file, save_file
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import stamp_patch
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
@@ -297,8 +296,4 @@ class BadNets(TriggerMethod):
 
 BADNETS = BadNets()
 protect = BADNETS.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Is ``suspect`` stolen from the BadNets-watermarked victim? (:meth:`OwnershipMethod.verify`)"""
-    return BADNETS.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+verify = BADNETS.verify

@@ -45,7 +45,6 @@ from modelprove.access import LABEL_ONLY, LabelOnlyAccess
 from modelprove.core.errors import DataError, ModelproveError
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.augment import AUGMENTATIONS
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.key_samples import (
@@ -492,12 +491,7 @@ class BlindWatermark(KeySampleMethod):
 
 BLIND_WATERMARK = BlindWatermark()
 protect = BLIND_WATERMARK.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Key accuracy acc_g of ``suspect`` on (x_key, t_key) (Eq. 4), label-only (:meth:`OwnershipMethod.verify`)."""
-    return BLIND_WATERMARK.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
-                                  **options)
+verify = BLIND_WATERMARK.verify
 
 
 __all__ = ["VERIFY_OPTIONS", "BlindWatermarkConfig", "protect", "open_protection", "verify", "ssim"]

@@ -43,7 +43,6 @@ from modelprove.core.errors import ModelproveError, ProtectionError
 from modelprove.core.fileio import sha256_file
 from modelprove.core.progress import progress_default, task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
@@ -684,8 +683,4 @@ class Cae(FingerprintMethod):
 
 CAE = Cae()
 protect = CAE.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Is ``suspect`` a surrogate of the source? CAEAcc on the fingerprint (:meth:`OwnershipMethod.verify`)."""
-    return CAE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+verify = CAE.verify

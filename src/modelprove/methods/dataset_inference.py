@@ -52,7 +52,6 @@ from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
 from modelprove.methods.base import OwnershipMethod
@@ -409,9 +408,4 @@ class DatasetInference(OwnershipMethod):
 
 DATASET_INFERENCE = DatasetInference()
 protect = DATASET_INFERENCE.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Was ``suspect`` trained on the victim's private data (or derived from the victim)? DI's test."""
-    return DATASET_INFERENCE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
-                                    **options)
+verify = DATASET_INFERENCE.verify

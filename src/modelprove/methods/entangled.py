@@ -49,7 +49,6 @@ from safetensors.torch import load_file, save_file
 from modelprove.access import BLACK_BOX, WHITE_BOX, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import PatchTransformer
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
@@ -347,8 +346,4 @@ class Entangled(TriggerMethod):
 
 ENTANGLED = Entangled()
 protect = ENTANGLED.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Does ``suspect`` carry the entangled watermark? (:meth:`OwnershipMethod.verify`)"""
-    return ENTANGLED.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+verify = ENTANGLED.verify

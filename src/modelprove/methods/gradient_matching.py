@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.augment import AUGMENTATIONS
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.style import stamp_patch
@@ -308,9 +307,4 @@ class GradientMatching(TriggerMethod):
 
 GRADIENT_MATCHING = GradientMatching()
 protect = GRADIENT_MATCHING.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Is ``suspect`` stolen from the gradient-matching-watermarked victim? (:meth:`OwnershipMethod.verify`)"""
-    return GRADIENT_MATCHING.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name,
-                                    **options)
+verify = GRADIENT_MATCHING.verify

@@ -28,7 +28,6 @@ from modelprove.access import LABEL_ONLY, LabelOnlyAccess
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import progress_default, task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods import cae
 from modelprove.methods.protection import ensure_writable
@@ -155,8 +154,4 @@ class Ipguard(cae.FingerprintMethod):
 
 IPGUARD = Ipguard()
 protect = IPGUARD.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """IPGuard's matching rate on the boundary points, label-only (:meth:`OwnershipMethod.verify`)."""
-    return IPGUARD.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+verify = IPGUARD.verify

@@ -37,7 +37,6 @@ from modelprove.core.errors import ModelproveError, ProtectionError, SuspectErro
 from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.progress import task
 from modelprove.core.seeding import generator
-from modelprove.core.verdict import Verdict
 from modelprove.data.dataset import ImageDataset
 from modelprove.data.augment import hflip, translate
 from modelprove.data.style import (
@@ -578,8 +577,4 @@ class Move(OwnershipMethod):
 
 MOVE = Move()
 protect = MOVE.protect
-
-
-def verify(protection, suspect, *, setting=None, seed=0, suspect_name=None, **options) -> Verdict:
-    """Is ``suspect`` stolen from the protected victim? (:meth:`OwnershipMethod.verify`)"""
-    return MOVE.verify(protection, suspect, setting=setting, seed=seed, suspect_name=suspect_name, **options)
+verify = MOVE.verify
