@@ -15,7 +15,7 @@ import torch
 
 from modelprove.attacks import ATTACKS, run_attack
 from modelprove.attacks.base import victim_access
-from modelprove.attacks.distill import soften
+from modelprove.training.students import soften
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
 from modelprove.models import build_model

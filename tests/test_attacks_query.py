@@ -154,7 +154,7 @@ def test_probability_attacks_refuse_a_label_only_victim(victim, bars_task, attac
 
 
 def test_jagielski_softening_keeps_the_ranking_and_raises_entropy():
-    from modelprove.attacks.jagielski import soften
+    from modelprove.training.students import soften
 
     p = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.0, 0.0, 1.0, 0.0]])
     assert torch.allclose(soften(p, 1.0), p, atol=1e-6)

@@ -7,7 +7,7 @@ but may only query the victim. A fresh student (any registered ``arch``) is trai
 
 with s the student's logits, y the attacker's own labels, and q_T the victim's softened output.
 The oracle is black-box, so only probabilities p = softmax(z) are seen, never logits z; softening
-by T is then p^(1/T) renormalised, which equals softmax(z / T) exactly. The victim is queried once
+by T is then softmax(log p / T), which equals softmax(z / T) exactly (training.students). The victim is queried once
 per transfer-set image before training; targets are looked up by dataset index, so augmentation
 is "none" by default (a soft target belongs to the un-augmented image).
 """
@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from modelprove.access import BLACK_BOX, BlackBoxAccess, require_access
 from modelprove.attacks._shared import check, check_training, query_probabilities, require_data
 from modelprove.attacks.base import student_for
 from modelprove.data.dataset import ImageDataset
 from modelprove.models import ARCHITECTURES
 from modelprove.training import TrainConfig, train
+from modelprove.training.students import distillation_loss, soften
 
 PAPER_SETTING = ("MOVE Sec. 6.1: Hinton KD on the victim's CIFAR-10 training set, SGD lr 0.1, momentum 0.9 (epochs "
                  "not stated); here 10 epochs, lr 0.05, T=4, alpha=0.9 on the attacker split, for 2 CPU cores")
@@ -53,34 +51,16 @@ class DistillConfig:
         check_training(self)
 
 
-def soften(probabilities: torch.Tensor, T: float) -> torch.Tensor:
-    """softmax(z / T) from p = softmax(z) alone: p^(1/T) renormalised."""
-    powered = probabilities.clamp_min(0).pow(1.0 / T)
-    return powered / powered.sum(dim=1, keepdim=True)
-
-
-def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, labels: torch.Tensor, T: float,
-            alpha: float) -> torch.Tensor:
-    """Hinton et al.'s loss; the T^2 keeps the soft term's gradients on the hard term's scale."""
-    soft = F.kl_div(F.log_softmax(student_logits / T, dim=1), soft_targets, reduction="batchmean") * T * T
-    if alpha == 1.0:
-        return soft
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
 def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: DistillConfig):
     require_access(victim, BLACK_BOX, "attack 'distill'")
     data = require_data(attacker_data, victim, "distill")
     targets = soften(query_probabilities(victim, data), config.T)
     student = student_for(victim, data, config.arch, config.seed)
 
-    def loss_fn(logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, targets[index], labels, config.T, config.alpha)
-
     record = train(
         student, data,
         TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                     augmentation=config.augmentation, seed=config.seed),
-        loss_fn=loss_fn, description=f"distill (T={config.T:g}, alpha={config.alpha:g})",
+        loss_fn=distillation_loss(targets, config.T, config.alpha), description=f"distill (T={config.T:g}, alpha={config.alpha:g})",
     )
     return student.eval(), {"training": record.to_dict(), "student_arch": student.arch}

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from modelprove.access import BLACK_BOX, BlackBoxAccess, require_access
 from modelprove.attacks.base import student_for
 from modelprove.attacks._shared import check, query_probabilities, require_data, victim_classes
-from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled
 from modelprove.data.dataset import ImageDataset
+from modelprove.training.students import soft_target_loss, soften
 
 PAPER_SETTING = ("CAE App. A.5.1: soft labels softmax(victim logits / T) from the victim, surrogate trained on "
                  "them (T not recoverable; here 2)")
-
-PROBABILITY_FLOOR = 1e-12  # a returned 0 would make log(p) infinite; it stays the smallest class after softening
-
 
 @dataclass
 class JagielskiConfig(SurrogateConfig):
@@ -37,11 +33,6 @@ class JagielskiConfig(SurrogateConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self, "temperature", self.temperature > 0, "> 0 (1 keeps the victim's outputs as they are)", "2.0")
-
-
-def soften(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(log p / T): the victim's outputs at distillation temperature T (CAE Eq. 11)."""
-    return torch.softmax(probabilities.clamp_min(PROBABILITY_FLOOR).log() / temperature, dim=1)
 
 
 def steal(victim: BlackBoxAccess, attacker_data: ImageDataset | None, config: JagielskiConfig):

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from modelprove.access import BLACK_BOX, BlackBoxAccess, LabelOnlyAccess, require_access
 from modelprove.attacks._shared import check, query_labels, query_probabilities, victim_classes
 from modelprove.attacks.base import student_for
-from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled
 from modelprove.data.dataset import ImageDataset
+from modelprove.training.students import soft_target_loss
 from modelprove.data.substitute import SUBSTITUTES, load_substitute
 
 PAPER_SETTING = ("Orekondy et al. 2019 / CAE A.5.1: random transfer set of other-domain natural images, "

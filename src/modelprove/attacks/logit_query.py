@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from modelprove.access import BLACK_BOX, BlackBoxAccess, require_access
 from modelprove.attacks.base import student_for
 from modelprove.attacks._shared import query_probabilities, require_data, victim_classes
-from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled, soft_target_loss
+from modelprove.attacks.transfer_set import SurrogateConfig, fit, relabelled
 from modelprove.data.dataset import ImageDataset
+from modelprove.training.students import soft_target_loss
 
 PAPER_SETTING = "MOVE Sec. 6.1: fresh model, KL to the victim's outputs, 20 epochs on substitute data (here 10)"
 

@@ -1,5 +1,6 @@
 """What the query-only attacks add to :mod:`modelprove.attacks._shared`: the surrogate's training
-settings, a transfer set built from stored victim answers, and the soft-target loss.
+settings and a transfer set built from stored victim answers (the soft-target losses are
+training.students', shared with the defender's surrogates).
 
 Vocabulary (MOVE Sec. 2.1, CAE Sec. 5): the *victim* answers queries; the attacker's *transfer set*
 is the images it sends with the answers it gets, each image queried once and the answer stored;
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from modelprove.attacks._shared import check, check_training
 from modelprove.core.progress import progress_default
@@ -50,20 +50,6 @@ class SurrogateConfig:
 def relabelled(data: ImageDataset, labels: torch.Tensor, classes: list[str], name: str) -> ImageDataset:
     """The same images (shared, not copied) with stored victim labels: the surrogate's transfer set."""
     return ImageDataset(data.images, labels.long(), classes, name, data.indices)
-
-
-def soft_target_loss(targets: torch.Tensor) -> LossFn:
-    """KL(targets[index] || softmax(logits)), batch mean: the surrogate matches stored probability vectors.
-
-    Its gradient equals that of cross-entropy with soft labels (they differ by the targets' entropy,
-    a constant), so it serves MOVE's logit-query (KL) and Jagielski's soft-label training alike.
-    """
-
-    def loss(logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        del labels
-        return F.kl_div(F.log_softmax(logits, dim=1), targets[index], reduction="batchmean")
-
-    return loss
 
 
 def fit(student: Classifier, data: ImageDataset, config: SurrogateConfig, *, loss_fn: LossFn = cross_entropy,
