@@ -128,6 +128,8 @@ def test_keys_change_with_the_data():
     ({"independents": [{"arch": "lenet5", "seeds": [1], "optimizer": "rmsprop"}]}, "independents[0].optimizer"),
     ({"independents": [{"arch": "lenet5", "seeds": [1], "colour": "red"}]}, "independents[0].colour"),
     ({"panel": {"size": 2}}, "panel"),
+    ({"independents": [{"arch": "lenet5", "seeds": [1], "student": "nope"}]}, "independents[0].student"),
+    ({"independents": [{"arch": "lenet5", "seeds": [1], "student": "distill>copy"}]}, "independents[0].student"),
 ])
 def test_grid_errors_name_the_field(change, field):
     with pytest.raises(BenchConfigError, match=f"field '{field.replace('[', '.').replace(']', '.')}"):
@@ -379,3 +381,18 @@ def test_bench_seeds_runs_a_subset_of_the_grid_and_refuses_others(tmp_path):
     result = CliRunner().invoke(app, ["bench", "move-fmnist", "--seeds", "7", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "has seeds [0, 1, 2]" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_an_honest_student_is_keyed_after_its_teacher_and_named_by_its_attack():
+    grid = variant(independents=[{"arch": "lenet5", "seeds": [200]},
+                                 {"arch": "lenet5", "seeds": [200], "student": "distill:epochs=2"}])
+    _, _, plan = plan_grid(parse_bench_config(grid), DATA)
+    teacher, student = {}, {}
+    for cell in plan:
+        if cell["kind"] == "independent":
+            (student if cell["independent"]["student"] else teacher)[cell["suspect_key"]] = cell["independent"]
+    (teacher_key, plain), = teacher.items()
+    (student_key, made), = student.items()
+    assert student_key != teacher_key  # the student is its own model, made after its teacher
+    assert made["teacher"] == plain["recipe"] and made["recipe"]["student"] == "distill:epochs=2"
+    assert made["name"] != plain["name"] and "student-distill" in made["name"]

@@ -310,6 +310,33 @@ def test_negatives_of_other_recipes_are_recorded(tmp_path, bars_task):
         move.MoveConfig(negative_recipes="rmsprop")
 
 
+def test_surrogates_join_the_victim_and_benign_students_join_the_negatives(tmp_path, bars_task, single_thread):
+    """surrogates=...: the students learn from a held-back share the victim and B never train on; C's
+    positives are V and its students, its negatives the benign models and as many students of them."""
+    defender, _, test = bars_task
+    config = move.MoveConfig(arch="lenet5", epochs=8, benign_models=2, surrogates="distill,label_query",
+                             surrogate_seeds=1, surrogate_epochs=8, surrogate_holdout=0.25, meta_samples=20,
+                             meta_epochs=2, m=5, m_black_box=5, test_transformed=20)
+    move.build(defender, test, tmp_path / "p", config, transformer=_Invert())
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    results = manifest["results"]
+    made = results["surrogates"]
+    assert [(r["kind"], r["teacher"]) for r in made] == [("distill", "victim"), ("distill", "benign model 0"),
+                                                        ("label_query", "victim"), ("label_query", "benign model 0")]
+    fidelity = [r["fidelity_on_held_back"] for r in made]  # chance is 0.25: they learned their teachers
+    assert min(fidelity) > 0.3 and sum(fidelity) / len(fidelity) > 0.45, fidelity
+    held = manifest["dataset"]["surrogate_holdout"]
+    assert held == 200
+    _, victim_card = load_model(tmp_path / "p" / "victim.safetensors")
+    assert victim_card.training["samples"] == len(defender) - held  # D_b and D_t come from the rest
+    # C saw 3 positive models (V, 2 students) and 4 negative ones (2 benign, 2 students), 20 images each
+    assert results["meta_classifier"]["train_samples"] == (3 + 4) * 20
+    with pytest.raises(ModelproveError, match="surrogates: unknown student kind 'telepathy'"):
+        move.MoveConfig(surrogates="distill,telepathy")
+    with pytest.raises(ModelproveError, match="surrogate_holdout in"):
+        move.MoveConfig(surrogates="distill", surrogate_holdout=1.0)
+
+
 class _Wide(torch.nn.Module):
     """Weights on both sides of the reference's 5000 limit: a small conv (kept, pooled), a conv of
     2 x 2600 channels (skipped), a 4 x 2600 linear weight (pooled over its last dimension) and a 3 x 4 one

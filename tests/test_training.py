@@ -69,3 +69,25 @@ def test_config_is_checked(field, value, message):
 def test_empty_dataset_is_an_error(bars_task):
     with pytest.raises(ModelproveError, match="empty"):
         train(_model(), bars_task[0].subset(torch.arange(0)), TrainConfig(epochs=1), show_progress=False)
+
+
+def test_students_learn_their_teacher_from_its_answers_alone(bars_task):
+    """A fresh student fitted to a teacher's stored top-1 labels or probability vectors on the attacker's
+    images agrees with the teacher far above chance on unseen images (training.students)."""
+    from modelprove.models import predict_proba
+    from modelprove.training.students import fit_student
+
+    defender, attacker, test = bars_task
+    torch.manual_seed(0)
+    teacher = build_model("lenet5", 1, defender.num_classes, (28, 28))
+    train(teacher, defender, TrainConfig(epochs=6, seed=0), show_progress=False)
+    answers = predict_proba(teacher, attacker.as_float())
+    for kind in ("label", "logits", "distill"):
+        torch.manual_seed(1)
+        student = build_model("lenet5", 1, defender.num_classes, (28, 28))
+        fit_student(student, attacker, answers, kind, TrainConfig(epochs=6, seed=1), show_progress=False)
+        assert agreement(student, teacher, test) > 0.8, kind
+    with pytest.raises(ModelproveError, match="answers for"):
+        fit_student(student, attacker, answers[:10], "label", TrainConfig(epochs=1), show_progress=False)
+    with pytest.raises(ModelproveError, match="unknown student kind"):
+        fit_student(student, attacker, answers, "telepathy", TrainConfig(epochs=1), show_progress=False)

@@ -29,6 +29,7 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     lr = 0.001
     augmentation = "none"
     data_fraction = 0.5                   # of the attacker's part
+    student = "distill:epochs=5"          # optional: the independent is this attack's student of that model
 
     [panel]                               # the null panel every protection is calibrated on
     size = 8                              # honest models per architecture
@@ -103,11 +104,17 @@ class IndependentEntry:
     lr: float | None = None  # default: [training] lr
     augmentation: str | None = None  # default: [training] augmentation
     data_fraction: float = 1.0  # of the attacker's part, a seeded subset
+    # An attack string (e.g. "distill:epochs=5"): the independent model is then the student this attack
+    # makes of the model above (its honest teacher) on the attacker's part. Distilling one's own model is an
+    # honest recipe, and a method that has learned "is a student" rather than "learned from the victim"
+    # accuses such models.
+    student: str | None = None
 
     def recipe_name(self, training: "TrainingSpec") -> str:
         return (f"{self.optimizer}-lr{self.lr if self.lr is not None else training.lr:g}-"
                 f"{self.augmentation or training.augmentation}-e{self.epochs or training.epochs}"
-                + (f"-d{self.data_fraction:g}" if self.data_fraction < 1 else ""))
+                + (f"-d{self.data_fraction:g}" if self.data_fraction < 1 else "")
+                + (f"-student-{self.student.replace(':', '-').replace('=', '').replace(',', '-')}" if self.student else ""))
 
 
 @dataclass(frozen=True)
@@ -257,8 +264,19 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         fraction = entry.get("data_fraction", 1.0)
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise fail(f"independents[{i}].data_fraction", f"must be in (0, 1], got {fraction!r}", "e.g. data_fraction = 0.5")
+        student = entry.get("student")
+        if student is not None:
+            try:
+                stages = parse_attack(student) if isinstance(student, str) else []
+                for stage in stages:
+                    get_attack(stage.name)
+            except ModelproveError as exc:
+                raise fail(f"independents[{i}].student", str(exc), "see `modelprove steal --list`") from None
+            if len(stages) != 1:
+                raise fail(f"independents[{i}].student", f"expected one attack string, got {student!r}",
+                           'e.g. student = "distill:epochs=5"')
         independents.append(IndependentEntry(arch, tuple(entry_seeds), part, entry.get("epochs"), optimizer,
-                                             entry.get("lr"), entry.get("augmentation"), float(fraction)))
+                                             entry.get("lr"), entry.get("augmentation"), float(fraction), student))
 
     alpha = raw.get("alpha", 0.01)
     if not isinstance(alpha, float) or not 0 < alpha < 1:

@@ -212,10 +212,15 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
                         "augmentation": entry.augmentation or config.training.augmentation}
         recipe = {"kind": "independent", "arch": entry.arch, "seed": ind_seed, "part": entry.data,
                   "training": ind_training, "data_fraction": entry.data_fraction, "data": data}
+        teacher = None
+        if entry.student:  # an honest student of the model above: its own cache entry, after its teacher's
+            teacher, recipe = recipe, {"kind": "independent-student", "teacher": recipe, "student": entry.student,
+                                       "seed": ind_seed, "data": data}
         name = f"independent-{entry.arch}-{entry.recipe_name(config.training)}-s{ind_seed}"
         independents.append({"arch": entry.arch, "seed": ind_seed, "training": ind_training,
                              "data_fraction": entry.data_fraction, "recipe_name": entry.recipe_name(config.training),
-                             "recipe": recipe, "key": recipe_key(recipe), "name": name})
+                             "recipe": recipe, "key": recipe_key(recipe), "name": name, "teacher": teacher,
+                             "student": entry.student})
         for (seed, label), prot in protections.items():
             for setting in settings_of(config, prot["spec"]):
                 plan.append({"kind": "independent", "seed": seed, "method": label, "setting": setting,
@@ -339,8 +344,19 @@ class _Grid:
         train_config = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"],
                                    optimizer=training["optimizer"], lr=training["lr"],
                                    augmentation=training["augmentation"], seed=ind["seed"])
-        model, entry = self.cache.model(ind["recipe"], lambda: train_plain_model(
+        recipe = ind["teacher"] or ind["recipe"]
+        model, entry = self.cache.model(recipe, lambda: train_plain_model(
             ind["arch"], data, splits.test, train_config, ind["name"]), self.classes)
+        if ind["teacher"] is None:
+            return model, entry["info"]
+        teacher = model
+
+        def build():  # the attack's code on the attacker's whole part, as a thief's student would be made
+            student, lineage = run_attack(ind["student"], teacher, splits.attacker, seed=ind["seed"])
+            return student, {"lineage": lineage, "test_accuracy": round(evaluate(student, splits.test), 4),
+                             "fidelity_to_teacher": round(agreement(student, teacher, splits.test), 4)}
+
+        model, entry = self.cache.model(ind["recipe"], build, self.classes)
         return model, entry["info"]
 
     def run_cell(self, cell: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -358,7 +374,7 @@ class _Grid:
             model, info = self.independent(ind)
             name = ind["name"]
             row = {"attack": None, "row": "Independent", "paper_row": "Independent", "independent": ind["name"],
-                   "independent_arch": ind["arch"], "independent_recipe": ind["recipe_name"],
+                   "independent_arch": model.arch, "independent_recipe": ind["recipe_name"],
                    "fidelity": round(agreement(model, victim, self.splits.test), 4), "stolen_truth": False}
         record = {"cell": cell["key"], "grid": self.config.name, "seed": seed, "method": cell["method"],
                   "method_name": spec.name, "setting": setting, "suspect": name, "suspect_arch": model.arch,

@@ -55,7 +55,8 @@ from modelprove.methods.meta_classifier import load_meta_classifier, train_meta_
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
 from modelprove.stats import Evidence, PairedTTestRule
-from modelprove.training import evaluate, train
+from modelprove.training import TrainConfig, agreement, evaluate, train
+from modelprove.training.students import DataFreeConfig, data_free_distill, fit_student, frozen
 from modelprove.training.gradients import GradientFeatureSpec, gradient_features
 
 METHOD = "move"
@@ -70,6 +71,9 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "shift_right": lambda x, shift: translate(x, shift, 0),
     "shift_down": lambda x, shift: translate(x, 0, shift),
 }
+# The defender's surrogates (MoveConfig.surrogates), named as the extraction attacks they stand for, and
+# how each learns from its teacher (training.students).
+SURROGATE_KINDS = {"distill": "distill", "label_query": "label", "logit_query": "logits", "data_free": "data_free"}
 # Settings a verifier may change without re-protecting (the rest define the protection).
 VERIFY_OPTIONS = ("m", "m_black_box", "alpha", "meta_classifier", "verification_images", "margin",
                   "sequential", "sequential_batch", "sequential_clear")
@@ -121,6 +125,22 @@ class MoveConfig(TrainsModels):
     # the demo's independent model (p 2.5e-4 with B in C's training, 4.3e-4 held out), and because B
     # shares V's seed, a C that never saw B can score it V-like (tiny-task copies then went undetected).
     hold_out_reference: bool = False
+    # Surrogate-aware meta-classifier (issue 15; not in the paper). With the victim as its only positive
+    # model, C can learn only that model's identity: students trained from scratch on the victim's answers
+    # (distillation, label-only or data-free extraction) then score like benign models (C's output 0.000 on
+    # the benchmark). Here C's positives are the victim and ``surrogate_seeds`` defender-made students of it
+    # for each kind in ``surrogates`` (distill, label_query, logit_query, data_free), and — with
+    # ``surrogate_negatives`` — its negatives are the benign models plus students of them made the same
+    # way, so that C cannot separate the two by what every student shares (being distilled), only by what
+    # the victim's students inherit from it. The students learn from ``surrogate_holdout`` of the defender's
+    # data, which the victim and benign models never train on: a thief's data is not the victim's training
+    # data either. Empty: the paper's C.
+    surrogates: str = ""
+    surrogate_seeds: int = 2
+    surrogate_holdout: float = 0.2
+    surrogate_epochs: int = 10
+    surrogate_iterations: int = 100  # a data-free student's DFAD generator steps
+    surrogate_negatives: bool = True
     # Black-box setting (Sec. 5.3): the augmentations f_1..f_N (comma-separated names from
     # AUGMENTATIONS), the shift of the translations in pixels, and m (the paper: 100).
     augmentations: str = "identity,hflip,shift_down_right,shift_right,shift_down"
@@ -165,6 +185,15 @@ class MoveConfig(TrainsModels):
         if unknown:
             raise ModelproveError(f"negative_recipes: unknown recipe {unknown[0]!r}.",
                                   fix=f"use comma-separated names from victim, {', '.join(RECIPES)}.")
+        unknown = [k for k in self.surrogate_list() if k not in SURROGATE_KINDS]
+        if unknown:
+            raise ModelproveError(f"surrogates: unknown student kind {unknown[0]!r}.",
+                                  fix=f"use comma-separated names from {', '.join(SURROGATE_KINDS)} (or leave it empty).")
+        if self.surrogate_list() and not (self.surrogate_seeds >= 1 and 0.0 < self.surrogate_holdout < 1.0
+                                          and self.surrogate_epochs >= 1 and self.surrogate_iterations >= 1):
+            raise ModelproveError("surrogates need surrogate_seeds >= 1, surrogate_holdout in (0, 1), and "
+                                  "surrogate_epochs, surrogate_iterations >= 1.",
+                                  fix="e.g. --set surrogate_seeds=2 --set surrogate_holdout=0.2.")
         if self.verification_images not in ("train", "test"):
             raise ModelproveError(f"verification_images must be 'train' or 'test', got {self.verification_images!r}.")
         if self.shift < 1:
@@ -176,6 +205,9 @@ class MoveConfig(TrainsModels):
 
     def negative_recipe_list(self) -> list[str]:
         return [r.strip() for r in self.negative_recipes.split(",") if r.strip()] or ["victim"]
+
+    def surrogate_list(self) -> list[str]:
+        return list(dict.fromkeys(k.strip() for k in self.surrogates.split(",") if k.strip()))
 
     def black_box_recipe_list(self) -> list[str]:
         return [r.strip() for r in self.negative_recipes_black_box.split(",") if r.strip()]
@@ -251,6 +283,66 @@ def _features(model: Classifier, images: torch.Tensor, labels: torch.Tensor, con
     return gradient_features(model, images.float().div(255), labels, config.feature_spec())
 
 
+def hold_back(defender: ImageDataset, config: MoveConfig) -> tuple[ImageDataset, ImageDataset | None]:
+    """(the defender data the victim and benign models train on, the share only surrogates learn from)."""
+    if not config.surrogate_list():
+        return defender, None
+    order = torch.randperm(len(defender), generator=generator(config.seed + 5))
+    count = min(len(defender) - 2, max(2, round(config.surrogate_holdout * len(defender))))
+    return (defender.subset(order[count:].sort().values, name=f"{defender.name}[victim and benign]"),
+            defender.subset(order[:count].sort().values, name=f"{defender.name}[surrogates]"))
+
+
+@dataclass
+class Surrogates:
+    """The defender's students: of the victim (C's extra positives) and of benign models (extra negatives;
+    ``negative_teachers`` indexes the teacher of each among the negatives)."""
+
+    positives: list[Classifier] = field(default_factory=list)
+    negatives: list[Classifier] = field(default_factory=list)
+    negative_teachers: list[int] = field(default_factory=list)
+    record: list[dict] = field(default_factory=list)
+
+
+def train_surrogates(victim: Classifier, negatives: list[Classifier], held: ImageDataset, config: MoveConfig
+                     ) -> Surrogates:
+    """``surrogate_seeds`` students of the victim per kind of ``config.surrogates``, trained from scratch on
+    its answers for the held-back data (training.students: the extraction attacks' own code), and as many
+    students of the benign models (taken in turn), made the same way with the same seeds."""
+    made = Surrogates()
+    for k, kind in enumerate(config.surrogate_list()):
+        for i in range(config.surrogate_seeds):
+            seed = config.seed + 104729 * (i + 1) + 1009 * k
+            teachers = [(None, victim)]
+            if config.surrogate_negatives:  # the same count of students on either side, seed for seed
+                teachers.append((i % len(negatives), negatives[i % len(negatives)]))
+            for index, teacher in teachers:
+                name = "victim" if index is None else f"benign model {index}"
+                start = time.perf_counter()
+                student = fresh_model(config.arch, held, seed)
+                description = f"surrogate ({kind}) of the {name}, seed {seed}"
+                if kind == "data_free":
+                    with frozen(teacher):
+                        data_free_distill(student, teacher, held.input_shape,
+                                          DataFreeConfig(iterations=config.surrogate_iterations, seed=seed),
+                                          description=description)
+                else:
+                    training = TrainConfig(epochs=config.surrogate_epochs, batch_size=config.batch_size, lr=config.lr,
+                                           augmentation=config.augmentation, seed=seed)
+                    fit_student(student, held, predict_proba(teacher, held.as_float()), SURROGATE_KINDS[kind],
+                                training, description=description)
+                student.eval()
+                if index is None:
+                    made.positives.append(student)
+                else:
+                    made.negatives.append(student)
+                    made.negative_teachers.append(index)
+                made.record.append({"kind": kind, "teacher": name, "seed": seed,
+                                    "seconds": round(time.perf_counter() - start, 2),
+                                    "fidelity_on_held_back": round(agreement(student, teacher, held), 4)})
+    return made
+
+
 def build(
     defender: ImageDataset,
     test: ImageDataset,
@@ -275,6 +367,8 @@ def build(
         config.transformer, style_image=config.style_image, tile_scale=config.tile_scale
     )
     timings: dict[str, float] = {}
+    given = defender
+    defender, held = hold_back(given, config)  # held: only the surrogates learn from it (None: no surrogates)
 
     start = time.perf_counter()
     d_b, d_s, d_t, watermarked = embed_external_features(defender, transformer, config.transformation_rate, config.seed)
@@ -318,6 +412,9 @@ def build(
         negative_recipes.append(name)
         train(negatives[-1], data, training, description=f"benign model {extra + 1} (D, {name})")
     timings[f"train_benign_models_x{extra + 1}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    surrogates = train_surrogates(victim, negatives, held, config) if held is not None else Surrogates()
+    timings[f"train_surrogates_x{len(surrogates.positives) + len(surrogates.negatives)}"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
     order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
@@ -331,8 +428,10 @@ def build(
 
     start = time.perf_counter()
     meta_images, meta_labels = d_t.images[meta_rows], d_t.labels[meta_rows]
-    victim_features = _features(victim, meta_images, meta_labels, config)
-    benign_features = torch.cat([_features(b, meta_images, meta_labels, config) for b in negatives])
+    victim_features = torch.cat([_features(v, meta_images, meta_labels, config)
+                                 for v in [victim, *surrogates.positives]])
+    benign_features = torch.cat([_features(b, meta_images, meta_labels, config)
+                                 for b in [*negatives, *surrogates.negatives]])
     timings["gradient_features"] = time.perf_counter() - start
     meta_config = MetaClassifierConfig(hidden=config.meta_hidden, epochs=config.meta_epochs, seed=config.seed)
     start = time.perf_counter()
@@ -342,10 +441,13 @@ def build(
     # Black-box meta-classifier (Eq. 8): the same images and models, probability differences as features.
     start = time.perf_counter()
     meta_originals, meta_transformed = d_s.images[meta_rows].float() / 255, meta_images.float() / 255
-    victim_bb = black_box_features(lambda x: predict_proba(victim, x), meta_originals, meta_transformed, config)
+    victim_bb = torch.cat([black_box_features(lambda x, v=v: predict_proba(v, x), meta_originals, meta_transformed, config)
+                           for v in [victim, *surrogates.positives]])
     recipes_of = (["victim"] if not config.hold_out_reference else []) + negative_recipes
     wanted = config.black_box_recipe_list()
     black_box_negatives = [b for b, r in zip(negatives, recipes_of) if not wanted or r in wanted]
+    black_box_negatives += [s for s, t in zip(surrogates.negatives, surrogates.negative_teachers)
+                            if not wanted or recipes_of[t] in wanted]
     if not black_box_negatives:
         raise ModelproveError(f"negative_recipes_black_box ({config.negative_recipes_black_box!r}) selects none of "
                               f"C's negatives (recipes {', '.join(recipes_of)}).",
@@ -371,12 +473,14 @@ def build(
         "meta_classifier_black_box_negatives": len(black_box_negatives),
         "feature_dimension": int(victim_features.shape[1]),
         "black_box_feature_dimension": int(victim_bb.shape[1]),
+        "surrogates": surrogates.record,
         "victim_accuracy_on_held_out_transformed": evaluate(victim, test_transformed),
         "benign_accuracy_on_held_out_transformed": evaluate(benign, test_transformed),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
-    data_record = dataset_info(defender, test, transformed=len(d_t), verification_pool=len(verify_rows),
-                               held_out_transformed=len(test_transformed))
+    data_record = dataset_info(given, test, transformed=len(d_t), verification_pool=len(verify_rows),
+                               held_out_transformed=len(test_transformed),
+                               surrogate_holdout=0 if held is None else len(held))
     full_config = {**asdict(config), "transformer_used": _describe(transformer), "meta_classifier": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": victim_accuracy, **victim_record.to_dict()}
