@@ -75,7 +75,7 @@ def test_an_untrained_network_or_another_architecture_is_inconclusive(workspace,
     train(trained, bars_task[1], TrainConfig(epochs=3, seed=21), show_progress=False)
     save_model(trained, card_for(trained, bars_task[0].classes), workspace / "other.safetensors")
     for name, reason in (("untrained", "not a competent model of the task"),
-                         ("other", "fitted to lenet5's gradients; the suspect is cnn_small")):
+                         ("other", "fitted to one architecture (lenet5); the suspect is cnn_small")):
         for rule in ("panel", "paper"):
             result = runner.invoke(app, ["verify", "--protection", str(workspace / "prot"), "--rule", rule,
                                          "--suspect", str(workspace / f"{name}.safetensors")])

@@ -108,6 +108,15 @@ class OwnershipMethod:
         """Why a model of ``arch`` cannot be scored in ``setting`` (None: it can)."""
         return None
 
+    def protected_models(self, opened: Any, setting: str, victim: Classifier) -> list[Classifier]:
+        """The models whose scores the panel's models of their architecture are compared with in ``setting``:
+        the victim (MOVE white-box adds its per-architecture copies)."""
+        return [victim]
+
+    def panel_architectures(self, config: Any) -> tuple[str, ...]:
+        """Architectures the null panel must hold for this protection, beyond the panel's own list."""
+        return ()
+
     def panel_exclusions(self, opened: Any) -> torch.Tensor | None:
         """Dataset indices of defender images the null panel must not train on (None: none)."""
         return None
@@ -145,48 +154,60 @@ class OwnershipMethod:
         """Score the victim and the null panel on every pool row, store them and a competence set."""
         opened = self.open(Protection.open(staged))
         victim, card = load_model(staged / self.model_file)
+        wanted = panel.architecture_list(victim.arch)
+        missing = [arch for arch in self.panel_architectures(config) if arch not in wanted]
+        if missing:
+            panel = dataclasses.replace(panel, architectures=",".join(wanted + missing))
         members = train_panel(panel, victim.arch, defender, test, excluded=self.panel_exclusions(opened), store=store)
         tensors: dict[str, torch.Tensor] = {}
         variants: dict[str, Any] = {}
         warnings: list[str] = []
         alpha = getattr(config, self.alpha_field)
         for setting, variant_config in self.calibration_variants(config):
-            variant = self.variant(variant_config, setting)
-            if variant in variants:
+            if self.variant(variant_config, setting) in variants:
                 continue
             level = self.needs.get(setting, setting)
-            victim_evidence = self.evidence(opened, local_access(victim, level, name="victim"), setting,
-                                            variant_config, None, reference=True)
-            scored: list[tuple[int, np.ndarray]] = []
+            # Panel models are grouped by the variant their evidence reports: a method that scores several
+            # architectures with models of their own (MOVE's white-box meta-classifier per architecture)
+            # compares each architecture's honest models with its own protected model of that architecture.
+            by_variant: dict[str, list[tuple[int, np.ndarray]]] = {}
             for i, trained in enumerate(members):
                 if self.scorable(opened, trained.member.arch, setting) is None:
                     evidence = self.evidence(opened, local_access(trained.model, level, name=trained.member.name),
                                              setting, variant_config, None, reference=False)
-                    scored.append((i, evidence.scores))
-            tensors[f"victim/{variant}"] = torch.from_numpy(victim_evidence.scores).float()
-            if scored:
-                tensors[f"panel/{variant}"] = torch.from_numpy(np.stack([s for _, s in scored])).float()
-                tensors[f"panel/{variant}/members"] = torch.tensor([i for i, _ in scored], dtype=torch.int64)
-            else:
-                warnings.append(f"{self.name} {variant}: no panel model can be scored here (panel architectures: "
-                                f"{', '.join(panel.architecture_list(victim.arch))}); its verdicts will be inconclusive.")
-            record = {"setting": setting, "pool": int(victim_evidence.m), "score_range": list(victim_evidence.score_range),
-                      "statistic_name": victim_evidence.statistic_name}
-            record["self_test"], record["false_accusation_rate"] = self._full_pool_checks(
-                members, scored, victim_evidence, alpha)
-            paper_rule = self.paper_rule(opened, variant_config)
-            paper = paper_rule.decide(victim_evidence, alpha)
-            record["paper_self_test"] = {"statistic": victim_evidence.statistic, "p_value": paper.p_value,
-                                         "detected": paper.outcome == STOLEN, "rule": paper_rule.name}
-            for arch, test_record in record["self_test"].items():
-                if not test_record["detected"]:
-                    warnings.append(f"{self.name} {variant}: the victim does not stand out from honest {arch} models "
-                                    f"(p {test_record['p_value']:.3f}); verdicts for {arch} suspects will be inconclusive.")
-            for arch, far in record["false_accusation_rate"].items():
-                if far["leave_one_out"]:
-                    warnings.append(f"{self.name} {variant}: {far['leave_one_out']:.0%} of the {arch} panel is accused "
-                                    f"by the others (leave-one-out at alpha {alpha}).")
-            variants[variant] = record
+                    by_variant.setdefault(evidence.variant, []).append((i, evidence.scores))
+            for protected in self.protected_models(opened, setting, victim):
+                victim_evidence = self.evidence(opened, local_access(protected, level, name="victim"), setting,
+                                                variant_config, None, reference=True)
+                variant = victim_evidence.variant
+                scored = by_variant.get(variant, [])
+                tensors[f"victim/{variant}"] = torch.from_numpy(victim_evidence.scores).float()
+                if scored:
+                    tensors[f"panel/{variant}"] = torch.from_numpy(np.stack([s for _, s in scored])).float()
+                    tensors[f"panel/{variant}/members"] = torch.tensor([i for i, _ in scored], dtype=torch.int64)
+                else:
+                    warnings.append(f"{self.name} {variant}: no panel model can be scored here (panel architectures: "
+                                    f"{', '.join(panel.architecture_list(victim.arch))}); its verdicts will be "
+                                    "inconclusive.")
+                record = {"setting": setting, "pool": int(victim_evidence.m),
+                          "score_range": list(victim_evidence.score_range),
+                          "statistic_name": victim_evidence.statistic_name, "architecture": protected.arch}
+                record["self_test"], record["false_accusation_rate"] = self._full_pool_checks(
+                    members, scored, victim_evidence, alpha)
+                paper_rule = self.paper_rule(opened, variant_config)
+                paper = paper_rule.decide(victim_evidence, alpha)
+                record["paper_self_test"] = {"statistic": victim_evidence.statistic, "p_value": paper.p_value,
+                                             "detected": paper.outcome == STOLEN, "rule": paper_rule.name}
+                for arch, test_record in record["self_test"].items():
+                    if not test_record["detected"]:
+                        warnings.append(f"{self.name} {variant}: the victim does not stand out from honest {arch} "
+                                        f"models (p {test_record['p_value']:.3f}); verdicts for {arch} suspects will "
+                                        "be inconclusive.")
+                for arch, far in record["false_accusation_rate"].items():
+                    if far["leave_one_out"]:
+                        warnings.append(f"{self.name} {variant}: {far['leave_one_out']:.0%} of the {arch} panel is "
+                                        f"accused by the others (leave-one-out at alpha {alpha}).")
+                variants[variant] = record
         rows = torch.randperm(len(test), generator=generator(getattr(config, "seed", 0) + 9173))[:COMPETENCE_IMAGES]
         competence_set = test.subset(rows.sort().values)
         tensors["competence/images"] = competence_set.images.contiguous()

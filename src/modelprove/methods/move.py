@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -141,6 +141,11 @@ class MoveConfig(TrainsModels):
     surrogate_epochs: int = 10
     surrogate_iterations: int = 100  # a data-free student's DFAD generator steps
     surrogate_negatives: bool = True
+    # White-box verification of suspects of other architectures (MOVE Sec. 5.3: the defender trains a copy
+    # of the suspect's structure on the victim's training set): comma-separated architectures, each with a
+    # victim copy, benign models, (surrogates,) and a meta-classifier of its own; the null panel then holds
+    # honest models of each. A white-box suspect of an architecture not listed is inconclusive white-box.
+    architectures: str = ""
     # Black-box setting (Sec. 5.3): the augmentations f_1..f_N (comma-separated names from
     # AUGMENTATIONS), the shift of the translations in pixels, and m (the paper: 100).
     augmentations: str = "identity,hflip,shift_down_right,shift_right,shift_down"
@@ -185,6 +190,12 @@ class MoveConfig(TrainsModels):
         if unknown:
             raise ModelproveError(f"negative_recipes: unknown recipe {unknown[0]!r}.",
                                   fix=f"use comma-separated names from victim, {', '.join(RECIPES)}.")
+        from modelprove.models import ARCHITECTURES
+
+        unknown = [a for a in self.architecture_list() if a not in ARCHITECTURES]
+        if unknown:
+            raise ModelproveError(f"architectures: unknown architecture {unknown[0]!r}.",
+                                  fix=f"use comma-separated names from {', '.join(ARCHITECTURES)}.")
         unknown = [k for k in self.surrogate_list() if k not in SURROGATE_KINDS]
         if unknown:
             raise ModelproveError(f"surrogates: unknown student kind {unknown[0]!r}.",
@@ -205,6 +216,10 @@ class MoveConfig(TrainsModels):
 
     def negative_recipe_list(self) -> list[str]:
         return [r.strip() for r in self.negative_recipes.split(",") if r.strip()] or ["victim"]
+
+    def architecture_list(self) -> list[str]:
+        """The white-box architectures beyond the victim's own."""
+        return [a for a in dict.fromkeys(a.strip() for a in self.architectures.split(",") if a.strip()) if a != self.arch]
 
     def surrogate_list(self) -> list[str]:
         return list(dict.fromkeys(k.strip() for k in self.surrogates.split(",") if k.strip()))
@@ -283,6 +298,45 @@ def _features(model: Classifier, images: torch.Tensor, labels: torch.Tensor, con
     return gradient_features(model, images.float().div(255), labels, config.feature_spec())
 
 
+@dataclass
+class BenignModels:
+    """B (the paper test's reference) and C's negatives (B among them unless ``hold_out_reference``)."""
+
+    benign: Classifier
+    record: Any
+    negatives: list[Classifier]
+    seeds: list[int]  # of the negatives
+    recipes: list[str]  # of the negatives after B ("victim": the victim's own recipe)
+
+
+def train_benign_models(arch: str, defender: ImageDataset, config: MoveConfig, benign_seed: int) -> BenignModels:
+    """B, trained like the victim on the clean data, and ``benign_models`` negatives for C. Several benign
+    models (another seed and recipe each) show C more than one model without the external feature, so it
+    cannot separate V from benign models by one model's particular weights or by a training recipe."""
+    benign = fresh_model(arch, defender, benign_seed)
+    record = train(benign, defender, config.train_config(benign_seed), description=f"benign model ({arch}, D)")
+    negatives = [] if config.hold_out_reference else [benign]
+    seeds = [] if config.hold_out_reference else [benign_seed]
+    names: list[str] = []
+    # With B held out, the first negative takes B's place: the victim's recipe, with a seed of its own.
+    recipes = (["victim"] if config.hold_out_reference else []) + config.negative_recipe_list()
+    extra = 0
+    while len(negatives) < config.benign_models:
+        extra += 1
+        seed = benign_seed + 7919 * extra
+        name = recipes[(extra - 1) % len(recipes)]
+        if name == "victim":
+            data, training = defender, config.train_config(seed)
+        else:
+            recipe = RECIPES[name]
+            data, training = recipe_data(recipe, defender, seed), recipe_training(recipe, config.epochs, config.batch_size, seed)
+        negatives.append(fresh_model(arch, defender, seed))
+        seeds.append(seed)
+        names.append(name)
+        train(negatives[-1], data, training, description=f"benign model {extra + 1} ({arch}, D, {name})")
+    return BenignModels(benign, record, negatives, seeds, names)
+
+
 def hold_back(defender: ImageDataset, config: MoveConfig) -> tuple[ImageDataset, ImageDataset | None]:
     """(the defender data the victim and benign models train on, the share only surrogates learn from)."""
     if not config.surrogate_list():
@@ -304,11 +358,12 @@ class Surrogates:
     record: list[dict] = field(default_factory=list)
 
 
-def train_surrogates(victim: Classifier, negatives: list[Classifier], held: ImageDataset, config: MoveConfig
-                     ) -> Surrogates:
+def train_surrogates(victim: Classifier, negatives: list[Classifier], held: ImageDataset, config: MoveConfig,
+                     arch: str | None = None) -> Surrogates:
     """``surrogate_seeds`` students of the victim per kind of ``config.surrogates``, trained from scratch on
     its answers for the held-back data (training.students: the extraction attacks' own code), and as many
-    students of the benign models (taken in turn), made the same way with the same seeds."""
+    students of the benign models (taken in turn), made the same way with the same seeds; students are of
+    ``arch`` (default: the victim's), as a thief may steal into another architecture."""
     made = Surrogates()
     for k, kind in enumerate(config.surrogate_list()):
         for i in range(config.surrogate_seeds):
@@ -319,8 +374,8 @@ def train_surrogates(victim: Classifier, negatives: list[Classifier], held: Imag
             for index, teacher in teachers:
                 name = "victim" if index is None else f"benign model {index}"
                 start = time.perf_counter()
-                student = fresh_model(config.arch, held, seed)
-                description = f"surrogate ({kind}) of the {name}, seed {seed}"
+                student = fresh_model(arch or config.arch, held, seed)
+                description = f"surrogate ({kind}, {student.arch}) of the {name}, seed {seed}"
                 if kind == "data_free":
                     with frozen(teacher):
                         data_free_distill(student, teacher, held.input_shape,
@@ -337,7 +392,7 @@ def train_surrogates(victim: Classifier, negatives: list[Classifier], held: Imag
                 else:
                     made.negatives.append(student)
                     made.negative_teachers.append(index)
-                made.record.append({"kind": kind, "teacher": name, "seed": seed,
+                made.record.append({"kind": kind, "arch": student.arch, "teacher": name, "seed": seed,
                                     "seconds": round(time.perf_counter() - start, 2),
                                     "fidelity_on_held_back": round(agreement(student, teacher, held), 4)})
     return made
@@ -388,30 +443,10 @@ def build(
     victim_record = train(victim, watermarked, config.train_config(config.seed), description="victim (D_b ∪ D_t)")
     timings["train_victim"] = time.perf_counter() - start
     start = time.perf_counter()
-    benign = new_model(benign_seed)
-    benign_record = train(benign, defender, config.train_config(benign_seed), description="benign model (D)")
-    # Several benign models (another seed each) show C more than one model without the external
-    # feature, so it cannot separate V from benign models by one model's particular weights.
-    negatives = [] if config.hold_out_reference else [benign]
-    negative_seeds = [] if config.hold_out_reference else [benign_seed]
-    extra = 0
-    negative_recipes = []
-    # With B held out, the first negative takes B's place: the victim's recipe, with a seed of its own.
-    recipes = (["victim"] if config.hold_out_reference else []) + config.negative_recipe_list()
-    while len(negatives) < config.benign_models:
-        extra += 1
-        seed = benign_seed + 7919 * extra
-        name = recipes[(extra - 1) % len(recipes)]
-        if name == "victim":
-            data, training = defender, config.train_config(seed)
-        else:
-            recipe = RECIPES[name]
-            data, training = recipe_data(recipe, defender, seed), recipe_training(recipe, config.epochs, config.batch_size, seed)
-        negatives.append(new_model(seed))
-        negative_seeds.append(seed)
-        negative_recipes.append(name)
-        train(negatives[-1], data, training, description=f"benign model {extra + 1} (D, {name})")
-    timings[f"train_benign_models_x{extra + 1}"] = time.perf_counter() - start
+    benigns = train_benign_models(config.arch, defender, config, benign_seed)
+    benign, benign_record, negatives = benigns.benign, benigns.record, benigns.negatives
+    negative_seeds, negative_recipes = benigns.seeds, benigns.recipes
+    timings[f"train_benign_models_x{len(negatives) + config.hold_out_reference}"] = time.perf_counter() - start
     start = time.perf_counter()
     surrogates = train_surrogates(victim, negatives, held, config) if held is not None else Surrogates()
     timings[f"train_surrogates_x{len(surrogates.positives) + len(surrogates.negatives)}"] = time.perf_counter() - start
@@ -437,6 +472,29 @@ def build(
     start = time.perf_counter()
     meta, meta_record = train_meta_classifier(victim_features, benign_features, meta_config)
     timings["meta_classifier"] = time.perf_counter() - start
+
+    # White-box in other architectures (MOVE Sec. 5.3: "the defender can train a copy of the suspicious
+    # model's structure on the victim's training set"): per architecture, a victim trained on the same
+    # D_b ∪ D_t, benign models on D, the victim's students in that architecture, and a C of its own.
+    extras: dict[str, dict[str, Any]] = {}
+    for arch in config.architecture_list():
+        start = time.perf_counter()
+        copy = fresh_model(arch, defender, config.seed)
+        copy_record = train(copy, watermarked, config.train_config(config.seed), description=f"victim ({arch}, D_b ∪ D_t)")
+        arch_benign = train_benign_models(arch, defender, config, benign_seed)
+        students = (train_surrogates(victim, negatives, held, config, arch=arch) if held is not None else Surrogates())
+        arch_meta, arch_meta_record = train_meta_classifier(
+            torch.cat([_features(v, meta_images, meta_labels, config) for v in [copy, *students.positives]]),
+            torch.cat([_features(b, meta_images, meta_labels, config) for b in [*arch_benign.negatives, *students.negatives]]),
+            meta_config)
+        extras[arch] = {"victim": copy, "victim_record": copy_record, "benign": arch_benign, "meta": arch_meta,
+                        "results": {"victim_test_accuracy": evaluate(copy, test),
+                                    "benign_test_accuracy": evaluate(arch_benign.benign, test),
+                                    "victim_accuracy_on_transformed": evaluate(copy, d_t),
+                                    "benign_accuracy_on_transformed": evaluate(arch_benign.benign, d_t),
+                                    "meta_classifier": arch_meta_record, "surrogates": students.record,
+                                    "meta_classifier_negative_recipes": arch_benign.recipes}}
+        timings[f"architecture_{arch}"] = time.perf_counter() - start
 
     # Black-box meta-classifier (Eq. 8): the same images and models, probability differences as features.
     start = time.perf_counter()
@@ -474,6 +532,7 @@ def build(
         "feature_dimension": int(victim_features.shape[1]),
         "black_box_feature_dimension": int(victim_bb.shape[1]),
         "surrogates": surrogates.record,
+        "architectures": {arch: extra["results"] for arch, extra in extras.items()},
         "victim_accuracy_on_held_out_transformed": evaluate(victim, test_transformed),
         "benign_accuracy_on_held_out_transformed": evaluate(benign, test_transformed),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -490,6 +549,16 @@ def build(
         save_model(benign, card_for(benign, defender.classes, training, {"kind": "benign", "method": METHOD}),
                    writer.path("benign.safetensors"))
         save_file({k: v.contiguous() for k, v in meta.state_dict().items()}, str(writer.path("meta_classifier.safetensors")))
+        for arch, extra in extras.items():  # white-box in other architectures: their own V, B and C
+            for role, model, record in (("victim", extra["victim"], extra["victim_record"]),
+                                        ("benign", extra["benign"].benign, extra["benign"].record)):
+                training = {"dataset": defender.name, "test_accuracy": extra["results"][f"{role}_test_accuracy"],
+                            **record.to_dict()}
+                save_model(model, card_for(model, defender.classes, training,
+                                           {"kind": role, "method": METHOD, "white_box_architecture": arch}),
+                           writer.path(f"{role}-{arch}.safetensors"))
+            save_file({k: v.contiguous() for k, v in extra["meta"].state_dict().items()},
+                      str(writer.path(f"meta_classifier-{arch}.safetensors")))
         save_file({k: v.contiguous() for k, v in meta_bb.state_dict().items()},
                   str(writer.path("meta_classifier_black_box.safetensors")))
         save_file(
@@ -568,6 +637,16 @@ class OpenedMove:
     pool: VerificationPool  # from the defender's training images, disjoint from C's training images
     held_out_pool: VerificationPool  # from held-out test images (Sec. 7.4.1)
     config: MoveConfig
+    # Other white-box architectures: arch -> (its C, its B) (MoveConfig.architectures)
+    white_box: dict[str, tuple[MetaClassifier, Classifier]] = field(default_factory=dict)
+
+    def white_box_for(self, arch: str | None) -> tuple[MetaClassifier, Classifier, str] | None:
+        """(C, B, the evidence variant's prefix) for a white-box suspect of ``arch``; None: not verifiable."""
+        if arch == self.victim_card.arch:
+            return self.meta, self.benign, WHITE_BOX
+        if arch in self.white_box:
+            return (*self.white_box[arch], f"{WHITE_BOX}@{arch}")
+        return None
 
     @property
     def pool_images(self) -> torch.Tensor:
@@ -603,6 +682,9 @@ def open_protection(directory: str | Path | Protection) -> OpenedMove:
         held_out_pool=VerificationPool(transformed["test_images"], transformed["test_originals"],
                                        transformed["test_labels"]),
         config=config,
+        white_box={arch: (load_meta_classifier(protection, f"meta_classifier-{arch}.safetensors"),
+                          load_model(protection.path(f"benign-{arch}.safetensors"))[0])
+                   for arch in config.architecture_list()},
     )
 
 
@@ -634,12 +716,21 @@ class Move(OwnershipMethod):
                 ((WHITE_BOX, True), (BLACK_BOX, True), (BLACK_BOX, False))]
 
     def scorable(self, opened: OpenedMove, arch: str | None, setting: str) -> str | None:
-        victim = opened.victim_card.arch
-        if setting == WHITE_BOX and opened.config.meta_classifier and arch != victim:
-            return (f"white-box MOVE compares gradients weight by weight with a meta-classifier fitted to "
-                    f"{victim}'s gradients; the suspect is {arch} (retrain a victim in its architecture, MOVE "
+        if setting == WHITE_BOX and opened.config.meta_classifier and opened.white_box_for(arch) is None:
+            fitted = ", ".join([opened.victim_card.arch, *opened.white_box])
+            return (f"white-box MOVE compares gradients weight by weight with a meta-classifier fitted to one "
+                    f"architecture ({fitted}); the suspect is {arch} (protect with --set architectures={arch}, MOVE "
                     f"Sec. 5.3, or verify black-box).")
         return None
+
+    def protected_models(self, opened: OpenedMove, setting: str, victim: Classifier) -> list[Classifier]:
+        if setting != WHITE_BOX:
+            return [victim]
+        return [victim, *(load_model(opened.protection.path(f"victim-{arch}.safetensors"))[0]
+                          for arch in opened.white_box)]
+
+    def panel_architectures(self, config: MoveConfig) -> tuple[str, ...]:
+        return tuple(config.architecture_list())
 
     def paper_rule(self, opened: OpenedMove, config: MoveConfig) -> PairedTTestRule:
         return PairedTTestRule(margin=config.margin)
@@ -651,6 +742,7 @@ class Move(OwnershipMethod):
         rows = torch.arange(len(pool)) if rows is None else rows
         images, originals, labels = pool.images[rows].float() / 255, pool.originals[rows].float() / 255, pool.labels[rows]
         p_benign = None
+        variant = self.variant(config, setting if config.meta_classifier else BLACK_BOX)
         if not config.meta_classifier:
             # Sec. 7.2.3's ablation: no C, the true-label confidence of S vs B on the same x'.
             setting, statistic = CONFIDENCE, "mean true-label confidence on transformed images"
@@ -660,9 +752,14 @@ class Move(OwnershipMethod):
         elif setting == WHITE_BOX:
             statistic = "mean meta-classifier output on gradient signs"
             spec = config.feature_spec()
-            p_suspect = opened.meta.victim_probability(gradient_features(suspect.model, images, labels, spec))  # type: ignore[attr-defined]
+            fitted = opened.white_box_for(suspect.arch)
+            if fitted is None:
+                raise ModelproveError(self.scorable(opened, suspect.arch, setting) or "no meta-classifier fits the suspect.")
+            meta, benign, prefix = fitted
+            variant = f"{prefix}/{config.verification_images}"
+            p_suspect = meta.victim_probability(gradient_features(suspect.model, images, labels, spec))  # type: ignore[attr-defined]
             if reference:
-                p_benign = opened.meta.victim_probability(gradient_features(opened.benign, images, labels, spec))
+                p_benign = meta.victim_probability(gradient_features(benign, images, labels, spec))
         else:
             statistic = "mean meta-classifier output on probability differences"
             p_suspect = opened.meta_black_box.victim_probability(
@@ -673,8 +770,7 @@ class Move(OwnershipMethod):
         details = {"mu_suspect": float(p_suspect.mean()), "verification_images": config.verification_images}
         if p_benign is not None:
             details["mu_benign"] = float(p_benign.mean())
-        return Evidence(METHOD, setting, self.variant(config, setting if config.meta_classifier else BLACK_BOX),
-                        statistic, p_suspect.numpy(), rows.numpy(),
+        return Evidence(METHOD, setting, variant, statistic, p_suspect.numpy(), rows.numpy(),
                         paired=None if p_benign is None else (p_suspect.numpy(), p_benign.numpy()),
                         reference_name="the benign model B", details=details)
 
