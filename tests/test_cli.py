@@ -100,6 +100,20 @@ def test_unknown_method_parameter(workspace, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_extend_refuses_what_it_cannot_add_and_other_data(workspace, tmp_path, bars_task):
+    """protect --extend writes a new protection or nothing: a field the method cannot add, or data that is not
+    the protection's, fails in one line with exit code 2 and leaves the original as it was."""
+    before = (workspace / "prot" / "manifest.json").read_bytes()
+    save_npz_task(tmp_path, bars_task[1], bars_task[2])  # another draw of the task: not the protection's data
+    for data, pair, message in ((workspace / "bars_train.npz", "alpha=0.05", "can be extended in architectures"),
+                                (tmp_path / "bars_train.npz", "architectures=cnn_small", "not the data this protection")):
+        result = runner.invoke(app, ["protect", "--extend", str(workspace / "prot"), "--data", str(data),
+                                     "--attacker-fraction", "0.5", "--out", str(tmp_path / "ext"), "--set", pair])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output and not (tmp_path / "ext").exists()
+    assert (workspace / "prot" / "manifest.json").read_bytes() == before
+
+
 def test_listings():
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and "move" in result.output and "transformation_rate" in result.output

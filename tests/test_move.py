@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -438,3 +439,23 @@ def test_white_box_in_another_architecture_has_its_own_victim_benign_and_meta_cl
     assert blocked.outcome == "inconclusive" and "(lenet5, cnn_small); the suspect is mlp" in blocked.reason
     with pytest.raises(ModelproveError, match="architectures: unknown architecture 'alexnet'"):
         move.MoveConfig(architectures="alexnet")
+
+    # The same protection made without cnn_small and extended later: the extension trains exactly what protect
+    # would have (same files, byte for byte) and leaves the original untouched.
+    plain = dataclasses.replace(config, architectures="")
+    move.protect(defender, test, tmp_path / "plain", plain, panel=tiny_panel)
+    before = (tmp_path / "plain" / "manifest.json").read_bytes()
+    with pytest.raises(ProtectionError, match="not the data this protection was made from"):
+        move.MOVE.extend(tmp_path / "plain", attacker, test, tmp_path / "wrong", {"architectures": "cnn_small"})
+    with pytest.raises(ModelproveError, match="can be extended in architectures; got alpha"):
+        move.MOVE.extend(tmp_path / "plain", defender, test, tmp_path / "wrong", {"alpha": "0.05"})
+    results = move.MOVE.extend(tmp_path / "plain", defender, test, tmp_path / "extended", {"architectures": "cnn_small"},
+                               panel=tiny_panel)
+    assert "cnn_small" in results["architectures"]
+    extended = json.loads((tmp_path / "extended" / "manifest.json").read_text())
+    assert (tmp_path / "plain" / "manifest.json").read_bytes() == before
+    assert extended["extended_from"]["protection_id"] == move.Protection.open(tmp_path / "plain").protection_id
+    for name in ("victim-cnn_small.safetensors", "meta_classifier-cnn_small.safetensors", "victim.safetensors",
+                 "meta_classifier.safetensors"):
+        assert extended["files"][name] == manifest["files"][name], name
+    assert "white-box@cnn_small/train" in extended["calibration"]["variants"]

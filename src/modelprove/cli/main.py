@@ -92,6 +92,10 @@ def protect(
     panel_store: Annotated[Optional[Path], typer.Option(
         help="Where null-panel models are kept and shared between protections of the same data "
              "(default $MODELPROVE_PANELS or ~/.cache/modelprove/panels).")] = None,
+    extend: Annotated[Optional[Path], typer.Option(
+        help="Extend this existing protection instead (read only; the extension is a new protection at --out): "
+             "--set the fields its method can add, e.g. MOVE's architectures=lenet5, with the same --data options "
+             "it was protected with.")] = None,
 ) -> None:
     """Protect a model with the method and write everything `verify` needs to --out."""
     from modelprove.data import load_splits
@@ -99,6 +103,10 @@ def protect(
     from modelprove.methods.panel import PanelConfig
     from modelprove.methods.protection import Protection, ensure_writable
 
+    if extend is not None:
+        _extend(extend, out_dir, data, data_dir, attacker_fraction, defender_limit, test_limit, set_, force,
+                panel_store)
+        return
     try:
         spec = get_method(method)
         inputs = {name: value for name, value in (("model", model), ("logo", logo)) if value is not None}
@@ -136,6 +144,38 @@ def protect(
     out.print("Register this id now (e.g. with a timestamping service or a notary), before anyone sees a "
               "suspect: every verdict states the id it checked, and `modelprove verify --protection-id ID` "
               "refuses any protection changed since.", highlight=False)
+
+
+def _extend(existing: Path, out_dir: Path, data: str, data_dir: Optional[Path], attacker_fraction: float,
+            defender_limit: Optional[int], test_limit: Optional[int], set_: Optional[list[str]], force: bool,
+            panel_store: Optional[Path]) -> None:
+    """``protect --extend``: a new protection from an existing one plus its method's extendable fields."""
+    from modelprove.data import load_splits
+    from modelprove.methods import get_method
+    from modelprove.methods.panel import PanelConfig
+    from modelprove.methods.protection import Protection, ensure_writable
+
+    try:
+        original = Protection.open(existing)
+        spec = get_method(original.manifest["method"])
+        changes = dict(pair.split("=", 1) for pair in (set_ or []) if "=" in pair)
+        if len(changes) != len(set_ or []):
+            raise ModelproveError("--set takes key=value pairs.", fix="e.g. --set architectures=lenet5")
+        ensure_writable(out_dir, force)
+        check_parent(out_dir, "--out")
+        config = original.config_as(spec.config)
+        splits = load_splits(data, data=data_dir, attacker_fraction=attacker_fraction, seed=config.seed,
+                             defender_limit=defender_limit, test_limit=test_limit)
+        recorded = original.manifest.get("calibration", {}).get("panel", {}).get("config")
+        panel = PanelConfig(**{**(recorded or {}), **({"store": str(panel_store)} if panel_store else {})})
+        results = spec.extend(original, splits.defender, splits.test, out_dir, changes, force=force, panel=panel)
+        protection_id = Protection.open(out_dir).protection_id
+    except ModelproveError as error:
+        _fail(error)
+    out.print(self_test_table(results["calibration"]))
+    out.print(f"extended {existing} into {out_dir}; protection id: {protection_id}", highlight=False, soft_wrap=True)
+    out.print("Register this id now, as for any protection: the original's id stays valid for what it verified.",
+              highlight=False)
 
 
 def self_test_table(calibration: dict) -> Table:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from modelprove.access import BLACK_BOX, LABEL_ONLY, WHITE_BOX, LabelOnlyAccess, WhiteBoxAccess, local_access
 from modelprove.core.errors import ModelproveError
+from modelprove.core.fileio import atomic_write_json
 from modelprove.core.progress import console
 from modelprove.core.seeding import generator
 from modelprove.core.verdict import STOLEN, Verdict
@@ -64,9 +65,17 @@ class OwnershipMethod:
     verify_options: tuple[str, ...] = ()  # config fields ``verify`` may change (the rest define the protection)
     inputs: tuple[str, ...] = ()  # extra protect inputs: "model" (CAE's source), "logo" (blind watermark)
     needs: dict[str, str] = {}  # setting -> the access level it needs (default: the setting itself)
+    extendable: tuple[str, ...] = ()  # config fields ``extend`` may add to an existing protection
     alpha_field: str = "alpha"  # the config field of the significance level (verify's --alpha)
 
     # -- what a method writes -----------------------------------------------------------------------
+
+    def build_extension(self, opened: Any, defender: ImageDataset, test: ImageDataset, staged: Path,
+                        changes: dict[str, str]) -> dict[str, Any]:
+        """Add to ``staged`` (a copy of ``opened``'s files and manifest) what ``changes`` to its ``extendable``
+        fields need, without retraining the rest; -> the manifest fields to update."""
+        raise ModelproveError(f"{self.name} protections cannot be extended.",
+                              fix=f"protect again with the parameters you want (`modelprove protect --method {self.name}`).")
 
     def build(self, defender: ImageDataset, test: ImageDataset, out: Path, config: Any, *, force: bool = False,
               **inputs: Any) -> Any:
@@ -148,6 +157,49 @@ class OwnershipMethod:
         for warning in summary["warnings"]:
             console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
         return result
+
+    def extend(self, protection: str | Path | Protection, defender: ImageDataset, test: ImageDataset, out: str | Path,
+               changes: dict[str, str], *, force: bool = False, panel: PanelConfig | None = None,
+               store: Store | None = None) -> dict[str, Any]:
+        """A new protection at ``out``: ``protection``'s files and parameters with ``changes`` to its
+        ``extendable`` fields, built without retraining what it holds, then calibrated on the null panel again
+        (the original's panel settings unless ``panel``). The original is only read; the new one has an id of its
+        own and names the original's (``extended_from``). -> the new manifest's results."""
+        opened = self.opened(protection)
+        original = opened.protection
+        unknown = sorted(set(changes) - set(self.extendable))
+        if unknown or not changes:
+            raise ModelproveError(f"{self.name} protections can be extended in {', '.join(self.extendable) or 'nothing'}"
+                                  f"; got {', '.join(unknown) or 'no change'}.",
+                                  fix="pass --set FIELD=VALUE for one of those fields, or protect again.")
+        out = Path(out)
+        ensure_writable(out, force)
+        if out.resolve() == original.directory.resolve():
+            raise ModelproveError("an extension is a new protection; it never replaces the one it extends.",
+                                  fix="pass another --out.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        try:
+            staged = staging / out.name
+            staged.mkdir()
+            for name in original.manifest["files"]:
+                shutil.copy2(original.path(name), staged / name)
+            manifest = {k: v for k, v in original.manifest.items() if k not in ("calibration", "files")}
+            manifest["extended_from"] = {"protection_id": original.protection_id, "created": original.manifest.get("created")}
+            manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            atomic_write_json(staged / "manifest.json", manifest)
+            updates = self.build_extension(opened, defender, test, staged, changes)
+            reseal(staged, **updates)
+            config = Protection.open(staged).config_as(self.config)
+            recorded = original.manifest.get("calibration", {}).get("panel", {}).get("config")
+            panel = panel or (PanelConfig(**recorded) if recorded else PanelConfig())
+            summary = self.calibrate(staged, config, defender, test, panel, store)
+            install(staged, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for warning in summary["warnings"]:
+            console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        return {**Protection.open(out).manifest.get("results", {}), "calibration": summary}
 
     def calibrate(self, staged: Path, config: Any, defender: ImageDataset, test: ImageDataset, panel: PanelConfig,
                   store: Store | None) -> dict[str, Any]:

@@ -337,6 +337,49 @@ def train_benign_models(arch: str, defender: ImageDataset, config: MoveConfig, b
     return BenignModels(benign, record, negatives, seeds, names)
 
 
+def fit_architecture(arch: str, victim: Classifier, negatives: list[Classifier], watermarked: ImageDataset,
+                     defender: ImageDataset, held: ImageDataset | None, d_t: ImageDataset, meta_rows: torch.Tensor,
+                     test: ImageDataset, config: MoveConfig, benign_seed: int) -> dict[str, Any]:
+    """White-box MOVE in another architecture (Sec. 5.3: "the defender can train a copy of the suspicious
+    model's structure on the victim's training set"): a victim copy of ``arch`` trained on the same
+    D_b ∪ D_t, benign models of ``arch`` on D, the victim's students in ``arch`` (with students of the
+    benign ``negatives`` as negatives), and a C of its own on the same transformed images."""
+    copy = fresh_model(arch, defender, config.seed)
+    copy_record = train(copy, watermarked, config.train_config(config.seed), description=f"victim ({arch}, D_b ∪ D_t)")
+    benigns = train_benign_models(arch, defender, config, benign_seed)
+    students = train_surrogates(victim, negatives, held, config, arch=arch) if held is not None else Surrogates()
+    images, labels = d_t.images[meta_rows], d_t.labels[meta_rows]
+    meta, meta_record = train_meta_classifier(
+        torch.cat([_features(v, images, labels, config) for v in [copy, *students.positives]]),
+        torch.cat([_features(b, images, labels, config) for b in [*benigns.negatives, *students.negatives]]),
+        MetaClassifierConfig(hidden=config.meta_hidden, epochs=config.meta_epochs, seed=config.seed))
+    return {"victim": copy, "victim_record": copy_record, "benign": benigns, "meta": meta,
+            "results": {"victim_test_accuracy": evaluate(copy, test), "benign_test_accuracy": evaluate(benigns.benign, test),
+                        "victim_accuracy_on_transformed": evaluate(copy, d_t),
+                        "benign_accuracy_on_transformed": evaluate(benigns.benign, d_t),
+                        "meta_classifier": meta_record, "surrogates": students.record,
+                        "meta_classifier_negative_recipes": benigns.recipes}}
+
+
+def write_architecture(path: Callable[[str], Path], arch: str, extra: dict[str, Any], defender: ImageDataset) -> None:
+    """``fit_architecture``'s victim copy, B and C as ``victim-ARCH``, ``benign-ARCH``, ``meta_classifier-ARCH``."""
+    for role, model, record in (("victim", extra["victim"], extra["victim_record"]),
+                                ("benign", extra["benign"].benign, extra["benign"].record)):
+        training = {"dataset": defender.name, "test_accuracy": extra["results"][f"{role}_test_accuracy"],
+                    **record.to_dict()}
+        save_model(model, card_for(model, defender.classes, training,
+                                   {"kind": role, "method": METHOD, "white_box_architecture": arch}),
+                   path(f"{role}-{arch}.safetensors"))
+    save_file({k: v.contiguous() for k, v in extra["meta"].state_dict().items()}, str(path(f"meta_classifier-{arch}.safetensors")))
+
+
+def split_pool(d_t: ImageDataset, config: MoveConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of D_t that train C, and the rest: the verification pool (split once, seeded)."""
+    order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
+    n_meta = min(config.meta_samples, max(1, round(config.meta_fraction * len(d_t))))
+    return order[:n_meta], order[n_meta:]
+
+
 def hold_back(defender: ImageDataset, config: MoveConfig) -> tuple[ImageDataset, ImageDataset | None]:
     """(the defender data the victim and benign models train on, the share only surrogates learn from)."""
     if not config.surrogate_list():
@@ -452,9 +495,7 @@ def build(
     timings[f"train_surrogates_x{len(surrogates.positives) + len(surrogates.negatives)}"] = time.perf_counter() - start
 
     # Transformed images are split once: one part trains C, the other is the verification pool.
-    order = torch.randperm(len(d_t), generator=generator(config.seed + 1))
-    n_meta = min(config.meta_samples, max(1, round(config.meta_fraction * len(d_t))))
-    meta_rows, verify_rows = order[:n_meta], order[n_meta:]
+    meta_rows, verify_rows = split_pool(d_t, config)
     if len(verify_rows) < config.m:
         raise ModelproveError(
             f"only {len(verify_rows)} transformed images are left for verification but m = {config.m}.",
@@ -479,21 +520,8 @@ def build(
     extras: dict[str, dict[str, Any]] = {}
     for arch in config.architecture_list():
         start = time.perf_counter()
-        copy = fresh_model(arch, defender, config.seed)
-        copy_record = train(copy, watermarked, config.train_config(config.seed), description=f"victim ({arch}, D_b ∪ D_t)")
-        arch_benign = train_benign_models(arch, defender, config, benign_seed)
-        students = (train_surrogates(victim, negatives, held, config, arch=arch) if held is not None else Surrogates())
-        arch_meta, arch_meta_record = train_meta_classifier(
-            torch.cat([_features(v, meta_images, meta_labels, config) for v in [copy, *students.positives]]),
-            torch.cat([_features(b, meta_images, meta_labels, config) for b in [*arch_benign.negatives, *students.negatives]]),
-            meta_config)
-        extras[arch] = {"victim": copy, "victim_record": copy_record, "benign": arch_benign, "meta": arch_meta,
-                        "results": {"victim_test_accuracy": evaluate(copy, test),
-                                    "benign_test_accuracy": evaluate(arch_benign.benign, test),
-                                    "victim_accuracy_on_transformed": evaluate(copy, d_t),
-                                    "benign_accuracy_on_transformed": evaluate(arch_benign.benign, d_t),
-                                    "meta_classifier": arch_meta_record, "surrogates": students.record,
-                                    "meta_classifier_negative_recipes": arch_benign.recipes}}
+        extras[arch] = fit_architecture(arch, victim, negatives, watermarked, defender, held, d_t, meta_rows, test,
+                                        config, benign_seed)
         timings[f"architecture_{arch}"] = time.perf_counter() - start
 
     # Black-box meta-classifier (Eq. 8): the same images and models, probability differences as features.
@@ -539,7 +567,8 @@ def build(
     }
     data_record = dataset_info(given, test, transformed=len(d_t), verification_pool=len(verify_rows),
                                held_out_transformed=len(test_transformed),
-                               surrogate_holdout=0 if held is None else len(held))
+                               surrogate_holdout=0 if held is None else len(held),
+                               defender_fingerprint=given.fingerprint())
     full_config = {**asdict(config), "transformer_used": _describe(transformer), "meta_classifier": asdict(meta_config)}
     with create_protection(out, METHOD, full_config, force=force) as writer:
         training = {"dataset": defender.name, "test_accuracy": victim_accuracy, **victim_record.to_dict()}
@@ -549,16 +578,13 @@ def build(
         save_model(benign, card_for(benign, defender.classes, training, {"kind": "benign", "method": METHOD}),
                    writer.path("benign.safetensors"))
         save_file({k: v.contiguous() for k, v in meta.state_dict().items()}, str(writer.path("meta_classifier.safetensors")))
-        for arch, extra in extras.items():  # white-box in other architectures: their own V, B and C
-            for role, model, record in (("victim", extra["victim"], extra["victim_record"]),
-                                        ("benign", extra["benign"].benign, extra["benign"].record)):
-                training = {"dataset": defender.name, "test_accuracy": extra["results"][f"{role}_test_accuracy"],
-                            **record.to_dict()}
-                save_model(model, card_for(model, defender.classes, training,
-                                           {"kind": role, "method": METHOD, "white_box_architecture": arch}),
-                           writer.path(f"{role}-{arch}.safetensors"))
-            save_file({k: v.contiguous() for k, v in extra["meta"].state_dict().items()},
-                      str(writer.path(f"meta_classifier-{arch}.safetensors")))
+        for arch, extra in extras.items():
+            write_architecture(writer.path, arch, extra, defender)
+        for i, negative in enumerate(negatives[0 if config.hold_out_reference else 1:], start=1):
+            # Teachers of the benign students an extension (extend) trains in another architecture.
+            save_model(negative, card_for(negative, defender.classes, {"dataset": defender.name},
+                                          {"kind": "benign", "method": METHOD, "meta_classifier_negative": i}),
+                       writer.path(f"negative-{i}.safetensors"))
         save_file({k: v.contiguous() for k, v in meta_bb.state_dict().items()},
                   str(writer.path("meta_classifier_black_box.safetensors")))
         save_file(
@@ -731,6 +757,53 @@ class Move(OwnershipMethod):
 
     def panel_architectures(self, config: MoveConfig) -> tuple[str, ...]:
         return tuple(config.architecture_list())
+
+    extendable = ("architectures",)
+
+    def build_extension(self, opened: OpenedMove, defender: ImageDataset, test: ImageDataset, staged: Path,
+                        changes: dict[str, str]) -> dict:
+        """White-box MOVE in more architectures for an existing protection (issue 15 item 2): each trained on the
+        victim's own training set — the stored D_t and the rest of the same defender data — with the victim,
+        B, the negatives and the meta-classifiers kept as they are."""
+        config = opened.config
+        asked = [a.strip() for a in changes["architectures"].split(",") if a.strip()]
+        new = [a for a in dict.fromkeys(asked) if a != config.arch and a not in config.architecture_list()]
+        if not new:
+            raise ModelproveError(f"this protection already verifies white-box in {', '.join(asked) or 'nothing new'} "
+                                  f"({', '.join([config.arch, *config.architecture_list()])}).",
+                                  fix="name an architecture it does not have yet in --set architectures=...")
+        extended = replace(config, architectures=",".join([*config.architecture_list(), *new]))  # validates the names
+        manifest = opened.protection.manifest
+        if manifest["dataset"].get("defender_fingerprint") != defender.fingerprint():
+            raise ProtectionError("the defender data given is not the data this protection was made from (its "
+                                  "fingerprint differs), so the victim's training set cannot be rebuilt.",
+                                  path=opened.protection.directory,
+                                  fix="pass the --data, --data-dir, --attacker-fraction and --defender-limit that "
+                                      "protect was given (the protection's seed is used for the split).")
+        part, held = hold_back(defender, config)
+        stored = load_file(str(staged / "transformed.safetensors"))
+        d_t = ImageDataset(stored["images"], stored["labels"], list(part.classes), f"{part.name}[D_t]", stored["indices"])
+        rest = part.subset(torch.nonzero(~torch.isin(part.indices, stored["indices"])).squeeze(1), name=f"{part.name}[D_b]")
+        watermarked = ImageDataset.concat([rest, d_t], name=f"{part.name}[D_b+D_t]")
+        meta_rows, _ = split_pool(d_t, config)
+        victim, _ = load_model(staged / "victim.safetensors")
+        negatives = [] if config.hold_out_reference else [opened.benign]
+        negatives += [load_model(staged / f"negative-{i}.safetensors")[0]
+                      for i in range(1, 1 + sum(name.startswith("negative-") and name.endswith(".safetensors")
+                                                for name in manifest["files"]))]
+        benign_seed = config.seed if config.benign_seed is None else config.benign_seed
+        results = dict(manifest["results"])
+        archs = dict(results.get("architectures", {}))
+        seconds = dict(results.get("seconds", {}))
+        for arch in new:
+            start = time.perf_counter()
+            extra = fit_architecture(arch, victim, negatives, watermarked, part, held, d_t, meta_rows, test, config,
+                                     benign_seed)
+            write_architecture(lambda name: staged / name, arch, extra, part)
+            archs[arch] = extra["results"]
+            seconds[f"architecture_{arch}"] = round(time.perf_counter() - start, 2)
+        return {"config": {**manifest["config"], "architectures": extended.architectures},
+                "results": {**results, "architectures": archs, "seconds": seconds}}
 
     def paper_rule(self, opened: OpenedMove, config: MoveConfig) -> PairedTTestRule:
         return PairedTTestRule(margin=config.margin)
