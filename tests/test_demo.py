@@ -37,7 +37,8 @@ def test_demo_script_runs_and_reuses_its_work(tmp_path, bars_task):
     # (inconclusive, saying so), while the paper's test on the same measurement accuses it.
     assert verdicts["direct-copy", "white-box"]["outcome"] in ("stolen", "inconclusive")
     assert verdicts["direct-copy", "white-box"]["reason"]
-    assert summary["paper_rule"]["direct-copy|white-box"]["outcome"] == "stolen"  # both rules, one measurement
+    # both rules, one measurement (on this tiny task the white-box C is too weak for either: black-box here)
+    assert summary["paper_rule"]["direct-copy|black-box"]["outcome"] == "stolen"
     assert all(not any(r == "panel" for r in rules) for rules in summary["independent_accusations"].values())
     assert (tmp_path / "demo" / "suspects" / "direct-copy.onnx").is_file()
     assert (tmp_path / "demo" / "panels").is_dir()

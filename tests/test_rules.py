@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -113,6 +114,28 @@ def test_gates_make_inconclusive_an_answer():
     v = verdict(evidence(np.full(50, 0.95), arch=None), powered)
     assert v.outcome == STOLEN and v.panel["architecture"] == "vgg_small"  # the least extreme comparison
     assert "unknown" in v.reason
+
+
+def test_corroboration_is_an_intersection_union_test():
+    """A stolen that needs a second setting's agreement stands only if that verdict is stolen too, with the
+    larger p; a cleared or powerless second setting turns it into not stolen or inconclusive; a first verdict
+    that is not stolen is never made stolen by the second."""
+    calibration = Calibration(panels=HONEST, victim_statistic=0.97)
+    high, low = evidence(np.full(50, 0.95)), evidence(np.full(50, 0.10))
+    stolen, cleared = verdict(high, calibration), verdict(low, calibration)
+    powerless = verdict(evidence(np.full(50, 0.95), arch="lenet5"), calibration)
+    assert (stolen.outcome, cleared.outcome, powerless.outcome) == (STOLEN, NOT_STOLEN, INCONCLUSIVE)
+
+    def both(first, second):
+        return build_verdict(first, NullPanelRule(), suspect="s", alpha=0.01, seed=0, start=time.perf_counter(),
+                             calibration=calibration, corroboration=second)
+
+    agreed = both(high, dataclasses.replace(stolen, p_value=0.004))
+    assert agreed.outcome == STOLEN and agreed.p_value == 0.004 and agreed.details["corroboration"]["outcome"] == STOLEN
+    denied = both(high, cleared)
+    assert denied.outcome == NOT_STOLEN and denied.p_value == cleared.p_value and "needs the black-box evidence" in denied.reason
+    assert both(high, powerless).outcome == INCONCLUSIVE
+    assert both(low, stolen).outcome == NOT_STOLEN  # the second setting never accuses on its own
 
 
 def test_verdict_record_round_trips_as_json(tmp_path):

@@ -66,6 +66,9 @@ class OwnershipMethod:
     inputs: tuple[str, ...] = ()  # extra protect inputs: "model" (CAE's source), "logo" (blind watermark)
     needs: dict[str, str] = {}  # setting -> the access level it needs (default: the setting itself)
     extendable: tuple[str, ...] = ()  # config fields ``extend`` may add to an existing protection
+    # setting -> the setting whose null-panel verdict must agree before a "stolen" stands (stats.verdicts:
+    # the intersection-union test), asked of the same suspect through the weights, without queries.
+    corroborated_by: dict[str, str] = {}
     alpha_field: str = "alpha"  # the config field of the significance level (verify's --alpha)
 
     # -- what a method writes -----------------------------------------------------------------------
@@ -350,12 +353,13 @@ class OwnershipMethod:
         def extra() -> dict[str, Any]:  # a remote suspect's queries: the digest of every request and response
             return {"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}
 
-        def verdicts(evidence: Evidence | None, **context: Any) -> dict[str, Verdict]:
+        def verdicts(evidence: Evidence | None, corroboration: Verdict | None = None, **context: Any) -> dict[str, Verdict]:
             return {r: build_verdict(evidence, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
                                      provenance=provenance, method=self.name, setting=setting,
                                      calibration=(stored.view(evidence, r == "paper")
                                                   if stored is not None and evidence is not None else None),
-                                     details={"suspect_access": suspect.level, **extra(), **note}, **context)
+                                     details={"suspect_access": suspect.level, **extra(), **note},
+                                     corroboration=corroboration if r == "panel" else None, **context)
                     for r in rules}
 
         batch = 10 if getattr(config, "sequential", False) else None  # the clean images a sequential check asks at once
@@ -387,7 +391,15 @@ class OwnershipMethod:
             evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
         evidence.queries = None if setting == WHITE_BOX else suspect.queries - before
         evidence.suspect_arch = suspect.arch
-        return verdicts(evidence, competence=measured)
+        corroboration = None
+        other = self.corroborated_by.get(setting)
+        if other is not None and "panel" in rules and isinstance(suspect, WhiteBoxAccess) \
+                and getattr(config, "corroborate", True):
+            corroboration = self.verify_rules(opened, local_access(suspect.model, self.needs.get(other, other),
+                                                                   name=name), rules=("panel",), setting=other,
+                                              seed=seed, suspect_name=name, competence=0.0,
+                                              **{k: v for k, v in options.items() if k != "sequential"})["panel"]
+        return verdicts(evidence, corroboration, competence=measured)
 
     def _sequential_evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
                              rows: torch.Tensor, pool: int, alpha: float, rules: tuple[str, ...],

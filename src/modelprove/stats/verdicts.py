@@ -9,6 +9,12 @@ Before any rule is applied, the gates that make "inconclusive" an answer (DESIGN
 3. the victim itself must stand out from that panel on the same rows (the self-test): if honest
    models of that architecture already score like the victim, the feature is not external to it and
    the method has no power there.
+
+A method may ask for **corroboration** (``OwnershipMethod.corroborated_by``): a null-panel "stolen" in one setting
+stands only if the same suspect is also stolen in another setting its access allows (MOVE white-box: the
+black-box evidence, which the weights give without a query). Stolen iff both tests reject, with p the larger
+of the two, is an intersection-union test (Berger 1982): its false-accusation rate is at most alpha whatever
+the two tests' dependence.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def build_verdict(
     competence: Competence | None = None,
     provenance: Provenance | None = None,
     details: dict[str, Any] | None = None,
+    corroboration: Verdict | None = None,
 ) -> Verdict:
     """The verdict of ``rule`` on ``evidence``, after the gates above; ``start`` is the
     ``time.perf_counter()`` at which verification began.
@@ -89,6 +96,8 @@ def build_verdict(
     else:
         decision = rule.decide(evidence, alpha)
         self_test = calibration.paper_self_test
+    if corroboration is not None and evidence is not None:
+        decision = _corroborated(decision, corroboration, evidence.setting)
 
     if evidence is None:
         return Verdict(
@@ -130,6 +139,23 @@ def build_verdict(
         hashes=dict(provenance.hashes),
         details={**evidence.details, **decision.details, **(details or {})},
     )
+
+
+def _corroborated(decision: Decision, other: Verdict, setting: str) -> Decision:
+    """The intersection-union test: ``decision``'s "stolen" stands only if ``other`` (the same suspect's verdict
+    in the corroborating setting) is stolen too; p is then the larger of the two."""
+    record = {"setting": other.setting, "outcome": other.outcome, "p_value": other.p_value,
+              "statistic": other.statistic, "reason": other.reason}
+    details = {**decision.details, "corroboration": record}
+    if decision.outcome != STOLEN:
+        return Decision(decision.outcome, decision.p_value, decision.effect, decision.effect_name, decision.reason, details)
+    if other.outcome == STOLEN:
+        return Decision(STOLEN, max(decision.p_value or 0.0, other.p_value or 0.0), decision.effect,
+                        decision.effect_name, decision.reason + f" Corroborated {other.setting}: {other.reason}", details)
+    outcome = NOT_STOLEN if other.outcome == NOT_STOLEN else INCONCLUSIVE
+    return Decision(outcome, other.p_value if outcome == NOT_STOLEN else None, decision.effect, decision.effect_name,
+                    f"{decision.reason} But a {setting} accusation needs the {other.setting} evidence too, and there "
+                    f"{other.reason[0].lower()}{other.reason[1:]}", details)
 
 
 def _inconclusive(reason: str, **details: Any) -> Decision:
