@@ -101,14 +101,13 @@ class StripFilteredAccess(BlackBoxAccess):
     random (``response``), every other one by the model; ``flagged`` counts the flagged queries."""
 
     def __init__(self, model: Classifier, strip: StripFilter, *, name: str = "suspect behind STRIP"):
-        self.strip, self.flagged = strip, 0
+        self.strip, self.flagged, self._model = strip, 0, model
         self._answers = torch.Generator().manual_seed(strip.config.seed + 3)
         super().__init__(self._answer, num_classes=model.num_classes,
                          input_shape=(model.in_channels, *model.input_size), name=name, arch=model.arch)
-        self.model_answers = lambda batch: predict_proba(model, batch)
 
     def _answer(self, batch: Tensor) -> Tensor:
-        answers = self.model_answers(batch)
+        answers = predict_proba(self._model, batch)
         flagged, _ = self.strip.flags(batch)
         self.flagged += int(flagged.sum())
         if flagged.any():
