@@ -236,7 +236,9 @@ def _sweep(run) -> list[str]:
     lines = ["", f"## Against the {config.sweep}", "",
              f"Each curve is one stolen model (x = 0) and the same model after the attack at each x. Medians over "
              f"seeds with [min, max]; the paper's effect is its own test's (MOVE: delta_mu = mu_S - mu_B). The "
-             f"plot at the end of the page draws them."]
+             f"plot at the end of the page draws them: medians as lines, each seed as a dot; −log10 p of the "
+             f"null-panel rule solid and of the paper's test dashed, alpha dotted; the statistic solid and the "
+             f"paper's effect dashed, the panel's mean ± sd grey."]
     for method in config.methods:
         for setting in config.settings:
             mine = [r for r in records if r["method"] == method.label and r["setting"] == setting]
@@ -333,7 +335,7 @@ def sweep_png(run) -> bytes | None:
             continue
         draw(axis, methods[0], settings[0], lambda r: r.get("suspect_test_accuracy"), "-o", lambda c: c)
         axis.set_ylabel("suspect's test accuracy", fontsize=8)
-        axis.set_title("the suspects' test accuracy", fontsize=9)
+        axis.set_title(f"the suspects' test accuracy ({methods[0]}'s victims)", fontsize=9)
         axis.legend(fontsize=7)
     for row in axes:
         for axis in row:
