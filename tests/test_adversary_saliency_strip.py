@@ -69,6 +69,8 @@ def test_saliency_config_and_layer_are_checked():
         SaliencyConfig(top_fraction=0)
     with pytest.raises(ModelproveError, match="agreement"):
         SaliencyConfig(agreement=1.5)
+    with pytest.raises(ModelproveError, match="grow"):
+        SaliencyConfig(grow=-1)
     model = RegionOnly(corner(3))
     with pytest.raises(ModelproveError, match="no module"):
         grad_cam(model, torch.rand(2, 1, SIZE, SIZE), layer="nope")
@@ -99,6 +101,8 @@ def test_grad_cam_and_the_trigger_region_find_a_planted_trigger(backdoored):
     assert on_trigger > 1.5 * area and on_trigger > 2.5 * on_clean
     region = trigger_region(model, triggered, SaliencyConfig(top_fraction=0.03, agreement=0.5))
     assert region.any() and (region & near).sum() >= 0.5 * region.sum()
+    grown = trigger_region(model, triggered, SaliencyConfig(top_fraction=0.03, agreement=0.5, grow=2))
+    assert (grown & region).equal(region) and grown.sum() > region.sum()
 
 
 def test_purifying_access_fills_the_region_and_counts_queries(backdoored):

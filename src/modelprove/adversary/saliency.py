@@ -8,7 +8,9 @@ The defences MOVE cites (SentiNet, Februus, NeuronInspect; its refs. 44-46) "gen
 of each sample and then calculate trigger regions based on the intersection of all saliency maps", then
 remove that region. :func:`trigger_region` is that region: the pixels in the top ``top_fraction`` of
 the map in at least ``agreement`` of the images (a strict intersection of many maps is usually
-empty). :func:`purifying_access` is a thief's server that fills the region with ``fill`` in every
+empty), grown by ``grow`` pixels (a map of a strided layer places a small trigger only to within its
+cells' receptive field: on cnn_small's 14x14 map, BadNets' 3x3 corner square peaks 2-3 pixels up and
+left of it). :func:`purifying_access` is a thief's server that fills the region with ``fill`` in every
 query before its model answers — or, with no region given, each query's own top-saliency pixels
 (Februus' per-input removal) — so a verifier's black-box evidence can be measured with and without it.
 """
@@ -31,12 +33,14 @@ class SaliencyConfig:
     """top_fraction: share of each map's pixels counted salient; agreement: share of the images whose
     salient pixels a pixel must be among to belong to the trigger region; fill: the value written into
     the removed region (Fashion-MNIST's background is black); layer: the module Grad-CAM reads, by name
-    in ``model.named_modules()`` (empty: the last nn.Conv2d)."""
+    in ``model.named_modules()`` (empty: the last nn.Conv2d); grow: pixels the trigger region is grown
+    by in every direction."""
 
     top_fraction: float = 0.05
     agreement: float = 0.5
     fill: float = 0.0
     layer: str = ""
+    grow: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_fraction < 1.0:
@@ -47,6 +51,8 @@ class SaliencyConfig:
                                   fix="use a share of the images such as 0.5 (1: a strict intersection).")
         if not 0.0 <= self.fill <= 1.0:
             raise ModelproveError(f"SaliencyConfig.fill must be a pixel value in [0, 1], got {self.fill}.")
+        if self.grow < 0:
+            raise ModelproveError(f"SaliencyConfig.grow must be >= 0 pixels, got {self.grow}.")
 
 
 def cam_layer(model: nn.Module, name: str = "") -> nn.Module:
@@ -111,10 +117,13 @@ def salient_pixels(maps: Tensor, top_fraction: float) -> Tensor:
 
 def trigger_region(model: nn.Module, images: Tensor, config: SaliencyConfig | None = None) -> Tensor:
     """Boolean (H, W): pixels salient (Grad-CAM, top ``top_fraction``) in at least ``agreement`` of
-    ``images`` — the region a saliency defence removes as the trigger."""
+    ``images``, grown by ``grow`` pixels — the region a saliency defence removes as the trigger."""
     config = config or SaliencyConfig()
     salient = salient_pixels(grad_cam(model, images, layer=config.layer), config.top_fraction)
-    return salient.float().mean(0) >= config.agreement - 1e-9
+    region = (salient.float().mean(0) >= config.agreement - 1e-9).float()
+    if config.grow:
+        region = F.max_pool2d(region[None, None], 2 * config.grow + 1, stride=1, padding=config.grow)[0, 0]
+    return region.bool()
 
 
 def remove_region(images: Tensor, region: Tensor, fill: float) -> Tensor:
