@@ -6,14 +6,17 @@ the bench cache, built there if missing), for each victim seed:
 1. STRIP's entropy (adversary/strip.py) of the BadNets victim on its triggered verification images and
    of the MOVE victim on its transformed verification images, beside their clean originals (Table 12);
 2. black-box verification of stolen and independent suspects served plainly and behind a thief's server
-   that runs STRIP on every query and answers a flagged one with a random probability vector (boundary:
-   1% of the thief's clean images flagged), judged by the null-panel rule and the paper's paired t-test.
+   that runs STRIP on every query and answers a flagged one with a random probability vector, or with its
+   model's answer with the top class hidden (boundary: 1% of the thief's clean images flagged), judged by
+   the null-panel rule and the paper's paired t-test.
 
 Writes --report (default docs/results/move-adaptive-strip.md) and its figure beside it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -91,11 +94,14 @@ def main() -> int:
             suspects = [(attack, grid.suspect(seed, method, attack)) for attack in SUSPECTS] + independents
             for name, model in suspects:
                 plain = verify_both(spec, opened, plain_access(model, name), seed, name, options)
-                served = StripFilteredAccess(model, StripFilter(model, overlays, CONFIG, calibration=calibration),
-                                             name=name)
-                filtered = verify_both(spec, opened, served, seed, name, options)
+                strip = StripFilter(model, overlays, CONFIG, calibration=calibration)
+                hiding = copy.copy(strip)  # the same boundary, answering flagged queries otherwise
+                hiding.config = dataclasses.replace(CONFIG, response="suppress")
+                served = [StripFilteredAccess(model, f, name=name) for f in (strip, hiding)]
+                filtered = [verify_both(spec, opened, access, seed, name, options) for access in served]
                 rows.append(f"| {seed} | {method} | {name} | {statistic(plain)}: {outcome(plain)} | "
-                            f"{statistic(filtered)}: {outcome(filtered)} | {served.flagged} of {served.queries} |")
+                            + " | ".join(f"{statistic(f)}: {outcome(f)}" for f in filtered)
+                            + f" | {served[0].flagged} of {served[0].queries} |")
                 console.print(rows[-1], highlight=False)
     picture = histogram(entropies, boundaries, args.report.with_suffix(".png"))
 
@@ -141,16 +147,18 @@ def main() -> int:
         "## Does a STRIP-filtering server defeat black-box verification?",
         "",
         "The thief serves its model behind STRIP (its own boundary, set on its clean images as above): a query "
-        "whose entropy falls below the boundary is answered with a random probability vector (Dirichlet(1)), every "
-        "other one by the model. The verifier's queries (black-box MOVE: the clean original and five augmentations "
+        "whose entropy falls below the boundary is answered with a random probability vector (Dirichlet(1)), or "
+        "— a thief who reads STRIP's flags as triggers and hides the class they force — with the model's own "
+        "answer with its top class set to 0 (renormalised); every other query is answered by the model. The verifier's queries (black-box MOVE: the clean original and five augmentations "
         "of each transformed image, m = 100; BadNets: the triggered and the clean image, m = 100; plus the "
         "competence check's 200 clean images) go through it. Each cell: the model-level statistic, then the "
         "null-panel rule's verdict / the paper's paired t-test's (alpha 0.01, the bench's verification seed and "
         "rows); the last column counts the queries the filter answered at random. White-box verification reads "
         "the weights and is untouched by a query filter.",
         "",
-        "| seed | method | suspect | plain | behind STRIP | queries flagged |",
-        "|---|---|---|---|---|---|",
+        "| seed | method | suspect | plain | behind STRIP, random answers | behind STRIP, top class hidden | "
+        "queries flagged |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
     atomic_write_bytes(args.report, ("\n".join(lines) + "\n").encode())

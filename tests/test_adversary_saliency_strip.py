@@ -143,5 +143,10 @@ def test_strip_filter_answers_differently_only_on_flagged_queries_and_counts_the
     uniform = strip_filtered_access(model, overlays, StripConfig(overlays=16, frr=0.05, response="uniform"))
     answered = uniform.probabilities(triggered[:10])
     assert torch.allclose(answered[uniform.strip.flags(triggered[:10])[0]], torch.full((1, 4), 0.25))
+    hiding = strip_filtered_access(model, overlays, StripConfig(overlays=16, frr=0.05, response="suppress"))
+    hidden = hiding.probabilities(triggered[:10])
+    was_flagged = hiding.strip.flags(triggered[:10])[0]
+    assert was_flagged.any() and (hidden[was_flagged][:, TARGET] < 1e-6).all()
+    assert torch.allclose(hidden.sum(1), torch.ones(10), atol=1e-5)
     with pytest.raises(ModelproveError, match="frr"):
         StripConfig(frr=0)

@@ -8,8 +8,10 @@ style-transformed images score like clean ones. The detection boundary is the ``
 clean inputs' entropies (STRIP sets it from the false rejection rate it accepts, e.g. 1%).
 
 :func:`strip_filtered_access` is a thief's server that runs STRIP on every query and answers a
-flagged one at random (a random probability vector, or the uniform one), so the verifier's black-box
-evidence can be measured with and without the filter; it counts the queries it flagged.
+flagged one otherwise: with a random probability vector, the uniform one, or its own answer with the
+top class removed ("suppress": a thief who reads STRIP's flags as triggers hides the class they force),
+so the verifier's black-box evidence can be measured with and without the filter; it counts the queries
+it flagged.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ class StripConfig:
     input_weight, overlay_weight: a and b of the superimposition; frr: the share of clean inputs the
     filter may flag (sets the boundary); response: what a flagged query gets ("random": a Dirichlet(1)
     probability vector, "uniform": 1/K for every class); seed: which clean images are superimposed and
-    the random answers."""
+    the random answers; "suppress": the model's answer with its top-1 class set to 0, renormalised."""
 
     overlays: int = 32
     input_weight: float = 1.0
     overlay_weight: float = 1.0
     frr: float = 0.01
-    response: Literal["random", "uniform"] = "random"
+    response: Literal["random", "uniform", "suppress"] = "random"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,8 +50,8 @@ class StripConfig:
             raise ModelproveError("StripConfig.input_weight and overlay_weight must be positive.", fix="use 1 and 1.")
         if not 0.0 < self.frr < 1.0:
             raise ModelproveError(f"StripConfig.frr must be in (0, 1), got {self.frr}.", fix="use e.g. 0.01.")
-        if self.response not in ("random", "uniform"):
-            raise ModelproveError(f"StripConfig.response must be 'random' or 'uniform', got {self.response!r}.")
+        if self.response not in ("random", "uniform", "suppress"):
+            raise ModelproveError(f"StripConfig.response must be 'random', 'uniform' or 'suppress', got {self.response!r}.")
 
 
 def entropy_bits(probabilities: Tensor) -> Tensor:
@@ -114,6 +116,9 @@ class StripFilteredAccess(BlackBoxAccess):
             k = answers.shape[1]
             if self.strip.config.response == "uniform":
                 noise = torch.full((int(flagged.sum()), k), 1.0 / k)
+            elif self.strip.config.response == "suppress":
+                noise = answers[flagged].scatter(1, answers[flagged].argmax(1, keepdim=True), 0.0)
+                noise = noise / noise.sum(dim=1, keepdim=True).clamp_min(1e-12)
             else:
                 noise = -torch.rand(int(flagged.sum()), k, generator=self._answers).clamp_min(1e-12).log()
                 noise = noise / noise.sum(dim=1, keepdim=True)  # Dirichlet(1, ..., 1)
