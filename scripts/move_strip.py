@@ -33,9 +33,9 @@ from modelprove.core.fileio import atomic_write_bytes  # noqa: E402
 from modelprove.core.progress import console  # noqa: E402
 from modelprove.data.style import stamp_patch  # noqa: E402
 
-SUSPECTS = ("Direct-copy", "Direct-copy > fine-tuned 10%", "Logit-query")
-CONFIG = StripConfig(overlays=32, frr=0.01, response="random")
-OVERLAYS, CALIBRATION = 2000, 500  # the thief's clean images: superimposed, and setting the boundary
+SUSPECTS = ("Direct-copy", "Logit-query")
+CONFIG = StripConfig(overlays=16, frr=0.01, response="random")
+OVERLAYS, CALIBRATION = 2000, 300  # the thief's clean images: superimposed, and setting the boundary
 
 
 def histogram(entropies: dict[str, dict[str, torch.Tensor]], boundaries: dict[str, float], path: Path) -> Path:
@@ -49,7 +49,7 @@ def histogram(entropies: dict[str, dict[str, torch.Tensor]], boundaries: dict[st
         for label, values in entropies[method].items():
             axis.hist(values.numpy(), bins=40, range=(0, max(2.5, float(values.max()))), alpha=0.55, label=label)
         axis.axvline(boundaries[method], color="black", linestyle="--", linewidth=1, label="STRIP boundary (1% of clean)")
-        axis.set_xlabel("STRIP entropy (bits, mean over 32 superimpositions)", fontsize=8)
+        axis.set_xlabel(f"STRIP entropy (bits, mean over {CONFIG.overlays} superimpositions)", fontsize=8)
         axis.set_ylabel("verification images", fontsize=8)
         axis.set_title(f"{title} (seed 0)", fontsize=9)
         axis.legend(fontsize=7)
