@@ -58,3 +58,18 @@ def test_the_report_tables_and_plots_each_curve_against_x():
     no_sweep = parse_bench_config({k: v for k, v in GRID.items() if k not in ("sweep", "attacks")}
                                   | {"attacks": [{"label": "Copy", "attack": "copy"}]})
     assert "Against the" not in markdown(BenchRun(no_sweep, None, [], 0, 0, 0, 1.0))  # type: ignore[arg-type]
+
+
+def test_finetune_fraction_trains_on_a_seeded_share(bars_task, single_thread):
+    from modelprove.attacks import run_attack
+    from modelprove.data import seeded_share
+    from modelprove.methods.common import fresh_model
+
+    defender, attacker, _ = bars_task
+    share = seeded_share(attacker, 0.25, seed=3)
+    assert len(share) == 200 and share.indices.equal(seeded_share(attacker, 0.25, seed=3).indices)
+    assert (share.indices.diff() > 0).all() and not share.indices.equal(seeded_share(attacker, 0.25, seed=4).indices)
+    _, lineage = run_attack("finetune:fraction=0.25,epochs=1", fresh_model("cnn_small", defender, 0), attacker, seed=3)
+    assert lineage["stages"][0]["samples"] == 200
+    with pytest.raises(Exception, match="fraction"):
+        run_attack("finetune:fraction=0", fresh_model("cnn_small", defender, 0), attacker)
