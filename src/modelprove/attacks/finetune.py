@@ -7,6 +7,10 @@ victim's own top-1 predictions (pseudo-labels, queried once through the oracle a
 adversary holds the model, so that is the only labelling that keeps its task. With the default
 ``data=attacker`` the attacker's own labelled split is used (CAE's FTAL setting, see ``ftal``).
 The CAE variants FTLL/FTAL/RTLL/RTAL (CAE Sec. 5) reuse :func:`tune` with other layer choices.
+
+``fraction`` keeps a seeded share of that data: MOVE Sec. 7.3.1's adaptive attack fine-tunes a stolen
+model on p% benign training samples ("sample rate", Fig. 6), here p% of the attacker's split (as large
+as the victim's training set in the bench grids).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from modelprove.attacks._shared import (
     reinitialise,
     require_data,
 )
-from modelprove.data.dataset import ImageDataset
+from modelprove.data.dataset import ImageDataset, seeded_share
 from modelprove.data.substitute import SUBSTITUTES, load_substitute
 from modelprove.training import TrainConfig, train
 
@@ -36,7 +40,8 @@ PAPER_SETTING = ("MOVE Sec. 6.1: 5 epochs on 500,000 TinyImages (other domain, v
 class FinetuneConfig:
     """epochs/lr/batch_size: SGD as the trainer runs it; augmentation: "crop" (hard labels survive
     a 2-pixel crop); data: "attacker" (the attacker's labelled split) or a substitute dataset name
-    (labelled by the victim); limit: at most this many substitute images (None: all)."""
+    (labelled by the victim); limit: at most this many substitute images (None: all); fraction: the
+    seeded share of that data fine-tuned on (MOVE Sec. 7.3.1's sample rate; 1: all of it)."""
 
     epochs: int = 5
     lr: float = 0.01
@@ -44,6 +49,7 @@ class FinetuneConfig:
     augmentation: str = "crop"
     data: str = "attacker"
     limit: int | None = None
+    fraction: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,6 +57,7 @@ class FinetuneConfig:
         check(self, "data", self.data == "attacker" or self.data in SUBSTITUTES,
               f"'attacker' or a substitute dataset ({', '.join(SUBSTITUTES)})", "mnist-digits")
         check(self, "limit", self.limit is None or self.limit >= 1, "None or an integer >= 1", "5000")
+        check(self, "fraction", 0.0 < self.fraction <= 1.0, "a share in (0, 1]", "0.1")
 
 
 def steal(victim: WhiteBoxAccess, attacker_data: ImageDataset | None, config: FinetuneConfig):
@@ -68,6 +75,8 @@ def tune(victim: WhiteBoxAccess, attacker_data: ImageDataset | None, config: Fin
         substitute = load_substitute(config.data, victim.input_shape, limit=config.limit, seed=config.seed)
         data = labelled_by_victim(victim, substitute, attacker_data)
         labels = "the victim's top-1 labels"
+    if config.fraction < 1.0:
+        data = seeded_share(data, config.fraction, config.seed)
     suspect = copy.deepcopy(victim.model)
     head = last_linear(suspect)
     if reinit_last:
@@ -85,4 +94,5 @@ def tune(victim: WhiteBoxAccess, attacker_data: ImageDataset | None, config: Fin
         "labels": labels,
         "trained_layers": "all" if train_all else "last",
         "reinitialised_last_layer": reinit_last,
+        "samples": len(data),
     }

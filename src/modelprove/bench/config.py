@@ -22,6 +22,12 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     label = "Distillation"                # the paper's row name
     attack = "distill:epochs=5"           # a `modelprove steal --attack` string (chains with '>')
 
+    [[attacks]]                           # a point of a curve against the grid's top-level
+    label = "Copy, fine-tuned on 10%"     # sweep = "sample rate" (e.g. MOVE Fig. 6's fine-tuning rate)
+    attack = "copy>finetune:fraction=0.1"
+    curve = "Direct-copy"
+    x = 0.1
+
     [[independents]]                      # models that share nothing with the victim but the task
     arch = "lenet5"
     seeds = [200, 201]
@@ -91,6 +97,8 @@ class AttackEntry:
     label: str
     attack: str
     paper: str | None = None  # the row of the paper's table this reproduces
+    curve: str | None = None  # with x: a point of this curve against the grid's sweep (bench.report)
+    x: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ class BenchConfig:
     alpha: float = 0.01
     source: str = ""
     paper_table: str = ""  # which paper table the rows are compared with (bench.paper), if any
+    sweep: str = ""  # what the attacks' x measures, when they are points of curves (e.g. "sample rate")
     panel: PanelSpec = field(default_factory=PanelSpec)
     # Dask worker resources (e.g. {"train": {"GPU": 1}}): where jobs may run, never what they make, so no
     # cache key or record depends on them.
@@ -181,7 +190,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
 
     known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
-             "alpha", "paper_table", "panel", "resources"}
+             "alpha", "paper_table", "panel", "resources", "sweep"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
@@ -228,7 +237,19 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
                 get_attack(stage.name)
         except ModelproveError as exc:
             raise fail(f"attacks[{i}].attack", str(exc), "see `modelprove steal --list`") from None
-        attacks.append(AttackEntry(entry.get("label", attack), attack, entry.get("paper")))
+        curve, x = entry.get("curve"), entry.get("x")
+        if (curve is None) != (x is None):
+            raise fail(f"attacks[{i}]", "has one of curve and x but not the other",
+                       'give both (curve = "Direct-copy", x = 0.1) or neither')
+        if x is not None and (not isinstance(x, (int, float)) or isinstance(x, bool) or not isinstance(curve, str)):
+            raise fail(f"attacks[{i}].x", f"expected a number and a curve name, got x = {x!r}, curve = {curve!r}",
+                       'e.g. curve = "Direct-copy", x = 0.1')
+        attacks.append(AttackEntry(entry.get("label", attack), attack, entry.get("paper"), curve,
+                                   None if x is None else float(x)))
+    sweep = raw.get("sweep", "")
+    if any(a.x is not None for a in attacks) and not (isinstance(sweep, str) and sweep):
+        raise fail("sweep", "attacks have x values but the grid does not say what x is",
+                   'e.g. sweep = "fine-tuning sample rate"')
 
     panel = table("panel", PanelSpec)
     try:
@@ -295,6 +316,6 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         name=raw.get("name", Path(source).stem), description=raw.get("description", ""), data=data,
         training=training, seeds=tuple(seeds), settings=tuple(settings), methods=tuple(methods),
         attacks=tuple(attacks), independents=tuple(independents), alpha=alpha, source=source,
-        paper_table=raw.get("paper_table", ""), panel=panel,
+        paper_table=raw.get("paper_table", ""), panel=panel, sweep=sweep,
         resources={sort: {name: float(v) for name, v in amounts.items()} for sort, amounts in resources.items()},
     )

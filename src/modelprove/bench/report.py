@@ -162,6 +162,7 @@ def markdown(run) -> str:
               "model against every victim seed; the paper's p is its CIFAR-10 value where it has one."]
 
     lines += _queries(run, rows)
+    lines += _sweep(run)
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -213,6 +214,137 @@ def markdown(run) -> str:
                          f"{rows_of[0]['suspect_test_accuracy']:.4f} | "
                          + (f"{statistics.median(fid):.4f} |" if fid else " |"))
     return "\n".join(lines) + "\n"
+
+
+def _curves(config) -> dict[str, list[tuple[float, str]]]:
+    """curve -> [(x, attack label)] sorted by x: the grid's attacks that are points of curves."""
+    curves: dict[str, list[tuple[float, str]]] = {}
+    for attack in config.attacks:
+        if attack.curve is not None and attack.x is not None:
+            curves.setdefault(attack.curve, []).append((attack.x, attack.label))
+    return {curve: sorted(points) for curve, points in curves.items()}
+
+
+def _sweep(run) -> list[str]:
+    """Per method and setting, each curve's point by point against the grid's sweep (``sweep`` and the
+    attacks' ``curve`` and ``x``): the suspects' accuracy, the statistic, both rules' outcomes and p, and
+    the paper's effect (MOVE: delta_mu)."""
+    config, records = run.config, _verdicts(run.records)
+    curves = _curves(config)
+    if not curves:
+        return []
+    lines = ["", f"## Against the {config.sweep}", "",
+             f"Each curve is one stolen model (x = 0) and the same model after the attack at each x. Medians over "
+             f"seeds with [min, max]; the paper's effect is its own test's (MOVE: delta_mu = mu_S - mu_B). The "
+             f"plot at the end of the page draws them: medians as lines, each seed as a dot; −log10 p of the "
+             f"null-panel rule solid and of the paper's test dashed, alpha dotted; the statistic solid and the "
+             f"paper's effect dashed, the panel's mean ± sd grey."]
+    for method in config.methods:
+        for setting in config.settings:
+            mine = [r for r in records if r["method"] == method.label and r["setting"] == setting]
+            if not mine:
+                continue
+            lines += ["", f"### {method.label}, {setting}", "",
+                      f"| curve | x | suspect test accuracy | statistic | null panel: outcome | p | paper's test: outcome "
+                      f"| p | paper's effect |", "|---|---:|---:|---:|---|---:|---|---:|---:|"]
+            for curve, points in curves.items():
+                for x, label in points:
+                    cell = [r for r in mine if r["row"] == label]
+                    if not cell:
+                        lines.append(f"| {curve} | {x:g} | not run | | | | | | |")
+                        continue
+                    paper = [r["paper"] for r in cell]
+                    lines.append(
+                        f"| {curve} | {x:g} | {_median_range([r['suspect_test_accuracy'] for r in cell], lambda v: f'{v:.4f}')} "
+                        f"| {_median_range([r['statistic'] for r in cell if r.get('statistic') is not None], lambda v: f'{v:.3f}')} "
+                        f"| {_tally(cell, label)} "
+                        f"| {_median_range([r['p_value'] for r in cell if r.get('p_value') is not None], format_p)} "
+                        f"| {_tally(paper, label)} "
+                        f"| {_median_range([p['p_value'] for p in paper if p.get('p_value') is not None], format_p)} "
+                        f"| {_median_range([p['effect'] for p in paper if p.get('effect') is not None], _effect)} |")
+    return lines
+
+
+def sweep_png(run) -> bytes | None:
+    """The curves of :func:`_sweep`: per method, −log10 p (solid: null panel, dashed: the paper's test) and
+    the statistic (solid; dashed: the paper's effect; grey: the panel's mean ± sd) against x, one column
+    per setting; the last row is the suspects' test accuracy. Lines are medians over seeds, dots each seed."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, records = run.config, _verdicts(run.records)
+    curves = _curves(config)
+    settings = [s for s in config.settings if any(r["setting"] == s for r in records)]
+    methods = [m.label for m in config.methods if any(r["method"] == m.label for r in records)]
+    if not curves or not settings or not methods:
+        return None
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(2 * len(methods) + 1, len(settings), figsize=(5.5 * len(settings), 3.0 * (2 * len(methods) + 1)),
+                                squeeze=False)
+
+    def series(method: str, setting: str, labels: list[tuple[float, str]], value) -> tuple[list[float], list[float], list[tuple[float, float]]]:
+        xs, medians, dots = [], [], []
+        for x, label in labels:
+            values = [v for v in (value(r) for r in records if r["method"] == method and r["setting"] == setting
+                                  and r["row"] == label) if v is not None]
+            if values:
+                xs.append(x)
+                medians.append(statistics.median(values))
+                dots += [(x, v) for v in values]
+        return xs, medians, dots
+
+    def draw(axis, method, setting, value, style, name=None):
+        for k, (curve, labels) in enumerate(curves.items()):
+            xs, medians, dots = series(method, setting, labels, value)
+            if xs:
+                colour = colours[k % len(colours)]
+                axis.plot(xs, medians, style, color=colour, label=name(curve) if name else None)
+                axis.scatter([d[0] for d in dots], [d[1] for d in dots], s=8, color=colour, alpha=0.5)
+
+    def log_p(p):
+        return None if p is None else min(-math.log10(max(p, 1e-300)), 50)
+
+    for i, method in enumerate(methods):
+        for j, setting in enumerate(settings):
+            axis = axes[2 * i][j]
+            draw(axis, method, setting, lambda r: log_p(r.get("p_value")), "-o", lambda c: f"{c} (null panel)")
+            draw(axis, method, setting, lambda r: log_p(r["paper"].get("p_value")), "--", lambda c: f"{c} (paper's test)")
+            axis.axhline(-math.log10(config.alpha), color="black", linestyle=":", linewidth=1)
+            axis.set_ylabel("−log10 p (capped at 50)", fontsize=8)
+            axis.set_title(f"{method}, {setting}: p", fontsize=9)
+            axis = axes[2 * i + 1][j]
+            draw(axis, method, setting, lambda r: r.get("statistic"), "-o")
+            draw(axis, method, setting, lambda r: r["paper"].get("effect"), "--")
+            panel = [(r["panel_mean"], r["panel_sd"]) for r in records if r["method"] == method
+                     and r["setting"] == setting and r.get("panel_mean") is not None and r.get("panel_sd") is not None]
+            if panel:
+                mean, sd = statistics.median(m for m, _ in panel), statistics.median(s for _, s in panel)
+                axis.axhspan(mean - sd, mean + sd, color="grey", alpha=0.2)
+                axis.axhline(mean, color="grey", linewidth=1)
+            name = next((r.get("statistic_name") for r in records if r["method"] == method and r["setting"] == setting), "")
+            axis.set_ylabel("statistic (solid), paper's effect (dashed)", fontsize=8)
+            axis.set_title(f"{method}, {setting}: {name}", fontsize=9)
+    for j in range(len(settings)):
+        axis = axes[-1][j]
+        if j:
+            axis.set_axis_off()
+            continue
+        draw(axis, methods[0], settings[0], lambda r: r.get("suspect_test_accuracy"), "-o", lambda c: c)
+        axis.set_ylabel("suspect's test accuracy", fontsize=8)
+        axis.set_title(f"the suspects' test accuracy ({methods[0]}'s victims)", fontsize=9)
+        axis.legend(fontsize=7)
+    for row in axes:
+        for axis in row:
+            if axis.axison:
+                axis.set_xlabel(config.sweep, fontsize=8)
+                axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    return _png(figure, plt)
 
 
 def _test_queries(record: dict[str, Any]) -> int:
@@ -383,13 +515,19 @@ def write_report(run, paths: list[Path]) -> list[Path]:
                 ("Median −log10 p", "Per suspect and method, one panel per setting; the dashed line is alpha.",
                  pvalue_png(run)),
                 ("Each cell's statistic", "Every verified cell: the attacks' suspects and the independent models.",
-                 statistic_strip_png(run))) if data]
+                 statistic_strip_png(run)),
+                (f"Against the {run.config.sweep}", "Each curve's p, statistic and test accuracy against x.",
+                 sweep_png(run) if run.config.sweep else None)) if data]
             written.append(write_bench_page(run, path, markdown(run), figures))
             continue
         picture = plot(run, path.with_name(f"{path.stem}-pvalues.png"))
         text = markdown(run)
         if picture is not None:
             text += f"\n![median -log10 p per suspect and method]({picture.name})\n"
+        curves = sweep_png(run) if run.config.sweep else None
+        if curves is not None:
+            written_curves = atomic_write_bytes(path.with_name(f"{path.stem}-sweep.png"), curves)
+            text += f"\n![p, statistic and accuracy against the {run.config.sweep}]({written_curves.name})\n"
         atomic_write_bytes(path, text.encode())
         written.append(path)
     return written

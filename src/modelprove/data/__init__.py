@@ -10,7 +10,7 @@ from modelprove.data.augment import (
     random_hflip,
     translate,
 )
-from modelprove.data.dataset import ImageDataset
+from modelprove.data.dataset import ImageDataset, seeded_share
 from modelprove.data.sources import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -53,5 +53,6 @@ __all__ = [
     "random_crop",
     "random_hflip",
     "read_idx",
+    "seeded_share",
     "translate",
 ]

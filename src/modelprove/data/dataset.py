@@ -181,6 +181,15 @@ class ImageDataset:
         return rows
 
 
+def seeded_share(data: ImageDataset, fraction: float, seed: int) -> ImageDataset:
+    """A seeded random ``fraction`` of ``data``'s rows (at least one), in their original order."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"dataset {data.name!r}: a share must be in (0, 1], got {fraction}.")
+    keep = max(1, round(fraction * len(data)))
+    rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+    return data.subset(rows, name=f"{data.name}[{fraction:g}]")
+
+
 def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"{value.dtype} tensor of shape {tuple(value.shape)}"
