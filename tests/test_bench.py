@@ -225,6 +225,7 @@ def test_smoke_preset_killed_then_resumed_then_cached(tmp_path):
     assert not list(cache.rglob("*.partial/entry.json"))
     report = (out / "report.md").read_text()
     assert "## Verification, black-box" in report and "## False accusations" in report
+    assert "| move | train victim |" in report and "| move | calibration |" in report  # the cost by component
     assert (out / "report-pvalues.png").stat().st_size > 0
     assert [r["cells_run"] for r in resumed.history] == [total - len(before)]  # the killed run never finished
     assert "| 2 x 1 |" in report

@@ -163,6 +163,7 @@ def markdown(run) -> str:
 
     lines += _queries(run, rows)
     lines += _sweep(run)
+    lines += _protection_costs(run)
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -214,6 +215,24 @@ def markdown(run) -> str:
                          f"{rows_of[0]['suspect_test_accuracy']:.4f} | "
                          + (f"{statistics.median(fid):.4f} |" if fid else " |"))
     return "\n".join(lines) + "\n"
+
+
+def _protection_costs(run) -> list[str]:
+    """Each method's protection by component (the seconds its build recorded), medians over seeds: what a
+    defender pays for the victim, the benign models, surrogates and extra architectures."""
+    costs = getattr(run, "protection_seconds", {})
+    if not costs:
+        return []
+    lines = ["", "## What a protection costs, by component", "",
+             "Seconds each protection's build recorded (medians over seeds, [min, max]), on the machine that built "
+             "it and under its load at the time; the null panel (calibration) is apart from these and shared where "
+             "protections share their data.", "", "| method | component | seconds |", "|---|---|---:|"]
+    for label, per_seed in costs.items():
+        components = list(dict.fromkeys(name for seconds in per_seed for name in seconds))
+        for name in components:
+            values = [float(seconds[name]) for seconds in per_seed if name in seconds]
+            lines.append(f"| {label} | {name.replace('_', ' ')} | {_median_range(values, lambda x: f'{x:.0f}')} |")
+    return lines
 
 
 def _curves(config) -> dict[str, list[tuple[float, str]]]:

@@ -58,6 +58,8 @@ class BenchRun:
     workers: int = 1  # processes that ran the grid side by side
     reports: list[Path] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every run of this directory (runs.jsonl)
+    # method label -> per seed, the protection's build time by component (its results' "seconds")
+    protection_seconds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def bench_splits(spec: DataSpec) -> DataSplits:
@@ -652,6 +654,11 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                      "cells_run": run.cells_run, "cache_hits": run.cache_hits, "cache_misses": run.cache_misses,
                      "methods": only_methods or "all"})
     run.history = history.runs
+    for (seed, label), prot in sorted(grid.protections.items()):
+        info = cache.entry_info("protections", prot["recipe"])
+        seconds = (info or {}).get("results", {}).get("seconds")
+        if seconds:
+            run.protection_seconds.setdefault(label, []).append(seconds)
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run

@@ -150,8 +150,11 @@ class OwnershipMethod:
         try:
             staged = staging / out.name
             result = self.build(defender, test, staged, config, force=False, **inputs)
+            started = time.perf_counter()
             summary = self.calibrate(staged, config, defender, test, panel or PanelConfig(), store)
             install(staged, out)
+            if isinstance(result.results.get("seconds"), dict):  # the null panel (trained or from its store)
+                result.results["seconds"]["calibration"] = round(time.perf_counter() - started, 2)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if hasattr(result, "directory"):

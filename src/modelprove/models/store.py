@@ -102,6 +102,11 @@ class ModelStore:
         self.misses += 1
         return directory, entry
 
+    def entry_info(self, kind: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``info`` the entry of ``recipe`` was stored with, or None if it is not in the cache."""
+        entry = self._complete(self._entry_dir(kind, recipe_key(recipe)))
+        return None if entry is None else entry.get("info", {})
+
     def entry_seconds(self, kind: str, recipe: dict[str, Any]) -> float | None:
         """How long the entry of ``recipe`` took to build, or None if it is not in the cache."""
         entry = self._complete(self._entry_dir(kind, recipe_key(recipe)))
