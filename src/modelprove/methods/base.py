@@ -324,9 +324,11 @@ class OwnershipMethod:
 
     def verify_rules(self, protection: Any, suspect: LabelOnlyAccess | Classifier, *, rules: tuple[str, ...] = RULES,
                      setting: str | None = None, seed: int = 0, suspect_name: str | None = None,
-                     competence: float | None = None, **options: Any) -> dict[str, Verdict]:
+                     competence: float | None = None, at_most_pool: bool = False,
+                     **options: Any) -> dict[str, Verdict]:
         """One measurement of the evidence, judged by each of ``rules``: {rule: Verdict} (the benchmark
-        reports the null-panel rule beside the paper's on the same queries)."""
+        reports the null-panel rule beside the paper's on the same queries). ``at_most_pool``: a sample size
+        above the pool reads the whole pool instead of failing (a corroborating setting's default m)."""
         unknown = [r for r in rules if r not in RULES]
         if unknown or not rules:
             raise ModelproveError(f"rule must be one of {', '.join(RULES)}; got {unknown[0] if unknown else rules!r}.",
@@ -376,9 +378,10 @@ class OwnershipMethod:
         m = self.sample_size(config, setting)
         rows = None
         if m is not None:
-            if m > pool:
+            if m > pool and not at_most_pool:
                 raise ModelproveError(f"m = {m} exceeds the {pool} rows of {self.name}'s verification pool.",
                                       fix=f"use m <= {pool}, or protect with a larger pool.")
+            m = min(m, pool)  # a corroborating setting's default m may exceed a small pool: it reads all of it
             rows = torch.randperm(pool, generator=generator(seed))[:m]
         before = suspect.queries
         if getattr(config, "sequential", False):
@@ -400,7 +403,7 @@ class OwnershipMethod:
                 and getattr(config, "corroborate", True):
             corroboration = self.verify_rules(opened, local_access(suspect.model, self.needs.get(other, other),
                                                                    name=name), rules=("panel",), setting=other,
-                                              seed=seed, suspect_name=name, competence=0.0,
+                                              seed=seed, suspect_name=name, competence=0.0, at_most_pool=True,
                                               **{k: v for k, v in options.items() if k != "sequential"})["panel"]
         return verdicts(evidence, corroboration, competence=measured)
 
