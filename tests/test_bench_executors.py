@@ -27,9 +27,11 @@ SRC = str(Path(__file__).parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 
 
-def in_processes(target, *args, count: int = 2, timeout: float = 60) -> None:
-    """``target(i, *args)`` in ``count`` processes at once (forked: they only touch files, never torch)."""
-    context = multiprocessing.get_context("fork")
+def in_processes(target, *args, count: int = 2, timeout: float = 300) -> None:
+    """``target(i, *args)`` in ``count`` processes at once. Spawned, not forked: a fork of an xdist worker that
+    holds Dask's and torch's threads can copy a lock one of them held and hang the child (seen once: a
+    join that timed out under load); ``timeout`` is a hang guard, not a timing."""
+    context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=target, args=(i, *args)) for i in range(count)]
     for process in processes:
         process.start()
