@@ -255,7 +255,10 @@ def _queries(run, rows: list[str]) -> list[str]:
                   "statistic over them; it sends no query when the protection's stored scores already make it "
                   "inconclusive (the victim does not stand out from the suspect's panel). A sequential paper's "
                   "verdict is decided by the betting test or, when it ran out of images, by the fixed-m t-test. "
-                  "*judged*: the median over the verdicts that were not inconclusive.", "",
+                  "A sequential test stops as soon as its verdict is certain at alpha, not when the evidence is "
+                  "overwhelming: a stolen null-panel verdict's p lies in [0.9 alpha, alpha) unless the images read "
+                  "already prove the claim (stats.sequential.SequentialPanelRule). *judged*: the median over the "
+                  "verdicts that were not inconclusive.", "",
                   "| method | rule | verdicts | queries: median [min, max] | judged: median | competence check "
                   "| stolen suspects | independent models | decided sequentially |",
                   "|---|---|---:|---:|---:|---:|---|---|---:|"]

@@ -542,7 +542,7 @@ class StoredCalibration:
                           decided=decided, sequential={"decision": result.decision, "alpha": COMPETENCE_ALPHA,
                                                        "cs_lower": result.cs_lower, "cs_upper": result.cs_upper})
 
-    def _members_of(self, variant: str, arch: str | None) -> np.ndarray:
+    def members_of(self, variant: str, arch: str | None) -> np.ndarray:
         """Indices (into the stored panel matrix) of the panel models of ``arch`` (None: every one)."""
         members = self.record["panel"]["members"]
         indices = self.tensors[f"panel/{variant}/members"].tolist()
@@ -586,7 +586,7 @@ class StoredCalibration:
                            "sequential test sent no query for it.")
         chosen = [a for a in names if a in panels]
         critical = max((critical_value(panels[a], m, (1 - share) * alpha, binary) for a in chosen), default=np.nan)
-        members = np.concatenate([self._members_of(variant, a) for a in chosen]) if chosen else np.zeros(0, np.int64)
+        members = np.concatenate([self.members_of(variant, a) for a in chosen]) if chosen else np.zeros(0, np.int64)
         return PanelPlan(calibration, self_test, blocked, float(critical), victim_all[rows], matrix[members][:, rows],
                          score_range)
 
@@ -596,7 +596,7 @@ class StoredCalibration:
         panel models of the victim's architecture ``arch`` stands in for the reference B)."""
         if f"panel/{variant}" not in self.tensors:
             return None, None
-        honest = self.tensors[f"panel/{variant}"].double().numpy()[self._members_of(variant, arch)]
+        honest = self.tensors[f"panel/{variant}"].double().numpy()[self.members_of(variant, arch)]
         if len(honest) < 2:
             return None, None
         reference = honest.mean(axis=0)
