@@ -364,12 +364,15 @@ def test_sequential_and_fixed_designs_side_by_side(tmp_path):
         fixed, sequential = by[("fixed", suspect)], by[("sequential", suspect)]
         competence = fixed["competence"]["queries"]  # every verification's competence check, the same for both
         assert fixed["queries"] == competence + 20 * 6 and "decided_by" not in fixed["paper"]
-        assert sequential["queries"] <= fixed["queries"] and (sequential["queries"] - competence) % 6 == 0
+        for rule in (sequential, sequential["paper"]):  # each rule's own queries, never more than the fixed design's
+            assert rule["queries"] <= fixed["queries"] and (rule["queries"] - competence) % 6 == 0
         assert sequential["paper"]["decided_by"] in ("sequential", "fixed-m test")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Queries to a verdict, black-box" in report
-    assert "| suspect | fixed: queries | fixed: outcome | sequential: queries | sequential: outcome |" in report
-    assert f"| fixed | 2 | 120 [120, 120] | {competence} [{competence}, {competence}] |" in report
+    assert ("| suspect | fixed: queries, null panel | fixed: null panel | fixed: queries, paper's test | fixed: paper's "
+            "test | sequential: queries, null panel |") in report
+    assert f"| fixed | paper's test | 2 | 120 [120, 120] | 120 | {competence} [{competence}, {competence}] |" in report
+    assert "Median queries to a verdict, sequential against fixed: null panel " in report
 
 
 def test_bench_seeds_runs_a_subset_of_the_grid_and_refuses_others(tmp_path):

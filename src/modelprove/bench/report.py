@@ -366,53 +366,88 @@ def sweep_png(run) -> bytes | None:
     return _png(figure, plt)
 
 
-def _test_queries(record: dict[str, Any]) -> int:
-    """A cell's queries without those of the competence check (the same for every design)."""
-    return record["queries"] - ((record.get("competence") or {}).get("queries") or 0)
+def _competence_queries(record: dict[str, Any]) -> int:
+    return (record.get("competence") or {}).get("queries") or 0
+
+
+def _test_queries(record: dict[str, Any], rule: str = "panel") -> int:
+    """A cell's queries by one rule's test, without those of the competence check (the same for every
+    design); a sequential verification's rules stop on their own (older records: the cell's)."""
+    queries = record["queries"] if rule == "panel" else record["paper"].get("queries", record["queries"])
+    return (queries or 0) - _competence_queries(record)
+
+
+QUERY_RULES = (("panel", "null panel"), ("paper", "paper's test"))
 
 
 def _queries(run, rows: list[str]) -> list[str]:
-    """Queries to a verdict beside the outcomes, per setting, when the grid verifies some method
-    sequentially (a method entry with ``sequential = true``): the fixed and the sequential design of the
-    paper's test side by side (the sequential test asks the paper's question; the null-panel verdicts
-    above are judged on the rows it drew)."""
+    """Queries to a verdict beside the outcomes, per setting and rule, when the grid verifies some method
+    sequentially (a method entry with ``sequential = true``): the fixed and the sequential design side by
+    side, each rule's queries counted as a verification by that rule alone would send them."""
     config, records = run.config, run.records
     if not any(m.set.get("sequential") for m in config.methods):
         return []
     methods = [m.label for m in config.methods]
     lines: list[str] = []
+
+    def rule_of(record: dict[str, Any], rule: str) -> dict[str, Any]:
+        return record if rule == "panel" else record["paper"]
+
     for setting in config.settings:
         cells = [r for r in _verdicts(records) if r["setting"] == setting and r.get("queries") is not None
                  and "paper" in r]
         if not cells:
             continue
         lines += ["", f"## Queries to a verdict, {setting}", "",
-                  "Queries are images the test sent to the suspect until its verdict (black-box MOVE: 6 per image, "
-                  "the image and five augmentations), without the competence check every verification sends "
-                  "first (its own column); outcomes are the paper test's (MOVE Eq. 9). A sequential verdict is "
-                  "decided by the betting test (stats/sequential.py) unless it ran out of images, when the fixed-m "
-                  "t-test decided at alpha/2.", "",
-                  "| method | verdicts | queries: median [min, max] | competence check | stolen suspects "
-                  "| independent models | decided sequentially |", "|---|---:|---:|---:|---|---|---:|"]
+                  "Queries are those a verification by one rule alone sends to the suspect until its verdict "
+                  "(black-box MOVE: 6 per image, the image and five augmentations), without the competence check "
+                  "every verification sends first (its own column). A sequential null-panel verdict is decided by "
+                  "the betting test (stats/sequential.py) or, when all the fixed design's images were read, by its "
+                  "statistic over them; it sends no query when the protection's stored scores already make it "
+                  "inconclusive (the victim does not stand out from the suspect's panel). A sequential paper's "
+                  "verdict is decided by the betting test or, when it ran out of images, by the fixed-m t-test. "
+                  "A sequential test stops as soon as its verdict is certain at alpha, not when the evidence is "
+                  "overwhelming: a stolen null-panel verdict's p lies in [0.9 alpha, alpha) unless the images read "
+                  "already prove the claim (stats.sequential.SequentialPanelRule). *judged*: the median over the "
+                  "verdicts that were not inconclusive.", "",
+                  "| method | rule | verdicts | queries: median [min, max] | judged: median | competence check "
+                  "| stolen suspects | independent models | decided sequentially |",
+                  "|---|---|---:|---:|---:|---:|---|---|---:|"]
+        medians: dict[tuple[str, str], float] = {}
         for label in methods:
             mine = [r for r in cells if r["method"] == label]
             if not mine:
                 continue
-            stolen = [r["paper"] for r in mine if r.get("stolen_truth")]
-            honest = [r["paper"] for r in mine if not r.get("stolen_truth")]
-            sequential = [r["paper"]["decided_by"] for r in mine if r["paper"].get("decided_by")]
-            decided = f"{sequential.count('sequential')} of {len(sequential)}" if sequential else "—"
-            lines.append(f"| {label} | {len(mine)} | {_median_range([_test_queries(r) for r in mine], _count)} | "
-                         f"{_median_range([r['queries'] - _test_queries(r) for r in mine], _count)} | "
-                         f"{_tally(stolen, 'attack')} | {_tally(honest, 'Independent')} | {decided} |")
-        header = "| suspect | " + " | ".join(f"{label}: queries | {label}: outcome" for label in methods) + " |"
-        lines += ["", header, "|---|" + "---:|---|" * len(methods)]
+            for rule, rule_name in QUERY_RULES:
+                spent = [_test_queries(r, rule) for r in mine]
+                judged = [_test_queries(r, rule) for r in mine if rule_of(r, rule)["outcome"] != "inconclusive"]
+                medians[(label, rule)] = statistics.median(spent)
+                stolen = [rule_of(r, rule) for r in mine if r.get("stolen_truth")]
+                honest = [rule_of(r, rule) for r in mine if not r.get("stolen_truth")]
+                sequential = [rule_of(r, rule).get("decided_by") for r in mine if rule_of(r, rule).get("decided_by")]
+                decided = f"{sequential.count('sequential')} of {len(mine)}" if sequential else "—"
+                lines.append(f"| {label} | {rule_name} | {len(mine)} | {_median_range(spent, _count)} | "
+                             f"{_count(statistics.median(judged)) if judged else 'n/a'} | "
+                             f"{_median_range([_competence_queries(r) for r in mine], _count)} | "
+                             f"{_tally(stolen, 'attack')} | {_tally(honest, 'Independent')} | {decided} |")
+        fixed = [m.label for m in config.methods if not m.set.get("sequential")]
+        for m in config.methods:
+            if m.set.get("sequential") and fixed:
+                ratios = [f"{rule_name} {_count(medians[(m.label, rule)])} vs {_count(medians[(fixed[0], rule)])} "
+                          f"({medians[(m.label, rule)] / medians[(fixed[0], rule)]:.2f} of it)"
+                          for rule, rule_name in QUERY_RULES
+                          if (m.label, rule) in medians and medians.get((fixed[0], rule))]
+                lines += ["", f"Median queries to a verdict, {m.label} against {fixed[0]}: " + "; ".join(ratios) + "."]
+        header = "| suspect | " + " | ".join(f"{label}: queries, {rule_name} | {label}: {rule_name}"
+                                             for label in methods for _, rule_name in QUERY_RULES) + " |"
+        lines += ["", header, "|---|" + "---:|---|" * len(methods) * len(QUERY_RULES)]
         for row in rows:
             line = f"| {row} |"
             for label in methods:
                 mine = [r for r in cells if r["row"] == row and r["method"] == label]
-                line += (f" {_median_range([_test_queries(r) for r in mine], _count)} | "
-                         f"{_tally([r['paper'] for r in mine], row)} |" if mine else " n/a | n/a |")
+                for rule, _ in QUERY_RULES:
+                    line += (f" {_median_range([_test_queries(r, rule) for r in mine], _count)} | "
+                             f"{_tally([rule_of(r, rule) for r in mine], row)} |" if mine else " n/a | n/a |")
             lines.append(line)
     return lines
 

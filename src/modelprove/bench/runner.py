@@ -677,6 +677,7 @@ def verify_cell(spec: MethodSpec, opened: Any, model: Classifier, setting: str, 
     def numbers(verdict) -> dict[str, Any]:
         return {"outcome": verdict.outcome, "stolen": verdict.stolen, "p_value": verdict.p_value,
                 "effect": verdict.effect, "effect_name": verdict.effect_name, "reason": verdict.reason,
+                "queries": verdict.queries,  # a sequential verification: each rule's test stops on its own
                 # a sequential verification: which test decided (stats.sequential or the fixed-m fallback)
                 **({"decided_by": verdict.details["decided_by"]} if "decided_by" in verdict.details else {})}
 

@@ -42,7 +42,7 @@ from modelprove.stats import (
     competence_threshold,
 )
 from modelprove.stats.sequential import (
-    SequentialPairedRule, SequentialPanelRule, sequential_mean_test, sequential_paired,
+    CLEAR_ALPHA, SequentialPairedRule, SequentialPanelRule, sequential_mean_test, sequential_paired, sequential_panel,
 )
 
 CALIBRATION_FILE = "calibration.safetensors"
@@ -367,6 +367,17 @@ class OwnershipMethod:
                                      corroboration=corroboration if r == "panel" else None, **context)
                     for r in rules}
 
+        def corroborate() -> Verdict | None:
+            """The null-panel verdict of the setting this one needs corroborated by (MOVE: a white-box accusation
+            needs the black-box one of the same weights; stats.verdicts' intersection-union test), fixed design."""
+            other = self.corroborated_by.get(setting)
+            if other is None or "panel" not in rules or not isinstance(suspect, WhiteBoxAccess) \
+                    or not getattr(config, "corroborate", True):
+                return None
+            return self.verify_rules(opened, local_access(suspect.model, self.needs.get(other, other), name=name),
+                                     rules=("panel",), setting=other, seed=seed, suspect_name=name, competence=0.0,
+                                     at_most_pool=True, **{k: v for k, v in options.items() if k != "sequential"})["panel"]
+
         batch = 10 if getattr(config, "sequential", False) else None  # the clean images a sequential check asks at once
         measured = stored.competence(suspect, setting, fraction, batch) if stored is not None and fraction > 0 else None
         if measured is not None and not measured.competent:
@@ -386,45 +397,68 @@ class OwnershipMethod:
         before = suspect.queries
         if getattr(config, "sequential", False):
             rows = rows if rows is not None else torch.randperm(pool, generator=generator(seed))
-            evidence, results = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha,
-                                                          rules, stored)
-            if "paper" in results:
-                decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], results["paper"])
-            if "panel" in results:
-                decision_rules["panel"] = SequentialPanelRule(decision_rules["panel"], *results["panel"])
-            note["rows_drawn_by"] = "the sequential tests (stats.sequential): they stopped after these rows"
-        else:
-            evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
+            sequential = self._sequential_evidence(opened, suspect, setting, config, rows, pool, alpha, rules, stored)
+            if "paper" in sequential.results:
+                decision_rules["paper"] = SequentialPairedRule(decision_rules["paper"], sequential.results["paper"])
+            if "panel" in rules:  # (no result: inconclusive before any query, the rule still named)
+                decision_rules["panel"] = SequentialPanelRule(decision_rules["panel"],
+                                                              *sequential.results.get("panel", (None, float("nan"))))
+            note["sequential_queries_sent"] = None if setting == WHITE_BOX else suspect.queries - before
+            note["rows_drawn_by"] = ("the sequential tests (stats.sequential): each rule's verdict is judged on the "
+                                     "rows its own test read before it stopped")
+            for evidence in sequential.evidence.values():
+                if evidence is not None:
+                    evidence.suspect_arch = suspect.arch
+                    evidence.queries = None if setting == WHITE_BOX else evidence.queries
+            out, corroboration = {}, corroborate()
+            for r in rules:  # each rule judged on the rows its own test read
+                mine = sequential.evidence.get(r)
+                plan = sequential.plan if r == "panel" else None
+                calibration = (plan.calibration if plan is not None and mine is not None else
+                               stored.view(mine, r == "paper") if stored is not None and mine is not None else None)
+                out[r] = build_verdict(mine, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
+                                       provenance=provenance, method=self.name, setting=setting,
+                                       calibration=calibration, blocked=sequential.blocked.get(r),
+                                       details={"suspect_access": suspect.level, **extra(), **note},
+                                       competence=measured, corroboration=corroboration if r == "panel" else None)
+                if plan is not None:  # the self-test on the fixed design's rows, where the claim is made
+                    out[r] = dataclasses.replace(out[r], self_test=plan.self_test)
+            return out
+        evidence = self.evidence(opened, suspect, setting, config, rows, reference=True)
         evidence.queries = None if setting == WHITE_BOX else suspect.queries - before
         evidence.suspect_arch = suspect.arch
-        corroboration = None
-        other = self.corroborated_by.get(setting)
-        if other is not None and "panel" in rules and isinstance(suspect, WhiteBoxAccess) \
-                and getattr(config, "corroborate", True):
-            corroboration = self.verify_rules(opened, local_access(suspect.model, self.needs.get(other, other),
-                                                                   name=name), rules=("panel",), setting=other,
-                                              seed=seed, suspect_name=name, competence=0.0, at_most_pool=True,
-                                              **{k: v for k, v in options.items() if k != "sequential"})["panel"]
-        return verdicts(evidence, corroboration, competence=measured)
+        return verdicts(evidence, corroborate(), competence=measured)
 
     def _sequential_evidence(self, opened: Any, suspect: LabelOnlyAccess, setting: str, config: Any,
                              rows: torch.Tensor, pool: int, alpha: float, rules: tuple[str, ...],
-                             stored: "StoredCalibration | None") -> tuple[Evidence, dict[str, Any]]:
-        """The evidence of ``rows`` in order, ``config.sequential_batch`` at a time, until each rule's
-        sequential test has decided or the rows run out; -> (the evidence of every row drawn, {rule: its
-        test's result}). Both tests read one stream of rows (a seeded random order of the pool, so the
-        without-replacement correction applies): the rows drawn are the longer test's."""
-        parts: list[Evidence] = []
+                             stored: "StoredCalibration | None") -> "_Sequential":
+        """The evidence of ``rows`` (the fixed design's m rows, in their random order), queried
+        ``config.sequential_batch`` at a time while some rule's sequential test is still undecided.
 
-        def reader():
+        Each rule's test reads the rows from the start, one batch at a time, and only rows no test has
+        asked for yet are queried; each rule's verdict is judged on the rows its own test read (what a
+        verification by that rule alone sends). The null-panel rule's test (stats.sequential_panel)
+        queries nothing when the protection's stored scores already make its verdict inconclusive (the
+        victim does not stand out from the suspect's panel on these rows: the fixed design's self-test).
+        """
+        from modelprove.stats.sequential import SEQUENTIAL_SHARE
+
+        batch = config.sequential_batch
+        variant = self.variant(config, setting)
+        parts: list[tuple[Evidence, int]] = []  # (one batch's evidence, the queries it cost)
+
+        def read(count: int) -> None:  # query until the first ``count`` rows are scored
+            while sum(part.m for part, _ in parts) < count:
+                done, before = sum(part.m for part, _ in parts), suspect.queries
+                part = self.evidence(opened, suspect, setting, config, rows[done:done + batch], reference=True)
+                parts.append((part, suspect.queries - before))
+
+        def reader() -> Any:
             cursor = [0]
 
             def take(count: int) -> Evidence:
-                while sum(part.m for part in parts) < cursor[0] + count:  # query only what no test has read
-                    done = sum(part.m for part in parts)
-                    parts.append(self.evidence(opened, suspect, setting, config,
-                                               rows[done:done + config.sequential_batch], reference=True))
-                joined = _concat(parts)
+                read(cursor[0] + count)
+                joined = _concat([part for part, _ in parts])
                 piece = dataclasses.replace(joined, scores=joined.scores[cursor[0]:cursor[0] + count],
                                             rows=joined.rows[cursor[0]:cursor[0] + count],
                                             paired=None if joined.paired is None else
@@ -434,25 +468,82 @@ class OwnershipMethod:
 
             return take
 
-        batch, results = config.sequential_batch, {}
-        first = reader()(min(batch, len(rows)))  # the score range and the variant, from the first batch
-        if "panel" in rules and stored is not None:
-            critical = stored.critical_value(first, suspect.arch, alpha / 4)
-            if critical is not None:
-                take = reader()
-                low, high = first.score_range
-                results["panel"] = (sequential_mean_test(lambda n: take(n).scores, min(max(critical, low), high),
-                                                         lower=low, upper=high, alpha=alpha / 4, batch=batch,
-                                                         max_samples=len(rows), pool_size=pool), critical)
+        out = _Sequential()
+        if "panel" in rules:
+            plan = (stored.sequential_plan(self.name, variant, rows.numpy(), suspect.arch, alpha, SEQUENTIAL_SHARE)
+                    if stored is not None else None)
+            if plan is None:
+                out.blocked["panel"] = (f"the protection has no null panel for {setting} verification ({variant}); "
+                                        "protect again with a panel, or use rule=paper.")
+            elif plan.blocked is not None:
+                out.blocked["panel"], out.plan = plan.blocked, plan
+            else:
+                take, out.plan = reader(), plan
+                out.results["panel"] = (sequential_panel(lambda n: take(n).scores, critical=plan.critical,
+                                                         victim=plan.victim, panel=plan.panel,
+                                                         score_range=plan.score_range, alpha=alpha, batch=batch),
+                                        plan.critical)
         if "paper" in rules:
+            take = reader()
+            first = take(min(batch, len(rows)))
             if first.paired is None:
                 raise ModelproveError(f"{self.name} {setting} evidence has no paired reference, so its paper test "
                                       "cannot be asked sequentially.", fix="drop sequential=true, or use rule=panel.")
-            take = reader()
-            results["paper"] = sequential_paired(lambda n: take(n).paired, score_range=first.score_range,
-                                                 margin=getattr(config, "margin", 0.0), clear=config.sequential_clear,
-                                                 alpha=alpha / 2, batch=batch, max_samples=len(rows), pool_size=pool)
-        return _concat(parts), results
+            rest = [first.paired]
+
+            def pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+                if rest:  # the first batch, already read
+                    return rest.pop()
+                return take(n).paired
+
+            priors = stored.paired_priors(variant, self.card(opened).arch) if stored is not None else (None, None)
+            out.results["paper"] = sequential_paired(pairs, score_range=first.score_range,
+                                                     margin=getattr(config, "margin", 0.0),
+                                                     clear=config.sequential_clear, alpha=SEQUENTIAL_SHARE * alpha,
+                                                     clear_alpha=CLEAR_ALPHA, batch=batch, max_samples=len(rows),
+                                                     pool_size=pool, prior_above=priors[0], prior_below=priors[1])
+        joined = _concat([part for part, _ in parts]) if parts else None
+        for rule in rules:
+            if rule in out.blocked or joined is None:
+                out.evidence[rule] = None
+                continue
+            result = out.results.get(rule)
+            used = result[0].samples if isinstance(result, tuple) else (result.samples if result else joined.m)
+            piece = dataclasses.replace(joined, scores=joined.scores[:used], rows=joined.rows[:used],
+                                        paired=None if joined.paired is None else
+                                        tuple(p[:used] for p in joined.paired))
+            piece.queries = sum(q for (part, q), end in zip(parts, np.cumsum([p.m for p, _ in parts]))
+                                if end - part.m < used)
+            out.evidence[rule] = piece
+        return out
+
+
+@dataclasses.dataclass
+class _Sequential:
+    """What :meth:`OwnershipMethod._sequential_evidence` measured: per rule its evidence (None: the rule
+    needed no query), its test's result and why it is inconclusive without a query; the null panel's
+    plan (StoredCalibration.sequential_plan)."""
+
+    evidence: dict[str, Evidence | None] = dataclasses.field(default_factory=dict)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    blocked: dict[str, str] = dataclasses.field(default_factory=dict)
+    plan: "PanelPlan | None" = None
+
+
+@dataclasses.dataclass
+class PanelPlan:
+    """The sequential null-panel test's inputs, from the stored scores before any query: on the fixed
+    design's m rows, the panels (``calibration``, without the victim: its self-test is ``self_test``),
+    the critical value, the victim's and the candidate panels' per-row scores (the bettors' priors);
+    ``blocked``: why the verdict is inconclusive whatever the suspect answers."""
+
+    calibration: Calibration
+    self_test: dict[str, Any] | None
+    blocked: str | None
+    critical: float
+    victim: np.ndarray
+    panel: np.ndarray
+    score_range: tuple[float, float]
 
 
 def _concat(parts: list[Evidence]) -> Evidence:
@@ -545,20 +636,65 @@ class StoredCalibration:
                           decided=decided, sequential={"decision": result.decision, "alpha": COMPETENCE_ALPHA,
                                                        "cs_lower": result.cs_lower, "cs_upper": result.cs_upper})
 
-    def critical_value(self, evidence: Evidence, arch: str | None, alpha: float) -> float | None:
-        """The upper end of the null panel's one-sided prediction interval at ``alpha`` on the whole pool,
-        for a suspect of ``arch`` (unknown: the largest over the architectures), or None without a panel."""
-        from modelprove.stats.rules import MIN_PANEL, critical_value
+    def members_of(self, variant: str, arch: str | None) -> np.ndarray:
+        """Indices (into the stored panel matrix) of the panel models of ``arch`` (None: every one)."""
+        members = self.record["panel"]["members"]
+        indices = self.tensors[f"panel/{variant}/members"].tolist()
+        return np.array([j for j, i in enumerate(indices) if arch is None or members[i]["arch"] == arch], dtype=np.int64)
 
-        if f"panel/{evidence.variant}" not in self.tensors:
+    def sequential_plan(self, method: str, variant: str, rows: np.ndarray, arch: str | None, alpha: float,
+                        share: float) -> PanelPlan | None:
+        """What the sequential null-panel test of a suspect of ``arch`` (None: unknown, compared with every
+        architecture's panel, as stats.verdicts does) needs, on the fixed design's ``rows``; None
+        without stored panel scores for ``variant``."""
+        from modelprove.stats.rules import MIN_PANEL, critical_value, panel_test
+
+        record = self.record["variants"].get(variant)
+        if record is None or f"panel/{variant}" not in self.tensors:
             return None
-        pool = int(self.tensors[f"victim/{evidence.variant}"].numel())
-        everything = Evidence(evidence.method, evidence.setting, evidence.variant, evidence.statistic_name,
-                              np.zeros(pool), np.arange(pool), evidence.score_range, evidence.binary)
-        panels = self.view(everything, False).panels
-        chosen = [panels[arch]] if arch in panels else ([] if arch is not None else list(panels.values()))
-        values = [critical_value(panel, pool, alpha, evidence.binary) for panel in chosen if panel.k >= MIN_PANEL]
-        return max(values) if values else None
+        victim_all = self.tensors[f"victim/{variant}"].double().numpy()
+        matrix = self.tensors[f"panel/{variant}"].double().numpy()
+        binary = bool(np.isin(victim_all, (0.0, 1.0)).all() and np.isin(matrix, (0.0, 1.0)).all())
+        score_range = tuple(record.get("score_range", (0.0, 1.0)))
+        on_rows = Evidence(method, record["setting"], variant, record["statistic_name"], np.zeros(len(rows)), rows,
+                           score_range, binary)
+        view = self.view(on_rows, False)
+        panels = {a: p for a, p in view.panels.items() if p.k >= MIN_PANEL}
+        calibration = Calibration(panels=panels, victim_statistic=None)
+        names = [arch] if arch is not None else sorted(panels)
+        m, blocked, self_test = len(rows), None, None
+        if arch is not None and arch not in panels:
+            blocked = (f"no null panel of architecture {arch} for {record['setting']} verification (panels: "
+                       f"{', '.join(sorted(panels))}): honest {arch} models were never measured, so nothing says what "
+                       "they score.")
+        tests = {a: panel_test(view.victim_statistic, panels[a], m, binary) for a in names if a in panels}
+        for name, test in tests.items():
+            if self_test is None or test.p_value > self_test["p_value"]:  # report the least detected
+                self_test = {"statistic": view.victim_statistic, "p_value": test.p_value, "detected": test.p_value < alpha}
+            if test.p_value >= alpha and blocked is None:
+                which = "its architecture" if arch is not None else "the suspect's architecture is unknown, and that"
+                blocked = (f"{which} has no power here: honest {name} models already score like the victim "
+                           f"({record['statistic_name']} {test.mean:.3f} ± {test.sd:.3f} over {panels[name].k} models vs "
+                           f"the victim's {view.victim_statistic:.3f} on the {m} rows; the victim's own p "
+                           f"{test.p_value:.3f} >= alpha {alpha}), so the feature is not external to {name}; the "
+                           "sequential test sent no query for it.")
+        chosen = [a for a in names if a in panels]
+        critical = max((critical_value(panels[a], m, (1 - share) * alpha, binary) for a in chosen), default=np.nan)
+        members = np.concatenate([self.members_of(variant, a) for a in chosen]) if chosen else np.zeros(0, np.int64)
+        return PanelPlan(calibration, self_test, blocked, float(critical), victim_all[rows], matrix[members][:, rows],
+                         score_range)
+
+    def paired_priors(self, variant: str, arch: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """What a paper's paired test expects per row of the whole pool (SequentialPairedRule's bettors):
+        a copy (the victim) minus an honest reference, and an honest model minus one (the mean of the
+        panel models of the victim's architecture ``arch`` stands in for the reference B)."""
+        if f"panel/{variant}" not in self.tensors:
+            return None, None
+        honest = self.tensors[f"panel/{variant}"].double().numpy()[self.members_of(variant, arch)]
+        if len(honest) < 2:
+            return None, None
+        reference = honest.mean(axis=0)
+        return self.tensors[f"victim/{variant}"].double().numpy() - reference, honest - reference
 
     def view(self, evidence: Evidence, paper: bool) -> Calibration:
         variant = self.record["variants"].get(evidence.variant)
