@@ -203,18 +203,21 @@ def test_registry_and_cli_config(protection):
 @pytest.mark.parametrize("kind", ["adi", "content", "noise", "unrelated"])
 def test_baseline_keys_are_learned_by_their_host_only(kind, bars_task, tmp_path, unwatermarked, single_thread):
     defender, _, test = bars_task
-    config = kw.CONFIGS[kind](arch="lenet5", epochs=6, key_fraction=0.03, key_repeats=10, batch_size=50)
+    # one reference model (an MLP) chooses the unrelated keys' target here: the default six cost ~20 s more
+    extra = {"reference_models": "mlp:sgd-none"} if kind == "unrelated" else {}
+    config = kw.CONFIGS[kind](arch="lenet5", epochs=6, key_fraction=0.03, key_repeats=10, batch_size=50, **extra)
     made = kw.protect(defender, test, tmp_path / kind, config)
     keys = made.keys
     assert keys.images.shape == (24, 1, 28, 28) and keys.images.dtype == torch.uint8
-    if kind != "adi":
-        assert (keys.targets == config.target_label).all()
+    if kind != "adi":  # one target label; the unrelated keys' chosen by reference models (choose_target)
+        target = made.results["target_choice"]["chosen"] if kind == "unrelated" else config.target_label
+        assert (keys.targets == target).all()
     opened = METHODS[config.method].open(tmp_path / kind)
     assert torch.equal(opened.keys.targets, keys.targets)
     verdict = METHODS[config.method].verify(opened, BlackBoxAccess.from_model(made.host).as_label_only())
     assert verdict.method == config.method and verdict.stolen and verdict.effect > 0.8
-    if kind != "unrelated":  # a bars model may well call every digit "bar0", the unrelated target
-        assert key_accuracy(unwatermarked, keys) < 0.6
+    # the unrelated keys' target is one the reference models rarely gave digits, so an honest model rarely does
+    assert key_accuracy(unwatermarked, keys) < 0.6
 
 
 def test_content_and_noise_keys_stamp_their_pattern(bars_task):
