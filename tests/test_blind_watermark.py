@@ -68,7 +68,10 @@ def test_ssim_matches_skimage(single_thread):
 # -- the blind watermark end to end ----------------------------------------------------------------
 
 # 20 key samples (2.5% of 800), each in every host step: enough for lenet5 to learn them in 8 epochs.
-CONFIG = bw.BlindWatermarkConfig(arch="lenet5", epochs=8, key_fraction=0.025, key_batch=20, clean_batch=50, seed=0)
+# lr 0.05 on a cosine schedule with crops: this LeNet-5 (no BatchNorm) on the bars task at the paper's 0.1 risks
+# diverging (see the unwatermarked model below).
+CONFIG = bw.BlindWatermarkConfig(arch="lenet5", epochs=8, key_fraction=0.025, key_batch=20, clean_batch=50, seed=0,
+                                 host_lr=0.05, host_schedule="cosine", augmentation="crop")
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,30 @@ def test_key_samples_have_the_shape_range_and_labels_of_the_task(protection, bar
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"host.safetensors", "keys.safetensors", "encoder.safetensors", "logo.png"} <= set(manifest["files"])
     assert manifest["config"]["alpha"] == 3.0 and manifest["config"]["delta"] == 0.01  # the paper's weights
+
+
+def test_discriminator_ends_near_chance_on_key_samples_of_held_out_images(protection, bars_task):
+    """Sec. 4.3: e and d trained together until d cannot tell key samples from ordinary images. Before training,
+    key samples are told apart at once (the untrained encoder's are grey blurs: ROC AUC near 1 even for an
+    untrained d); after it, d is near chance on key samples made from test images it never saw."""
+    _, made = protection
+    held_out = made.results["discriminator_held_out"]
+    assert held_out["images"] == 400 and 0.3 < held_out["auc"] < 0.7 and held_out["accuracy"] < 0.7
+    torch.manual_seed(0)
+    untrained = bw.discriminator_scores(bw.Encoder(1, 8), bw.Discriminator(1), made.logo, bars_task[2].images)
+    assert untrained["auc"] > 0.9 or untrained["auc"] < 0.1  # separable, whichever side d's random logit favours
+
+
+def test_key_accuracy_of_an_unwatermarked_model_is_near_chance(protection, unwatermarked, bars_task):
+    """t_key is drawn at random, independently of the image: a model that never saw key samples gives it to
+    about 1/K of them (here 400 key samples made by the owner's encoder from test images, K = 4)."""
+    from modelprove.methods.key_samples import KeySet
+
+    _, made = protection
+    images = bars_task[2].as_float()
+    targets = torch.randint(0, 4, (len(images),), generator=torch.Generator().manual_seed(3))
+    keys = KeySet(bw.make_key_samples(made.encoder, made.logo, images), targets)
+    assert 0.17 < key_accuracy(unwatermarked, keys) < 0.33  # 1/K = 0.25; binomial sd over 400 keys 0.022
 
 
 def test_default_logo_is_the_owners_name_rendered(bars_task):

@@ -490,13 +490,10 @@ def _blind_watermark_summary(run) -> list[str]:
                      _range([r["key_accuracy"] for r in of("key-samples")])))
         rows.append(("integrity: key accuracy of unwatermarked models", "9-13%",
                      f"benign model {_range([r.get('benign_key_accuracy') for r in of('key-samples')])}"))
-    detectors = [row for r in of("key-detector") for row in r["rows"]]
-    for generator in dict.fromkeys(row["generator"] for row in detectors):
-        mine = [row for row in detectors if row["generator"] == generator]
+    for generator, dense, feature in _detector_aucs([r for r in studies if r["study"] == "key-detector"]):
         rows.append((f"security: detector AUC, dense / features (thief's keys by {generator})",
                      f"{BLIND_WATERMARK_DETECTORS['dense'][0]:.2f} / {BLIND_WATERMARK_DETECTORS['feature'][0]:.2f}",
-                     f"{_range([a for row in mine for a in row['dense']])} / "
-                     f"{_range([a for row in mine for a in row['feature']])}"))
+                     f"{dense} / {feature}"))
     if of("key-forgery"):
         rows.append(("legality (a): forged key samples on the host", "fail (Zhang's 'TEST': > 91%)",
                      _range([r["host"] for r in of("key-forgery")])))
@@ -622,13 +619,16 @@ def _detector_section(run) -> list[str]:
              f"{BLIND_WATERMARK_DETECTORS['feature'][1]:.2f}.", "",
              "| method | the thief's key samples made with | AUC dense | AUC features |", "|---|---|---:|---:|"]
     for label, mine in _by_method(run, records):
-        generators = list(dict.fromkeys(row["generator"] for r in mine for row in r["result"]["rows"]))
-        for generator in generators:
-            rows = [row for r in mine for row in r["result"]["rows"] if row["generator"] == generator]
-            lines.append(f"| {label} | {generator} "
-                         f"| {_range([a for row in rows for a in row['dense']])} "
-                         f"| {_range([a for row in rows for a in row['feature']])} |")
+        lines += [f"| {label} | {generator} | {dense} | {feature} |" for generator, dense, feature in _detector_aucs(mine)]
     return lines
+
+
+def _detector_aucs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(how the thief made its key samples, dense AUC, feature AUC) over ``records``' seeds and detector seeds."""
+    rows = [row for r in records for row in r["result"]["rows"]]
+    return [(generator, _range([a for row in rows if row["generator"] == generator for a in row["dense"]]),
+             _range([a for row in rows if row["generator"] == generator for a in row["feature"]]))
+            for generator in dict.fromkeys(row["generator"] for row in rows)]
 
 
 def _forgery_section(run) -> list[str]:
