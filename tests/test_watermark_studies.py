@@ -170,6 +170,8 @@ def test_watermarks_preset_runs_the_papers_protocol_and_studies():
     assert {s.name for s in config.studies} == set(STUDIES)
     blind = next(m for m in config.methods if m.name == "blind-watermark")
     assert blind.set["epochs"] == 100 and blind.set["host_schedule"] == "step"  # the paper's schedule
+    # the baselines' hosts and the benign model train as long, and see each key sample as often (2,000 times)
+    assert config.training.epochs == 100 and all(m.set.get("key_repeats") == 20 for m in config.methods if m != blind)
 
 
 def test_finetune_schedule_is_checked_and_used(bars_task, single_thread):

@@ -72,6 +72,7 @@ class KeyWatermarkConfig(TrainsModels):
     # panel recipe, so that nothing of the protection is fitted to the null panel
     reference_models: str = ("mlp:adam-crop,mlp:sgd-none,mlp:sgd-flip-long,lenet5:adam-crop,lenet5:sgd-none,"
                              "lenet5:sgd-flip-long")
+    reference_epochs: int = 5  # of each reference model (its recipe may scale them)
     text: str = "TEST"  # content
     noise_std: float = 0.3  # noise: std of the Gaussian noise on [0, 1] pixels
     unrelated_source: str = "mnist-digits"  # unrelated: a data.substitute name
@@ -95,6 +96,8 @@ class KeyWatermarkConfig(TrainsModels):
             raise ModelproveError(f"t_acc must be in [0, 1), got {self.t_acc}.")
         if self.noise_std <= 0:
             raise ModelproveError(f"noise_std must be > 0, got {self.noise_std}.")
+        if self.reference_epochs < 1:
+            raise ModelproveError(f"reference_epochs must be >= 1, got {self.reference_epochs}.")
         if self.target_label < -1 or (self.target_label == -1 and self.kind != "unrelated"):
             raise ModelproveError(f"target_label must be a class (0 or more){' or -1 (chosen)' if self.kind == 'unrelated' else ''}, "
                                   f"got {self.target_label}.")
@@ -232,7 +235,7 @@ def choose_target(config: KeyWatermarkConfig, defender: ImageDataset, images: to
     model, ties by the mean share — so that an honest model is unlikely to give many key samples their label.
 
     Each reference model is trained on the defender's data with a recipe of methods.panel that no null panel
-    uses, its own seed, the config's epochs; -> (the class, a record of every model's shares).
+    uses, its own seed, ``reference_epochs``; -> (the class, a record of every model's shares).
     """
     from modelprove.methods.panel import RECIPES, recipe_data, recipe_training
     from modelprove.models import predict_labels
@@ -242,7 +245,7 @@ def choose_target(config: KeyWatermarkConfig, defender: ImageDataset, images: to
         recipe, seed = RECIPES[recipe_name], config.seed + 7000 + i
         data = recipe_data(recipe, defender, seed)
         model = fresh_model(arch, data, seed)
-        train(model, data, recipe_training(recipe, config.epochs, config.batch_size, seed),
+        train(model, data, recipe_training(recipe, config.reference_epochs, config.batch_size, seed),
               description=f"reference model {arch} {recipe_name}", show_progress=show_progress)
         answers = predict_labels(model.eval(), images.float() / 255)
         shares.append(torch.bincount(answers, minlength=defender.num_classes).float() / len(answers))
