@@ -128,7 +128,7 @@ def test_report_draws_the_removal_curve_and_every_study():
                     "panel": {"lenet5": {"mean": 0.1, "sd": 0.02, "victim": 0.97}}, "key_exposures": 2000.0,
                     "examples": {"keys": [[[[10] * 28] * 28]] * 2, "originals": [[[[0] * 28] * 28]] * 2, "targets": [1, 2]},
                     "discriminator": {"accuracy": 0.52, "auc": 0.55, "images": 1000},
-                    "embedding": {"steps": 10000, "seconds": 600, "key_exposures": 2000.0, "encoder_updates": 10000,
+                    "embedding": {"steps": 10000, "seconds": 600, "cpu_seconds": 360, "key_exposures": 2000.0, "encoder_updates": 10000,
                                   "history": [{"d": 1.3, "d_accuracy": 0.6, "psnr": 30.0, "ssim": 0.01, "host": 0.5}]}}},
         {"study": "key-detector", "seed": 0, "method": "adi",
          "result": {"thief_clean": 1000, "held_out": 1000, "seeds": [0, 1], "params": STUDIES["key-detector"].defaults,
@@ -153,7 +153,7 @@ def test_report_draws_the_removal_curve_and_every_study():
     assert "| adi | 0.60 | 0.30 (2/2 · 2/2) |" in curve
     # the verification table keeps only the curve's last point
     assert "| FT, 6 epochs | adi |" in text and "| FT, 2 epochs | adi |" not in text
-    assert "| blind-watermark | 0 | 10000 | 2000.0 | 0.520 (1000 + 1000) | 0.550 | 31.2 | 0.990 | 10.0 |" in text
+    assert "| blind-watermark | 0 | 10000 | 2000.0 | 0.520 (1000 + 1000) | 0.550 | 31.2 | 0.990 | 10.0 / 6.0 |" in text
     assert "| adi | the method's | 0.995 [0.990, 1.000] | 0.975 [0.970, 0.980] |" in text
     assert "| adi | new abstract images (1000) | 0.110 | 0.100 | 0.600 |" in text
     assert "accused by the null panel 1 of 2, by the paper's test 0 of 2" in text

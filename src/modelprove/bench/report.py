@@ -569,19 +569,21 @@ def _embedding_section(run) -> list[str]:
     lines = ["", "## The blind watermark's embedding (Algorithm 1)", "",
              "Per seed: the encoder and discriminator updates, how often each key sample reached the host, the "
              "discriminator's accuracy on key samples made by the encoder from held-out test images against those "
-             "images (0.5: it cannot tell them apart; its ROC AUC beside it), and the embedding's wall time. The "
+             "images (0.5: it cannot tell them apart; its ROC AUC beside it), and the embedding's wall time and "
+             "CPU time (one thread: the CPU time is what it costs on an idle core; the wall time grows with the load). The "
              f"paper: about {BLIND_WATERMARK_SCHEDULE['encoder_updates']:,} updates and "
              f"{BLIND_WATERMARK_SCHEDULE['key_exposures']:,} exposures per key sample (100 epochs, Sec. 5.1).", "",
              "| method | seed | encoder / discriminator updates | exposures per key sample | discriminator accuracy "
-             "(held out) | its AUC | PSNR dB | SSIM | embedding min |",
+             "(held out) | its AUC | PSNR dB | SSIM | embedding min: wall / CPU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=lambda r: (r["method"], r["seed"])):
         res, emb = r["result"], r["result"].get("embedding", {})
         d = res["discriminator"]
+        cpu = "—" if emb.get("cpu_seconds") is None else f"{emb['cpu_seconds'] / 60:.1f}"
         lines.append(f"| {r['method']} | {r['seed']} | {emb.get('encoder_updates') or '—'} | "
                      f"{emb.get('key_exposures') or '—'} | {d['accuracy']:.3f} ({d['images']} + {d['images']}) | "
                      f"{d['auc']:.3f} | {res['psnr_db']:.1f} | {res['ssim']:.3f} | "
-                     f"{(emb.get('seconds') or 0) / 60:.1f} |")
+                     f"{(emb.get('seconds') or 0) / 60:.1f} / {cpu} |")
     history = records[0]["result"].get("embedding", {}).get("history", [])
     if history:
         lines += ["", f"Seed {records[0]['seed']}'s embedding epoch by epoch (training minibatches: the discriminator's "

@@ -123,7 +123,8 @@ def key_samples(data: StudyInput, params: dict[str, Any]) -> dict[str, Any]:
         held = data.splits.test.images[: params["held_out"]]
         out["discriminator"] = discriminator_accuracy(opened, held)
         embedding = results.get("embedding", {})
-        out["embedding"] = {k: embedding.get(k) for k in ("steps", "seconds", "key_exposures", "encoder_updates")}
+        out["embedding"] = {k: embedding.get(k) for k in ("steps", "seconds", "cpu_seconds", "key_exposures",
+                                                           "encoder_updates")}
         out["embedding"]["history"] = embedding.get("history", [])
         out["key_exposures"] = embedding.get("key_exposures")
     return out
