@@ -483,7 +483,7 @@ def _blind_watermark_summary(run) -> list[str]:
     accuracy = {r["seed"]: r["victim_test_accuracy"] - r["benign_test_accuracy"] for r in run.records
                 if r["method"] == label}
     if accuracy:
-        rows.append(("fidelity: test accuracy, watermarked − benign", "−0.66 pt on average (at worst)",
+        rows.append(("fidelity: test accuracy, watermarked − benign", "a drop of at most 0.66 pt on average",
                      _range([100 * v for v in accuracy.values()], lambda x: f"{x:+.2f} pt")))
     if of("key-samples"):
         rows.append(("effectiveness: key accuracy of the watermarked host", "> 90%",
@@ -506,7 +506,8 @@ def _blind_watermark_summary(run) -> list[str]:
         last = [r for r in _verdicts(run.records) if r["row"] == points[-1].label and r["method"] == label]
         if last:
             judged = [r for r in last if r["outcome"] != "inconclusive"]
-            rows.append((f"robustness: key accuracy after {curve.lower()} ({points[-1].curve_x:g})",
+            unit = "epochs" if points[-1].label.endswith("epochs") else "stages"
+            rows.append((f"robustness: key accuracy after {curve} ({points[-1].curve_x:g} {unit})",
                          "84.75-95.50% after 100 epochs",
                          f"{_range([r['statistic'] for r in last if r.get('statistic') is not None])}; detected "
                          f"{sum(r['outcome'] == 'stolen' for r in judged)} of {len(judged)}"))
