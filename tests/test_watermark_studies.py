@@ -225,3 +225,15 @@ def test_forged_and_thief_key_samples_follow_each_method(bars_task):
     assert all(bytes(i.numpy().tobytes()) in ones - owned for i in forged.images)
     thief = thief_key_samples(opened, attacker, 200, seed=3)
     assert not any(bytes(i.numpy().tobytes()) in owned for i in thief)
+
+
+def test_a_methods_set_wins_over_the_grids_training():
+    """A method entry's ``set`` (e.g. the blind watermark's 100 epochs) overrides [training]'s value of the same
+    field; before, [training] won silently and a 5-epoch grid built a 5-epoch blind watermark."""
+    from modelprove.bench.runner import method_config
+    from modelprove.methods import METHODS
+
+    config = parse_bench_config(grid(training={"arch": "lenet5", "epochs": 5, "augmentation": "crop"}))
+    made = method_config(METHODS["blind-watermark"], config, 0, {"epochs": 100, "augmentation": "none"})
+    assert (made.epochs, made.augmentation, made.arch) == (100, "none", "lenet5")
+    assert method_config(METHODS["blind-watermark"], config, 0, {}).epochs == 5

@@ -106,7 +106,9 @@ def method_config(spec: MethodSpec, config: BenchConfig, seed: int, overrides: d
     if unknown:
         raise ModelproveError(f"method {spec.name!r} has no parameter {unknown[0]!r} (grid {config.source}).",
                               fix=f"see `modelprove methods` for {spec.name}'s parameters.")
-    return config_from_pairs(spec.config, [f"{k}={v}" for k, v in overrides.items()], **base)
+    # the entry's ``set`` wins over the grid's training (config_from_pairs lets keyword values win over pairs)
+    return config_from_pairs(spec.config, [f"{k}={v}" for k, v in overrides.items()],
+                             **{k: v for k, v in base.items() if k not in overrides})
 
 
 class _Progress:
