@@ -272,3 +272,38 @@ def test_dense_detector_spots_stamped_keys_and_not_random_labels(bars_task, sing
     control = train_detector(DenseDetector((1, 28, 28)), detector_data(attacker.images[:200], attacker.images[200:400], "c"))
     auc_control, _, _ = detection_auc(control, test.images[:100], test.images[100:200])
     assert 0.3 < auc_control < 0.7
+
+
+# -- the benchmark's studies of a protection (bench.studies), on the protection above -----------------
+
+
+def test_studies_measure_the_protection(protection, unwatermarked, bars_task, single_thread):
+    from types import SimpleNamespace
+
+    from modelprove.bench.runner import verify_cell
+    from modelprove.bench.studies import STUDIES, StudyInput
+
+    out, made = protection
+    opened = bw.open_protection(out)
+    host, _ = load_model(out / "host.safetensors")
+    defender, attacker, test = bars_task
+    splits = SimpleNamespace(defender=defender, attacker=attacker, test=test)
+    # "another owner's protection": ours again, with the unwatermarked model as its host
+    data = StudyInput(METHODS["blind-watermark"], opened, host, splits, 0, 0.01, benign=unwatermarked,
+                      others=[(1, opened, unwatermarked)], verify=verify_cell)
+
+    def run(name, **params):
+        return STUDIES[name].measure(data, STUDIES[name].parameters(params))
+
+    samples = run("key-samples", held_out=200, examples=2)
+    assert samples["key_accuracy"] > 0.8 and samples["benign_key_accuracy"] < 0.6
+    assert samples["psnr_db"] > 15 and 0.5 < samples["ssim"] <= 1 and len(samples["examples"]["keys"]) == 2
+    assert 0.3 < samples["discriminator"]["auc"] < 0.7 and samples["embedding"]["key_exposures"] > 0
+    detector = run("key-detector", detector_seeds=1, epochs=2, held_out=100)
+    assert [row["generator"] for row in detector["rows"]] == ["the owner's encoder",
+                                                              "its own encoder (another seed's protection)"]
+    assert all(0 <= auc <= 1 for row in detector["rows"] for auc in row["dense"] + row["feature"])
+    forgery = run("key-forgery", images=100)
+    assert forgery["real"] > 0.8 and forgery["host"] < 0.6  # transplanted differences do not carry the labels
+    transfer = run("key-transfer")
+    assert transfer["own"] > 0.8 and transfer["hosts"][0]["outcome"] == "not stolen"
