@@ -126,3 +126,73 @@ def detection_auc(detector: nn.Module, ordinary: torch.Tensor, keys: torch.Tenso
     """ROC AUC of the detector separating held-out key samples (positive) from ordinary images."""
     positive, negative = detector_scores(detector, keys), detector_scores(detector, ordinary)
     return roc_auc(positive, negative), positive, negative
+
+
+# -- the thief's key samples and the paper's two detectors, as one measurement ------------------------
+
+
+def thief_key_samples(opened, source: ImageDataset, count: int, seed: int, *, encoder=None) -> torch.Tensor:
+    """``count`` uint8 key samples a thief makes with the protection's method from its own images (Sec. 6.3:
+    "they can generate the same amount of key samples according to the proposed methods").
+
+    The blind watermark's come from ``encoder`` (default: the owner's, the paper's relaxed assumption; the
+    paper's main one is a secret encoder, so pass one the thief trained itself); Adi's are new abstract
+    images; Zhang's content and noise patterns are stamped on ``source``; Zhang's unrelated keys are images
+    of the other domain (any class: the thief does not know which), none of them a key sample itself.
+    """
+    from modelprove.methods import key_watermarks as kw
+
+    if count > len(source):
+        raise ModelproveError(f"the thief needs {count} source images for its key samples; it has {len(source)}.")
+    rows = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    if opened.method == "blind-watermark":
+        from modelprove.methods.blind_watermark import make_key_samples
+
+        return make_key_samples(encoder if encoder is not None else opened.encoder(), opened.logo, source.as_float(rows))
+    config = opened.config
+    if config.kind == "adi":
+        return kw.abstract_images(count, source.input_shape, seed)
+    if config.kind == "unrelated":
+        from modelprove.data.substitute import load_substitute
+
+        other = load_substitute(config.unrelated_source, like=source)
+        keys = {bytes(image.numpy().tobytes()) for image in opened.keys.images}
+        fresh = torch.tensor([bytes(image.numpy().tobytes()) not in keys for image in other.images])
+        pool = fresh.nonzero().flatten()
+        if len(pool) < count:
+            raise ModelproveError(f"{config.unrelated_source} has {len(pool)} images that are not key samples; the "
+                                  f"thief needs {count}.")
+        return other.images[pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]]]
+    return kw.stamp(source.images[rows], config, seed)
+
+
+@dataclass
+class EvasionResult:
+    """ROC AUCs of the two detectors over detector seeds, and the first seed's scores (for ROC curves)."""
+
+    thief_keys: int
+    dense: list[float]
+    feature: list[float]
+    scores: dict[str, tuple[list[float], list[float]]]  # detector -> (key samples', ordinary images')
+
+
+def evasion_aucs(opened, host: Classifier, thief_clean: torch.Tensor, thief_keys: torch.Tensor,
+                 held_out: torch.Tensor, seeds: list[int], config: DetectorConfig | None = None) -> EvasionResult:
+    """Train the dense and the feature detector on the thief's ordinary images and key samples, once per seed
+    (initialisation and data order), and score each by ROC AUC on the protection's real key samples against
+    ``held_out`` ordinary images (Sec. 6.3, Figs. 6-7)."""
+    data = detector_data(thief_clean, thief_keys, "evasion detector data")
+    base = config or DetectorConfig()
+    dense, feature, scores = [], [], {}
+    shape = tuple(thief_clean.shape[1:])
+    for seed in seeds:
+        detector_config = DetectorConfig(epochs=base.epochs, lr=base.lr, batch_size=base.batch_size, seed=seed)
+        for name, make, into in (("dense", lambda: DenseDetector(shape), dense),
+                                 ("feature", lambda: FeatureDetector(host), feature)):
+            torch.manual_seed(seed)
+            detector = train_detector(make(), data, detector_config)
+            auc, positive, negative = detection_auc(detector, held_out, opened.keys.images)
+            into.append(auc)
+            if seed == seeds[0]:
+                scores[name] = (positive.tolist(), negative.tolist())
+    return EvasionResult(len(thief_keys), dense, feature, scores)

@@ -38,15 +38,18 @@ PAPER_SETTING = ("MOVE Sec. 6.1: 5 epochs on 500,000 TinyImages (other domain, v
 
 @dataclass
 class FinetuneConfig:
-    """epochs/lr/batch_size: SGD as the trainer runs it; augmentation: "crop" (hard labels survive
-    a 2-pixel crop); data: "attacker" (the attacker's labelled split) or a substitute dataset name
-    (labelled by the victim); limit: at most this many substitute images (None: all); fraction: the
-    seeded share of that data fine-tuned on (MOVE Sec. 7.3.1's sample rate; 1: all of it)."""
+    """epochs/lr/batch_size: SGD as the trainer runs it; schedule: the learning rate's, "cosine" (to 0 over
+    the epochs) or "constant" (a chain of constant-rate stages is one longer fine-tuning, e.g. the blind
+    watermark's 100-epoch curve, Li et al. Table 2); augmentation: "crop" (hard labels survive a 2-pixel
+    crop); data: "attacker" (the attacker's labelled split) or a substitute dataset name (labelled by the
+    victim); limit: at most this many substitute images (None: all); fraction: the seeded share of that
+    data fine-tuned on (MOVE Sec. 7.3.1's sample rate; 1: all of it)."""
 
     epochs: int = 5
     lr: float = 0.01
     batch_size: int = 128
     augmentation: str = "crop"
+    schedule: str = "cosine"
     data: str = "attacker"
     limit: int | None = None
     fraction: float = 1.0
@@ -54,6 +57,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_training(self)
+        check(self, "schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'", "constant")
         check(self, "data", self.data == "attacker" or self.data in SUBSTITUTES,
               f"'attacker' or a substitute dataset ({', '.join(SUBSTITUTES)})", "mnist-digits")
         check(self, "limit", self.limit is None or self.limit >= 1, "None or an integer >= 1", "5000")
@@ -82,7 +86,7 @@ def tune(victim: WhiteBoxAccess, attacker_data: ImageDataset | None, config: Fin
     if reinit_last:
         reinitialise(head, config.seed)
     train_config = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                               augmentation=config.augmentation, seed=config.seed)
+                               augmentation=config.augmentation, schedule=config.schedule, seed=config.seed)
     description = f"{attack} ({data.name})"
     if train_all:
         record = train(suspect, data, train_config, description=description)

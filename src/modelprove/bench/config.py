@@ -28,6 +28,11 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     curve = "Direct-copy"
     x = 0.1
 
+    [[attacks]]                           # a removal curve: the stage applied 1, 2, ..., repeat times
+    label = "Fine-tuning"                 # rows "Fine-tuning, 10 epochs", "Fine-tuning, 20 epochs", ...
+    attack = "finetune:epochs=10,lr=0.001,schedule=constant"
+    repeat = 10                           # each point is the one before plus one stage (cached, not redone)
+
     [[independents]]                      # models that share nothing with the victim but the task
     arch = "lenet5"
     seeds = [200, 201]
@@ -41,6 +46,11 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     size = 8                              # honest models per architecture
     architectures = "cnn_small,lenet5,vgg_small"
     epochs = 5
+
+    [[studies]]                           # a measurement of each protection (bench.studies), e.g. the
+    name = "key-detector"                 # evasion detectors of key-sample watermarks
+    methods = ["blind-watermark"]         # method labels (default: every method it applies to)
+    set = { detector_seeds = 3 }
 
     [resources]                           # optional: Dask worker resources the jobs need
     train = { GPU = 1 }                   # jobs that train (models, protections, suspects)
@@ -97,8 +107,20 @@ class AttackEntry:
     label: str
     attack: str
     paper: str | None = None  # the row of the paper's table this reproduces
-    curve: str | None = None  # with x: a point of this curve against the grid's sweep (bench.report)
+    # A point of a curve (bench.report): the curve's label and the point's x, either against the grid's
+    # ``sweep`` (explicit curve and x) or a removal curve made by ``repeat`` (x: the epochs of all its stages,
+    # or their count when a stage names no epochs).
+    curve: str | None = None
     x: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """A measurement of every protection of ``methods`` (labels; empty: every method it applies to)."""
+
+    name: str
+    methods: tuple[str, ...] = ()
+    set: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,7 @@ class BenchConfig:
     # Dask worker resources (e.g. {"train": {"GPU": 1}}): where jobs may run, never what they make, so no
     # cache key or record depends on them.
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    studies: tuple[StudyEntry, ...] = ()
 
     def independent_models(self) -> list[tuple[IndependentEntry, int]]:
         """(entry, seed) of every independent model."""
@@ -190,7 +213,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
 
     known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
-             "alpha", "paper_table", "panel", "resources", "sweep"}
+             "alpha", "paper_table", "panel", "resources", "sweep", "studies"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
@@ -233,21 +256,38 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         if not isinstance(attack, str):
             raise fail(f"attacks[{i}].attack", "missing", 'e.g. attack = "distill:epochs=5"')
         try:
-            for stage in parse_attack(attack):
+            stages = parse_attack(attack)
+            for stage in stages:
                 get_attack(stage.name)
         except ModelproveError as exc:
             raise fail(f"attacks[{i}].attack", str(exc), "see `modelprove steal --list`") from None
-        curve, x = entry.get("curve"), entry.get("x")
+        label = entry.get("label", attack)
+        curve, x, repeat = entry.get("curve"), entry.get("x"), entry.get("repeat")
+        if repeat is not None and (curve is not None or x is not None):
+            raise fail(f"attacks[{i}]", "has repeat and curve/x", "a removal curve (repeat) names its points itself")
         if (curve is None) != (x is None):
             raise fail(f"attacks[{i}]", "has one of curve and x but not the other",
                        'give both (curve = "Direct-copy", x = 0.1) or neither')
         if x is not None and (not isinstance(x, (int, float)) or isinstance(x, bool) or not isinstance(curve, str)):
             raise fail(f"attacks[{i}].x", f"expected a number and a curve name, got x = {x!r}, curve = {curve!r}",
                        'e.g. curve = "Direct-copy", x = 0.1')
-        attacks.append(AttackEntry(entry.get("label", attack), attack, entry.get("paper"), curve,
-                                   None if x is None else float(x)))
+        if repeat is None:
+            attacks.append(AttackEntry(label, attack, entry.get("paper"), curve, None if x is None else float(x)))
+            continue
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise fail(f"attacks[{i}].repeat", f"expected an integer >= 1, got {repeat!r}", "e.g. repeat = 10")
+        epochs = _stage_epochs(stages)
+        for k in range(1, repeat + 1):
+            x = k if epochs is None else k * epochs
+            point = f"{label}, {x:g} {'stages' if epochs is None else 'epochs'}"
+            attacks.append(AttackEntry(point, ">".join([attack] * k), entry.get("paper"), curve=label, x=float(x)))
+    labels = [a.label for a in attacks]
+    if len(set(labels)) != len(labels):
+        repeated = next(label for label in labels if labels.count(label) > 1)
+        raise fail("attacks", f"two attacks are labelled {repeated!r}", "give each attack (and curve) its own label")
     sweep = raw.get("sweep", "")
-    if any(a.x is not None for a in attacks) and not (isinstance(sweep, str) and sweep):
+    explicit = any(entry.get("x") is not None for entry in raw.get("attacks", []))
+    if explicit and not (isinstance(sweep, str) and sweep):
         raise fail("sweep", "attacks have x values but the grid does not say what x is",
                    'e.g. sweep = "fine-tuning sample rate"')
 
@@ -299,6 +339,30 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         independents.append(IndependentEntry(arch, tuple(entry_seeds), part, entry.get("epochs"), optimizer,
                                              entry.get("lr"), entry.get("augmentation"), float(fraction), student))
 
+    from modelprove.bench.studies import STUDIES
+
+    studies = []
+    method_labels = {m.label for m in methods}
+    for i, entry in enumerate(raw.get("studies", [])):
+        extra = sorted(set(entry) - {"name", "methods", "set"})
+        if extra:
+            raise fail(f"studies[{i}].{extra[0]}", "is not known", "known: methods, name, set")
+        name = entry.get("name")
+        if name not in STUDIES:
+            raise fail(f"studies[{i}].name", f"unknown study {name!r}", f"one of {', '.join(STUDIES)}")
+        chosen = entry.get("methods", [])
+        if not isinstance(chosen, list) or any(label not in method_labels for label in chosen):
+            raise fail(f"studies[{i}].methods", f"expected a list of the grid's method labels, got {chosen!r}",
+                       f"pick from {', '.join(sorted(method_labels))}")
+        params = entry.get("set", {})
+        if not isinstance(params, dict):
+            raise fail(f"studies[{i}].set", "must be a table", "e.g. set = { detector_seeds = 3 }")
+        try:
+            STUDIES[name].parameters(params)
+        except ModelproveError as exc:
+            raise fail(f"studies[{i}].set", str(exc), f"see bench/studies.py for {name}'s parameters") from None
+        studies.append(StudyEntry(name, tuple(chosen), dict(params)))
+
     alpha = raw.get("alpha", 0.01)
     if not isinstance(alpha, float) or not 0 < alpha < 1:
         raise fail("alpha", f"expected a number strictly between 0 and 1, got {alpha!r}", "e.g. alpha = 0.01")
@@ -318,4 +382,16 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         attacks=tuple(attacks), independents=tuple(independents), alpha=alpha, source=source,
         paper_table=raw.get("paper_table", ""), panel=panel, sweep=sweep,
         resources={sort: {name: float(v) for name, v in amounts.items()} for sort, amounts in resources.items()},
+        studies=tuple(studies),
     )
+
+
+def _stage_epochs(stages) -> int | None:
+    """The epochs a repeated attack's stages train for (the sum over a chain), or None if a stage names none."""
+    total = 0
+    for stage in stages:
+        value = dict(pair.partition("=")[::2] for pair in stage.pairs).get("epochs")
+        if value is None or not value.isdigit():
+            return None
+        total += int(value)
+    return total

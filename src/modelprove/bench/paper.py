@@ -62,3 +62,14 @@ def paper_value(table: str, setting: str, method: str, row: str | None) -> tuple
         p = MULTISTAGE.get(setting, {}).get(row)
         return None if p is None else (None, p)
     return None
+
+
+# The blind watermark's claims (Li et al., ACSAC 2019), printed beside the key-sample watermark studies.
+# Table 2: key accuracy of five CIFAR-10 hosts while fine-tuned on 80% of the test set, at 0 and 100 epochs.
+BLIND_WATERMARK_FINETUNING = {"V-13": (95.75, 90.00), "V-16": (96.50, 95.50), "R-18": (97.00, 87.50),
+                              "R-34": (93.40, 84.75), "PreActR-18": (91.75, 87.00)}
+# Sec. 6.3, Figs. 6-7: detector ROC AUC, the blind watermark's vs the other methods' (Adi, Zhang, ...).
+BLIND_WATERMARK_DETECTORS = {"dense": (0.50, 0.94), "feature": (0.65, 0.98)}
+# Sec. 5.1: 100 epochs of 600 MNIST iterations (k1 = 1): 60,000 encoder and discriminator updates; 600 key
+# samples, 20 per iteration: each seen 60,000 * 20 / 600 = 2,000 times (CIFAR-10: 50,000 updates, 2,000).
+BLIND_WATERMARK_SCHEDULE = {"encoder_updates": 60_000, "key_exposures": 2_000}

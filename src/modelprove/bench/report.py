@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelprove.bench.paper import paper_value
 from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.verdict import format_p
@@ -168,7 +170,7 @@ def markdown(run) -> str:
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
                   "| suspect | attack | test accuracy | fidelity |", "|---|---|---:|---:|"]
-        for attack in config.attacks:
+        for attack in _shown_attacks(config):
             per_model = {(r["seed"], r["method"]): r for r in records if r["row"] == attack.label}
             acc = [r["suspect_test_accuracy"] for r in per_model.values()]
             fid = [r["fidelity"] for r in per_model.values()]
@@ -214,6 +216,8 @@ def markdown(run) -> str:
             lines.append(f"| {name} | {rows_of[0]['independent_arch']} | {rows_of[0].get('independent_recipe', '')} | "
                          f"{rows_of[0]['suspect_test_accuracy']:.4f} | "
                          + (f"{statistics.median(fid):.4f} |" if fid else " |"))
+    lines += removal_curves(run)
+    lines += study_sections(run)
     return "\n".join(lines) + "\n"
 
 
@@ -235,8 +239,11 @@ def _protection_costs(run) -> list[str]:
     return lines
 
 
-def _curves(config) -> dict[str, list[tuple[float, str]]]:
-    """curve -> [(x, attack label)] sorted by x: the grid's attacks that are points of curves."""
+def _sweep_curves(config) -> dict[str, list[tuple[float, str]]]:
+    """curve -> [(x, attack label)] sorted by x: the grid's attacks that are points of curves against its
+    ``sweep`` (a grid without one has removal curves, :func:`_removal_curves`, if any)."""
+    if not config.sweep:
+        return {}
     curves: dict[str, list[tuple[float, str]]] = {}
     for attack in config.attacks:
         if attack.curve is not None and attack.x is not None:
@@ -249,7 +256,7 @@ def _sweep(run) -> list[str]:
     attacks' ``curve`` and ``x``): the suspects' accuracy, the statistic, both rules' outcomes and p, and
     the paper's effect (MOVE: delta_mu)."""
     config, records = run.config, _verdicts(run.records)
-    curves = _curves(config)
+    curves = _sweep_curves(config)
     if not curves:
         return []
     lines = ["", f"## Against the {config.sweep}", "",
@@ -296,7 +303,7 @@ def sweep_png(run) -> bytes | None:
     import matplotlib.pyplot as plt
 
     config, records = run.config, _verdicts(run.records)
-    curves = _curves(config)
+    curves = _sweep_curves(config)
     settings = [s for s in config.settings if any(r["setting"] == s for r in records)]
     methods = [m.label for m in config.methods if any(r["method"] == m.label for r in records)]
     if not curves or not settings or not methods:
@@ -495,7 +502,14 @@ def pvalue_png(run) -> bytes | None:
 
 
 def _rows(config) -> list[str]:
-    return list(dict.fromkeys([a.label for a in config.attacks] + (["Independent"] if config.independents else [])))
+    """The verification tables' rows: the attacks (of a removal curve only its last point, the whole curve has
+    its own section) and the independent models."""
+    return list(dict.fromkeys([a.label for a in _shown_attacks(config)] + (["Independent"] if config.independents else [])))
+
+
+def _shown_attacks(config) -> list:
+    last = {a.curve: a.label for a in config.attacks if a.curve}
+    return [a for a in config.attacks if not a.curve or last[a.curve] == a.label]
 
 
 def _png(figure, plt) -> bytes:
@@ -556,6 +570,421 @@ def statistic_strip_png(run) -> bytes | None:
     return _png(figure, plt)
 
 
+# -- removal curves (attacks with ``repeat``) and the grid's studies (bench.studies) -------------------
+
+
+def _removal_curves(config) -> dict[str, list]:
+    """Curve label -> its points (attack entries) in order of x: the removal curves of ``repeat`` entries (a
+    grid with a ``sweep`` draws its curves by :func:`_sweep` instead)."""
+    curves: dict[str, list] = {}
+    if config.sweep:
+        return curves
+    for attack in config.attacks:
+        if attack.curve:
+            curves.setdefault(attack.curve, []).append(attack)
+    return {label: sorted(points, key=lambda a: a.x) for label, points in curves.items()}
+
+
+def _before(records: list[dict[str, Any]], label: str) -> list[float]:
+    """The protected model's own statistic per seed (the direct copy's), a curve's point 0."""
+    return [r["statistic"] for r in _verdicts(records) if r["method"] == label and r.get("attack") == "copy"
+            and r.get("statistic") is not None]
+
+
+def removal_curves(run) -> list[str]:
+    """Each removal curve: the statistic after every point (median over seeds) and how many seeds the
+    null-panel rule still detects, per method; then the suspects' test accuracy."""
+    from modelprove.bench.paper import BLIND_WATERMARK_FINETUNING
+
+    config, records = run.config, run.records
+    lines: list[str] = []
+    for curve, points in _removal_curves(config).items():
+        stage = parse_stage = points[0].attack
+        unit = "epochs" if points[0].label.endswith("epochs") else "stages"
+        lines += ["", f"## Removal curve: {curve}", "",
+                  f"The attack `{parse_stage}` applied again and again: each point continues the suspect of the one "
+                  f"before (one cached chain). Per method the median statistic over seeds, and in brackets how many "
+                  f"seeds the null-panel rule still detects (p < {config.alpha}) / the paper's test; column 0 is the "
+                  "protected model itself (the direct copy).", "",
+                  f"| method | 0 | " + " | ".join(f"{a.x:g}" for a in points) + " |",
+                  "|---|---:|" + "---:|" * len(points)]
+        for method in config.methods:
+            cells = []
+            for attack in points:
+                mine = _verdicts([r for r in records if r["row"] == attack.label and r["method"] == method.label])
+                if not mine:
+                    cells.append("not run")
+                    continue
+                judged = [r for r in mine if r["outcome"] != "inconclusive"]
+                values = [r["statistic"] for r in mine if r.get("statistic") is not None]
+                stat = f"{statistics.median(values):.2f}" if values else "—"
+                cells.append(f"{stat} ({sum(r['outcome'] == 'stolen' for r in judged)}/{len(judged)} · "
+                             f"{sum(r['paper']['outcome'] == 'stolen' for r in mine)}/{len(mine)})")
+            before = _before(records, method.label)
+            lines.append(f"| {method.label} | {statistics.median(before):.2f} | " if before else f"| {method.label} | — | ")
+            lines[-1] += " | ".join(cells) + " |"
+        accuracy = []
+        for attack in points:
+            values = [r["suspect_test_accuracy"] for r in records if r["row"] == attack.label]
+            accuracy.append(f"{statistics.median(values):.3f}" if values else "—")
+        lines += [f"| suspects' test accuracy (median) | | " + " | ".join(accuracy) + " |", "",
+                  f"x: {unit} of `{stage.split('>')[0]}` in all. Paper (blind watermark, Table 2: five CIFAR-10 "
+                  "hosts fine-tuned on 80% of the test set, learning rate not stated): key accuracy "
+                  + ", ".join(f"{name} {a:.1f}% → {b:.1f}%" for name, (a, b) in BLIND_WATERMARK_FINETUNING.items())
+                  + " after 100 epochs."]
+    return lines
+
+
+def _studies(run, name: str) -> list[dict[str, Any]]:
+    return [r for r in getattr(run, "studies", []) if r.get("study") == name]
+
+
+def _by_method(run, records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(m.label, [r for r in records if r["method"] == m.label]) for m in run.config.methods
+            if any(r["method"] == m.label for r in records)]
+
+
+def _range(values: list[float], fmt=lambda x: f"{x:.3f}") -> str:
+    values = [v for v in values if v is not None]
+    return _median_range(values, fmt) if values else "—"
+
+
+def study_sections(run) -> list[str]:
+    """The grid's studies, each by a function of its own."""
+    lines: list[str] = []
+    for section in (_blind_watermark_summary, _key_samples_section, _embedding_section, _detector_section,
+                    _forgery_section, _transfer_section):
+        lines += section(run)
+    return lines
+
+
+def _blind_watermark_summary(run) -> list[str]:
+    """The blind watermark paper's claims beside ours, one line per claim, from the sections below (medians
+    over seeds); only when the grid has the blind watermark and its studies."""
+    from modelprove.bench.paper import BLIND_WATERMARK_DETECTORS
+
+    label = next((m.label for m in run.config.methods if m.name == "blind-watermark"), None)
+    studies = [r for r in getattr(run, "studies", []) if r["method"] == label]
+    if label is None or not studies:
+        return []
+
+    def of(name: str) -> list[dict[str, Any]]:
+        return [r["result"] for r in studies if r["study"] == name]
+
+    rows = []
+    accuracy = {r["seed"]: r["victim_test_accuracy"] - r["benign_test_accuracy"] for r in run.records
+                if r["method"] == label}
+    if accuracy:
+        rows.append(("fidelity: test accuracy, watermarked − benign", "a drop of at most 0.66 pt on average",
+                     _range([100 * v for v in accuracy.values()], lambda x: f"{x:+.2f} pt")))
+    if of("key-samples"):
+        rows.append(("effectiveness: key accuracy of the watermarked host", "> 90%",
+                     _range([r["key_accuracy"] for r in of("key-samples")])))
+        rows.append(("integrity: key accuracy of unwatermarked models", "9-13%",
+                     f"benign model {_range([r.get('benign_key_accuracy') for r in of('key-samples')])}"))
+    for generator, dense, feature in _detector_aucs([r for r in studies if r["study"] == "key-detector"]):
+        rows.append((f"security: detector AUC, dense / features (thief's keys by {generator})",
+                     f"{BLIND_WATERMARK_DETECTORS['dense'][0]:.2f} / {BLIND_WATERMARK_DETECTORS['feature'][0]:.2f}",
+                     f"{dense} / {feature}"))
+    if of("key-forgery"):
+        rows.append(("legality (a): forged key samples on the host", "fail (Zhang's 'TEST': > 91%)",
+                     _range([r["host"] for r in of("key-forgery")])))
+    hosts = [h for r in of("key-transfer") for h in r["hosts"]]
+    if hosts:
+        rows.append(("legality (b): keys on other owners' hosts", "≤ 68% (diagonal > 90%)",
+                     f"{_range([h['key_accuracy'] for h in hosts])}; accused {sum(h['outcome'] == 'stolen' for h in hosts)}"
+                     f" of {len(hosts)}"))
+    for curve, points in _removal_curves(run.config).items():
+        last = [r for r in _verdicts(run.records) if r["row"] == points[-1].label and r["method"] == label]
+        if last:
+            judged = [r for r in last if r["outcome"] != "inconclusive"]
+            unit = "epochs" if points[-1].label.endswith("epochs") else "stages"
+            rows.append((f"robustness: key accuracy after {curve} ({points[-1].x:g} {unit})",
+                         "84.75-95.50% after 100 epochs",
+                         f"{_range([r['statistic'] for r in last if r.get('statistic') is not None])}; detected "
+                         f"{sum(r['outcome'] == 'stolen' for r in judged)} of {len(judged)}"))
+    if not rows:
+        return []
+    return ["", "## The blind watermark's claims (Li et al., ACSAC 2019) and ours", "",
+            "| claim | paper | ours (median [min, max] over seeds) |", "|---|---|---|",
+            *[f"| {a} | {b} | {c} |" for a, b, c in rows]]
+
+
+def _key_samples_section(run) -> list[str]:
+    records = _studies(run, "key-samples")
+    if not records:
+        return []
+    lines = ["", "## Key samples: what each host learned", "",
+             "Medians over seeds [min, max]. Key accuracy of the watermarked host and of the seed's benign model "
+             "(the same data and training, no key samples); the host's answers on the clean images the key samples "
+             "were made from, scored against the key labels (high: it learned those images, not the watermark's "
+             "change to them); PSNR and SSIM (skimage, Gaussian window) of key samples against those images; the "
+             "null panel's key accuracy per architecture (honest models: the unwatermarked baseline).", "",
+             "| method | key samples | exposures per key | key acc. host | benign model | host on the originals "
+             "| PSNR dB | SSIM | mean / max abs. difference (grey levels) | panel key acc. (mean ± sd) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for label, mine in _by_method(run, records):
+        res = [r["result"] for r in mine]
+        panels = res[0].get("panel", {})
+        panel_text = "; ".join(f"{arch} {statistics.median([r['panel'][arch]['mean'] for r in res if arch in r.get('panel', {})]):.3f}"
+                               f" ± {statistics.median([r['panel'][arch]['sd'] for r in res if arch in r.get('panel', {})]):.3f}"
+                               for arch in panels)
+        has = "psnr_db" in res[0]
+        lines.append(
+            f"| {label} | {res[0]['keys']} | {_range([r.get('key_exposures') for r in res], lambda x: f'{x:g}')} "
+            f"| {_range([r['key_accuracy'] for r in res])} "
+            f"| {_range([r.get('benign_key_accuracy') for r in res])} "
+            f"| {_range([r.get('originals_on_targets') for r in res]) if has else '—'} "
+            f"| {_range([r.get('psnr_db') for r in res], lambda x: f'{x:.1f}') if has else '—'} "
+            f"| {_range([r.get('ssim') for r in res]) if has else '—'} "
+            f"| {_range([r.get('mean_abs_levels') for r in res], lambda x: f'{x:.1f}') + ' / ' + _range([r.get('max_abs_levels') for r in res], lambda x: f'{x:.0f}') if has else '—'} "
+            f"| {panel_text} |")
+    choices = [(r["seed"], r["method"], r["result"]["target_choice"]) for r in records if "target_choice" in r["result"]]
+    if choices:
+        lines += ["", "Zhang unrelated keys' target, chosen per seed as the class the reference models (recipes no "
+                  "null panel uses) least often gave the unrelated class's other images: each class's largest share "
+                  "among them.", "", "| method | seed | chosen | " + " | ".join(
+                      f"class {c}" for c in range(len(choices[0][2]["shares"][0]))) + " |",
+                  "|---|---:|---|" + "---:|" * len(choices[0][2]["shares"][0])]
+        for seed, label, choice in sorted(choices, key=lambda c: (c[1], c[0])):
+            worst = [max(column) for column in zip(*choice["shares"])]
+            lines.append(f"| {label} | {seed} | {choice['chosen']} ({choice['class']}) | "
+                         + " | ".join(f"{v:.3f}" for v in worst) + " |")
+    return lines
+
+
+def _embedding_section(run) -> list[str]:
+    from modelprove.bench.paper import BLIND_WATERMARK_SCHEDULE
+
+    records = [r for r in _studies(run, "key-samples") if "discriminator" in r["result"]]
+    if not records:
+        return []
+    lines = ["", "## The blind watermark's embedding (Algorithm 1)", "",
+             "Per seed: the encoder and discriminator updates, how often each key sample reached the host, the "
+             "discriminator's accuracy on key samples made by the encoder from held-out test images against those "
+             "images (0.5: it cannot tell them apart; its ROC AUC beside it), and the embedding's wall time and "
+             "CPU time (one thread: the CPU time is what it costs on an idle core; the wall time grows with the load). The "
+             f"paper: about {BLIND_WATERMARK_SCHEDULE['encoder_updates']:,} updates and "
+             f"{BLIND_WATERMARK_SCHEDULE['key_exposures']:,} exposures per key sample (100 epochs, Sec. 5.1).", "",
+             "| method | seed | encoder / discriminator updates | exposures per key sample | discriminator accuracy "
+             "(held out) | its AUC | PSNR dB | SSIM | embedding min: wall / CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(records, key=lambda r: (r["method"], r["seed"])):
+        res, emb = r["result"], r["result"].get("embedding", {})
+        d = res["discriminator"]
+        cpu = "—" if emb.get("cpu_seconds") is None else f"{emb['cpu_seconds'] / 60:.1f}"
+        lines.append(f"| {r['method']} | {r['seed']} | {emb.get('encoder_updates') or '—'} | "
+                     f"{emb.get('key_exposures') or '—'} | {d['accuracy']:.3f} ({d['images']} + {d['images']}) | "
+                     f"{d['auc']:.3f} | {res['psnr_db']:.1f} | {res['ssim']:.3f} | "
+                     f"{(emb.get('seconds') or 0) / 60:.1f} / {cpu} |")
+    history = records[0]["result"].get("embedding", {}).get("history", [])
+    if history:
+        lines += ["", f"Seed {records[0]['seed']}'s embedding epoch by epoch (training minibatches: the discriminator's "
+                  "loss and accuracy, the key samples' PSNR, the host's loss):", "",
+                  "| epoch | discriminator loss | discriminator accuracy | PSNR dB | 1 − SSIM | host loss |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        step = max(1, len(history) // 10)
+        for i, h in list(enumerate(history))[step - 1::step]:
+            lines.append(f"| {i + 1} | {h.get('d', float('nan')):.3f} | {h.get('d_accuracy', float('nan')):.3f} "
+                         f"| {h.get('psnr', float('nan')):.1f} | {h.get('ssim', float('nan')):.4f} "
+                         f"| {h.get('host', float('nan')):.3f} |")
+    return lines
+
+
+def _detector_section(run) -> list[str]:
+    from modelprove.bench.paper import BLIND_WATERMARK_DETECTORS
+
+    records = _studies(run, "key-detector")
+    if not records:
+        return []
+    first = records[0]["result"]
+    params = first["params"]
+    lines = ["", "## Evasion detectors (blind watermark Sec. 6.3)", "",
+             f"The thief holds {first['thief_clean']} attacker images ({params['thief_fraction']:.0%} of the training "
+             "set's size) and as many key samples it made with the method from other attacker images (the blind "
+             "watermark's with the owner's encoder, the paper's relaxed assumption, and with an encoder of its own: "
+             "another seed's protection, trained the same way); it trains a dense detector (512-256-1 on the pixels) "
+             "and one on the stolen host's frozen features plus a linear unit (the paper: ResNet-18's), each by SGD "
+             f"at lr {params['lr']:g} for {params['epochs']} epochs, and is scored by ROC AUC on the protection's real "
+             "key samples "
+             f"against {first['held_out']} held-out test images (0.5: chance). AUC: median [min, max] over victim "
+             f"seeds × {len(first['seeds'])} detector seeds. The paper: the blind watermark "
+             f"{BLIND_WATERMARK_DETECTORS['dense'][0]:.2f} (dense) and {BLIND_WATERMARK_DETECTORS['feature'][0]:.2f} "
+             f"(features), the others above {BLIND_WATERMARK_DETECTORS['dense'][1]:.2f} and "
+             f"{BLIND_WATERMARK_DETECTORS['feature'][1]:.2f}.", "",
+             "| method | the thief's key samples made with | AUC dense | AUC features |", "|---|---|---:|---:|"]
+    for label, mine in _by_method(run, records):
+        lines += [f"| {label} | {generator} | {dense} | {feature} |" for generator, dense, feature in _detector_aucs(mine)]
+    return lines
+
+
+def _detector_aucs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(how the thief made its key samples, dense AUC, feature AUC) over ``records``' seeds and detector seeds."""
+    rows = [row for r in records for row in r["result"]["rows"]]
+    return [(generator, _range([a for row in rows if row["generator"] == generator for a in row["dense"]]),
+             _range([a for row in rows if row["generator"] == generator for a in row["feature"]]))
+            for generator in dict.fromkeys(row["generator"] for row in rows)]
+
+
+def _forgery_section(run) -> list[str]:
+    records = _studies(run, "key-forgery")
+    if not records:
+        return []
+    lines = ["", "## Forged key samples (blind watermark Sec. 6.4 (a))", "",
+             "A counterfeiter who intercepted key samples forges new ones from other images and claims the model with "
+             "the labels the owner's keys carry; key accuracy of the forged samples on the watermarked host and on the "
+             "seed's benign model, beside the real key samples' (medians over seeds). The paper: 'TEST' stamped on "
+             "other images scores > 91% on Zhang et al.'s host; the blind watermark's image-specific differences "
+             "should not transplant.", "",
+             "| method | forgery | forged on the host | forged on the benign model | real keys on the host |",
+             "|---|---|---:|---:|---:|"]
+    for label, mine in _by_method(run, records):
+        res = [r["result"] for r in mine]
+        lines.append(f"| {label} | {res[0]['how']} ({res[0]['forged']}) | {_range([r['host'] for r in res])} "
+                     f"| {_range([r.get('benign') for r in res])} | {_range([r['real'] for r in res])} |")
+    return lines
+
+
+def _transfer_section(run) -> list[str]:
+    records = _studies(run, "key-transfer")
+    if not records or not any(r["result"]["hosts"] for r in records):
+        return []
+    lines = ["", "## Other owners' watermarked models (blind watermark Sec. 6.4 (b), Fig. 9)", "",
+             "Each protection's key samples on the hosts the same method watermarked with the grid's other seeds "
+             "(other owners, other encoders), and those hosts verified against it as suspects: an honest owner's "
+             "watermarked model must not be accused. Key accuracy, keys of seed i (rows) on the host of seed j "
+             "(columns); the diagonal is each host on its own keys.", ""]
+    for label, mine in _by_method(run, records):
+        seeds = sorted({r["seed"] for r in mine} | {h["host_seed"] for r in mine for h in r["result"]["hosts"]})
+        by_seed = {r["seed"]: r["result"] for r in mine}
+        accused = [h for r in mine for h in r["result"]["hosts"] if h["outcome"] == "stolen"]
+        paper = [h for r in mine for h in r["result"]["hosts"] if h["paper_outcome"] == "stolen"]
+        pairs = sum(len(r["result"]["hosts"]) for r in mine)
+        lines += [f"**{label}**: other owners' hosts accused by the null panel {len(accused)} of {pairs}, by the "
+                  f"paper's test {len(paper)} of {pairs}.", "",
+                  "| keys \\ host | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+        for i in seeds:
+            if i not in by_seed:
+                continue
+            hosts = {h["host_seed"]: h["key_accuracy"] for h in by_seed[i]["hosts"]}
+            hosts[i] = by_seed[i]["own"]
+            lines.append(f"| seed {i} | " + " | ".join(f"{hosts[j]:.2f}" if j in hosts else "—" for j in seeds) + " |")
+        lines.append("")
+    return lines
+
+
+def detector_roc_png(run) -> bytes | None:
+    """ROC curves of the first protection's detectors (first detector seed), one panel per detector."""
+    records = _studies(run, "key-detector")
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    first_seed = min(r["seed"] for r in records)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for axis, detector, title in ((axes[0], "dense", "dense detector 512-256-1 (Fig. 6)"),
+                                  (axes[1], "feature", "the stolen host's features + linear (Fig. 7)")):
+        for label, mine in _by_method(run, [r for r in records if r["seed"] == first_seed]):
+            for row in mine[0]["result"]["rows"]:
+                positive, negative = row["scores"][detector]
+                fpr, tpr, _ = roc_curve(np.r_[np.ones(len(positive)), np.zeros(len(negative))], np.r_[positive, negative])
+                axis.plot(fpr, tpr, lw=1.4, label=f"{label}, {row['generator']} (AUC {row[detector][0]:.2f})")
+        axis.plot([0, 1], [0, 1], "k:", lw=0.8)
+        axis.set_xlabel("false positive rate")
+        axis.set_ylabel("true positive rate")
+        axis.set_title(f"{title}, victim seed {first_seed}", fontsize=9)
+        axis.legend(fontsize=6, loc="lower right")
+    figure.tight_layout()
+    return _png(figure, plt)
+
+
+def removal_curve_png(run) -> bytes | None:
+    """Each removal curve's median statistic per method against x (point 0: the protected model)."""
+    curves = _removal_curves(run.config)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = _verdicts(run.records)
+    figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for axis, (curve, points) in zip(axes[0], curves.items()):
+        for method in run.config.methods:
+            before = _before(records, method.label)
+            xs, ys = ([0.0], [statistics.median(before)]) if before else ([], [])
+            for attack in points:
+                values = [r["statistic"] for r in records if r["row"] == attack.label and r["method"] == method.label
+                          and r.get("statistic") is not None]
+                if values:
+                    xs.append(attack.x)
+                    ys.append(statistics.median(values))
+            axis.plot(xs, ys, marker="o", ms=3, label=method.label)
+        axis.set_xlabel("epochs" if points[0].label.endswith("epochs") else "stages")
+        axis.set_ylabel("statistic (key accuracy), median over seeds")
+        axis.set_ylim(0, 1.02)
+        axis.set_title(curve, fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return _png(figure, plt)
+
+
+def key_samples_png(run) -> bytes | None:
+    """Each method's first key samples (first seed), and where they were made from an image: the image and
+    five times the absolute difference (the blind watermark's Fig. 8)."""
+    records = [r for r in _studies(run, "key-samples") if r["result"].get("examples")]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = min(r["seed"] for r in records)
+    chosen = [r for label, mine in _by_method(run, records) for r in mine if r["seed"] == first]
+    rows = []
+    for r in chosen:
+        examples = r["result"]["examples"]
+        keys = np.asarray(examples["keys"], dtype=np.float64) / 255
+        rows.append((f"{r['method']}: key samples", keys))
+        if "originals" in examples:
+            originals = np.asarray(examples["originals"], dtype=np.float64) / 255
+            rows.insert(len(rows) - 1, (f"{r['method']}: their images", originals))
+            rows.append((f"{r['method']}: 5 × |difference|", np.clip(5 * np.abs(keys - originals), 0, 1)))
+    count = max(len(images) for _, images in rows)
+    figure, axes = plt.subplots(len(rows), count, figsize=(1.3 * count, 1.35 * len(rows)), squeeze=False)
+    for i, (title, images) in enumerate(rows):
+        for j in range(count):
+            axis = axes[i][j]
+            axis.axis("off")
+            if j < len(images):
+                image = images[j].transpose(1, 2, 0)
+                axis.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        axes[i][0].set_title(title, fontsize=7, loc="left")
+    figure.tight_layout()
+    return _png(figure, plt)
+
+
+def _figures(run) -> list[tuple[str, str, str, bytes]]:
+    """(file suffix, title, caption, PNG) of every figure the grid has."""
+    figures = [("pvalues", "Median −log10 p", "Per suspect and method, one panel per setting; the dashed line is "
+                "alpha.", pvalue_png(run)),
+               ("sweep", f"Against the {run.config.sweep}", "Each curve's p, statistic and test accuracy against x.",
+                sweep_png(run) if run.config.sweep else None),
+               ("curves", "Removal curves", "Median statistic per method after each point of each removal curve.",
+                removal_curve_png(run)),
+               ("roc", "Evasion detectors", "ROC curves of the thief's detectors on the real key samples.",
+                detector_roc_png(run)),
+               ("keys", "Key samples", "Each method's first key samples; for those made from an image, the image "
+                "and five times the difference.", key_samples_png(run))]
+    return [f for f in figures if f[3] is not None]
+
+
 def write_report(run, paths: list[Path]) -> list[Path]:
     """The Markdown report at each of ``paths``, each with its plot beside it (``NAME-pvalues.png``); a
     path ending in .html gets one self-contained page instead (tables and plots, modelprove.report)."""
@@ -565,23 +994,17 @@ def write_report(run, paths: list[Path]) -> list[Path]:
         if path.suffix.lower() in (".html", ".htm"):
             from modelprove.report import write_bench_page
 
-            figures = [(title, caption, data) for title, caption, data in (
-                ("Median −log10 p", "Per suspect and method, one panel per setting; the dashed line is alpha.",
-                 pvalue_png(run)),
-                ("Each cell's statistic", "Every verified cell: the attacks' suspects and the independent models.",
-                 statistic_strip_png(run)),
-                (f"Against the {run.config.sweep}", "Each curve's p, statistic and test accuracy against x.",
-                 sweep_png(run) if run.config.sweep else None)) if data]
+            figures = [(title, caption, data) for _, title, caption, data in _figures(run)]
+            strip = statistic_strip_png(run)
+            if strip is not None:
+                figures.insert(1, ("Each cell's statistic", "Every verified cell: the attacks' suspects and the "
+                                   "independent models.", strip))
             written.append(write_bench_page(run, path, markdown(run), figures))
             continue
-        picture = plot(run, path.with_name(f"{path.stem}-pvalues.png"))
         text = markdown(run)
-        if picture is not None:
-            text += f"\n![median -log10 p per suspect and method]({picture.name})\n"
-        curves = sweep_png(run) if run.config.sweep else None
-        if curves is not None:
-            written_curves = atomic_write_bytes(path.with_name(f"{path.stem}-sweep.png"), curves)
-            text += f"\n![p, statistic and accuracy against the {run.config.sweep}]({written_curves.name})\n"
+        for suffix, title, _, data in _figures(run):
+            picture = atomic_write_bytes(path.with_name(f"{path.stem}-{suffix}.png"), data)
+            text += f"\n![{title}]({picture.name})\n"
         atomic_write_bytes(path, text.encode())
         written.append(path)
     return written

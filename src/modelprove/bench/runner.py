@@ -29,6 +29,7 @@ from modelprove.bench.cache import BenchCache, recipe_key
 from modelprove.bench.config import BenchConfig, DataSpec
 from modelprove.bench.executors import Job, JobError, make_executor
 from modelprove.bench.results import ResultLog, RunHistory
+from modelprove.bench.studies import plan_studies, run_study
 from modelprove.core.config import config_from_pairs
 from modelprove.core.errors import ModelproveError
 from modelprove.core.progress import console
@@ -60,6 +61,7 @@ class BenchRun:
     history: list[dict[str, Any]] = field(default_factory=list)  # every run of this directory (runs.jsonl)
     # method label -> per seed, the protection's build time by component (its results' "seconds")
     protection_seconds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    studies: list[dict[str, Any]] = field(default_factory=list)  # the grid's [[studies]] measured so far
 
 
 def bench_splits(spec: DataSpec) -> DataSplits:
@@ -106,7 +108,9 @@ def method_config(spec: MethodSpec, config: BenchConfig, seed: int, overrides: d
     if unknown:
         raise ModelproveError(f"method {spec.name!r} has no parameter {unknown[0]!r} (grid {config.source}).",
                               fix=f"see `modelprove methods` for {spec.name}'s parameters.")
-    return config_from_pairs(spec.config, [f"{k}={v}" for k, v in overrides.items()], **base)
+    # the entry's ``set`` wins over the grid's training (config_from_pairs lets keyword values win over pairs)
+    return config_from_pairs(spec.config, [f"{k}={v}" for k, v in overrides.items()],
+                             **{k: v for k, v in base.items() if k not in overrides})
 
 
 class _Progress:
@@ -259,6 +263,7 @@ class _Grid:
             plan = [cell for cell in plan if cell["method"] in only_methods]
         self.plan = plan
         self.cells = {cell["key"]: cell for cell in plan}
+        self.studies = {study["key"]: study for study in plan_studies(config, self.protections, only_methods)}
         self.loaded: dict[Any, Any] = {}  # protection key -> (opened, victim, info); ("benign", seed) -> accuracy
 
     def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
@@ -386,7 +391,7 @@ class _Grid:
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
         return record, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}"
 
-    def jobs(self, pending: list[dict[str, Any]]) -> list[Job]:
+    def jobs(self, pending: list[dict[str, Any]], studies: list[dict[str, Any]] = ()) -> list[Job]:
         """The pending cells as jobs, each listed after the jobs it needs (``Job.deps``), in the order to start them.
 
         First the models every protection shares (benign models, the null panel's models, independent
@@ -409,12 +414,12 @@ class _Grid:
                 jobs[key] = Job(key, kind, payload, tuple(dict.fromkeys(d for d in deps if d)), resources or {})
             return key
 
-        seeds = sorted({cell["seed"] for cell in pending}, key=self.config.seeds.index)
+        seeds = sorted({cell["seed"] for cell in [*pending, *studies]}, key=self.config.seeds.index)
         benign = {seed: add("benign", recipe_key(self.benign_recipe(seed)), seed,
                             built=("models", self.benign_recipe(seed)), resources=train) for seed in seeds}
         # The null panel every protection is calibrated on: one job per model, each protection after all.
         panel = tuple(add("panel", recipe_key(recipe), recipe_key(recipe), built=("models", recipe), resources=train)
-                      for recipe, _ in (self.panel_members() if pending else []))
+                      for recipe, _ in (self.panel_members() if pending or studies else []))
         independents = {cell["suspect_key"]: cell["independent"] for cell in pending if cell["kind"] == "independent"}
         epochs_x_cost = {"vgg_small": 20, "cnn_small": 2, "lenet5": 1}  # rough relative cost per epoch
         shared = {key: add("independent", key, key, built=("models", ind["recipe"]), resources=train)
@@ -424,12 +429,17 @@ class _Grid:
         for cell in sorted(pending, key=lambda c: c["kind"] != "attack"):  # a protection's suspects first
             groups.setdefault(cell["protection"]["key"], {}).setdefault(cell["suspect_key"], []).append(cell)
         order = {cell["protection"]["key"]: i for i, cell in reversed(list(enumerate(pending)))}
+
+        def protection_job(prot: dict[str, Any]) -> str | None:
+            fingerprints = "model" in prot["spec"].inputs  # CAE, IPGuard: the seed's benign model
+            return add("protection", prot["key"], (prot["seed"], prot["entry"].label),
+                       built=("protections", prot["recipe"]),
+                       deps=(*panel, benign[prot["seed"]] if fingerprints else None), resources=train)
+
         for suspects in (groups[key] for key in sorted(groups, key=order.__getitem__)):
             first = next(iter(suspects.values()))[0]
             prot, seed = first["protection"], first["seed"]
-            fingerprints = "model" in prot["spec"].inputs  # CAE, IPGuard: the seed's benign model
-            protection = add("protection", prot["key"], (seed, first["method"]), built=("protections", prot["recipe"]),
-                             deps=(*panel, benign[seed] if fingerprints else None), resources=train)
+            protection = protection_job(prot)
             for suspect_key, cells in suspects.items():
                 cell = cells[0]
                 if cell["kind"] == "attack":
@@ -442,6 +452,9 @@ class _Grid:
                     made = shared[suspect_key]
                 add("cells", f"{prot['key']}:{suspect_key}", [c["key"] for c in cells],
                     deps=(benign[seed], protection, made), resources=verify)
+        for study in studies:  # a study measures its protection (and its method's other seeds') once built
+            needs = [protection_job(prot) for prot in (study["protection"], *study["others"])]
+            add("study", study["key"], study["key"], deps=(benign[study["seed"]], *needs), resources=verify)
         return list(jobs.values())
 
     def run_job(self, job: Job) -> JobResult:
@@ -469,6 +482,10 @@ class _Grid:
             _, victim, _ = self.protection(self.protections[(seed, label)])
             self.suspect(seed, label, attack, victim, stages)
             what = f"suspect seed {seed} · {label} · {' > '.join(str(s) for s in parse_attack(attack.attack)[:stages])}"
+        elif job.kind == "study":
+            study = self.studies[job.payload]
+            records.append(run_study(self, study))
+            what = f"study {study['study']} · seed {study['seed']} · {study['method']}"
         elif job.kind == "cells":
             for key in job.payload:
                 cell_start = time.perf_counter()
@@ -591,7 +608,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
                       "those cells run again.")
     plan = grid.plan
     pending = [] if report_only else [cell for cell in plan if cell["key"] not in log]
-    jobs = grid.jobs(pending)
+    studies = [] if report_only else [study for study in grid.studies.values() if study["key"] not in log]
+    jobs = grid.jobs(pending, studies)
     parallel = cluster is not None or workers > 1
     worker_threads = threads or (1 if parallel else torch.get_num_threads())
     results: dict[str, JobResult] = {}
@@ -659,6 +677,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         seconds = (info or {}).get("results", {}).get("seconds")
         if seconds:
             run.protection_seconds.setdefault(label, []).append(seconds)
+    run.studies = [{**log.records[key], "method": study["method"]} for key, study in grid.studies.items()
+                   if key in log.records]
     if not only_methods:  # a part of the grid makes no report: the tables would read as the whole
         run.reports = write_report(run, [out_dir / "report.md", *(reports or [])])
     return run
