@@ -185,7 +185,10 @@ def test_report_sections_of_a_fingerprint_grid(tmp_path):
                 "outcome": "not stolen", "paper": {"outcome": "not stolen", "p_value": 0.5}, "p_value": 0.5,
                 "panel_mean": 0.1, "suspect_test_accuracy": 0.8, "fidelity": 0.9, "victim_test_accuracy": 0.8,
                 "benign_test_accuracy": 0.8, "study": {"comparison": summary, "matches": {"0.05/cem": cem,
-                                                                                          "0.05/pgd": pgd}}, **extra}
+                                                                                          "0.05/pgd": pgd},
+                                                       "fingerprint": {"fingerprint_size": 7, "n": 10, "candidates": 50,
+                                                                       "fooled_source": 20, "qualified": 7, "rho": 0.5}},
+                **extra}
 
     records = [cell("FTAL", 0.9, "1111", "1111"), cell("RTAL", 0.3, "1100", "1111"),
                cell("Independent", 0.2, "0011", "1111", independent="a", independent_arch="lenet5"),
@@ -200,6 +203,7 @@ def test_report_sections_of_a_fingerprint_grid(tmp_path):
     assert "| cae | 0.05 | cem | 1.000 | 4 | **0.625** | 0.750 | 0.250 | 0.900 |" in text
     assert "| cae | 0.05 | pgd | 1.000 | 4 | 0.125 | 1.000 | 0.875 | 0.200 |" in text
     assert "| cae | label-only | a | 1 | **1** | 0 | 0 |" in text  # the false claim, counted apart
+    assert "| cae | 0 | 7 / 10 | 50 | 20 | 7 | n/a | n/a | 0.500 |" in text
     assert "| cae | 0.8000 | 0.8000 |" in text  # harmlessness from the grid's own cells only
 
 

@@ -165,6 +165,7 @@ def markdown(run) -> str:
 
     lines += _queries(run, rows)
     lines += roc_auc_section(run)
+    lines += fingerprint_section(run)
     lines += epsilon_section(run)
     lines += false_claims_section(run)
     attack_rows = [a.label for a in config.attacks]
@@ -269,6 +270,30 @@ def roc_auc_section(run) -> list[str]:
     for attack in attack_rows:
         values = [per_attack.get((attack, label, setting)) for label, setting in columns]
         lines.append(f"| {attack} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
+    return lines
+
+
+def fingerprint_section(run) -> list[str]:
+    """How each seed's fingerprint was made, where a method's study reports it (CAE): its size against n,
+    the candidates CEM perturbed, how many changed the source's label and reached the threshold, and the
+    fingerprint's conferrability on CEM's ensemble and on the held-out models, with rho."""
+    made = {(r["method"], r["seed"]): r["study"]["fingerprint"] for r in run.records
+            if (r.get("study") or {}).get("fingerprint") and r.get("row") != FALSE_CLAIM}
+    if not made:
+        return []
+    number = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    lines = ["", "## The fingerprints", "",
+             "Per victim seed: examples in the fingerprint against the n asked for, the candidate images CEM "
+             "perturbed (in rounds, until every class had its share of n or the cap), how many changed the "
+             "source's label and how many of those reached the conferrability threshold on CEM's ensemble (the "
+             "only ones admitted), the fingerprint's mean conferrability on the ensemble and on the protection's "
+             "held-out models (which CEM never saw), and rho chosen on the held-out models.", "",
+             "| method | seed | fingerprint / n | candidates | changed the source's label | reached the threshold "
+             "| conferrability, ensemble | conferrability, held-out | rho |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (label, seed), f in sorted(made.items()):
+        lines.append(f"| {label} | {seed} | {f.get('fingerprint_size')} / {f.get('n')} | {f.get('candidates')} | "
+                     f"{f.get('fooled_source')} | {f.get('qualified')} | {number(f.get('mean_conferrability_fingerprint'))} | "
+                     f"{number(f.get('held_out_conferrability_fingerprint'))} | {number(f.get('rho'))} |")
     return lines
 
 

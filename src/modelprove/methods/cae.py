@@ -58,7 +58,7 @@ METHOD = "cae"
 ACCESS = (LABEL_ONLY,)
 VERIFY_OPTIONS = ("rho", "alpha")
 LOG_FLOOR = 1e-12  # log(0) would make a cross-entropy term infinite
-CHUNK = 256  # candidates optimised at once (bounds memory: every defender model keeps its graph)
+CHUNK = 128  # candidates optimised at once (bounds memory: every ensemble member keeps its graph, ~100 MB each)
 
 
 @dataclass
