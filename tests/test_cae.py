@@ -285,6 +285,7 @@ def test_candidates_are_drawn_in_rounds_until_n_or_the_cap(bars_task, single_thr
                   model=source, defender_models=cae.DefenderModels([source] * 2, [source] * 2, [source], [source]))
 
 
+@pytest.mark.slow
 def test_false_claims_fail_both_ways(protections, bars_task, tiny_panel, single_thread):
     """An honest stranger's independent model does not match the victim's fingerprint, and a fingerprint the
     stranger makes of that model, on their own data with the same settings, does not match the victim."""
