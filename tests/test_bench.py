@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelprove.bench import BenchConfigError, load_bench_config, parse_bench_config, preset_names, recipe_key
+from modelprove.bench.config import FALSE_CLAIM
 from modelprove.bench.results import ResultLog
 from modelprove.bench.runner import KILL_AFTER_VARIABLE, plan_grid, run_bench
 
@@ -141,8 +142,75 @@ def test_unknown_method_parameter_is_refused():
         plan_grid(parse_bench_config(variant(methods__0__set={"nope": 1})), DATA)
 
 
+def test_false_claims_verify_each_victim_against_a_strangers_fingerprint():
+    """false_claims = [seed]: each fingerprint method fingerprints that independent model on the attacker's
+    data, once, and every victim (the seed's benign model) is verified against it; fingerprint methods
+    share their suspects (the benign model is every one's victim)."""
+    grid = {**GRID, "settings": ["label-only"], "methods": [{"name": "cae"}, {"name": "ipguard"}, {"name": "adi"}],
+            "independents": [{"arch": "lenet5", "seeds": [200, 201]}], "false_claims": [201]}
+    protections, suspects, plan = plan_grid(parse_bench_config(grid), DATA)
+    claims = [c for c in plan if c["kind"] == "claim"]
+    assert len(claims) == 2 * 2  # 2 fingerprint methods x 2 victim seeds (adi watermarks its own victim)
+    assert {c["method"] for c in claims} == {"cae", "ipguard"} and {c["seed"] for c in claims} == {0, 1}
+    claim = claims[0]["protection"]
+    independent = next(c for c in plan if c["kind"] == "independent" and c["independent"]["seed"] == 201)
+    assert claim["recipe"]["source"] == independent["independent"]["recipe"] and claim["recipe"]["part"] == "attacker"
+    assert "defender" not in claim["recipe"]["data"]  # the stranger never had the victim's data
+    assert len({c["protection"]["key"] for c in claims}) == 2  # one fingerprint per method, for every victim
+    benign = {c["seed"]: c["suspect_key"] for c in claims}
+    assert benign[0] != benign[1] and len({c["key"] for c in plan}) == len(plan)
+    # CAE's and IPGuard's suspects of a seed are one set of models; adi's are its own victim's
+    victims = {label: {chain[0]["victim"] for (seed, method, _), chain in suspects.items() if method == label and seed == 0}
+               for label in ("cae", "ipguard", "adi")}
+    assert victims["cae"] == victims["ipguard"] != victims["adi"]
+    for bad in ([999], [200, 200], "200"):
+        with pytest.raises(BenchConfigError, match="field 'false_claims'"):
+            parse_bench_config({**grid, "false_claims": bad})
+    with pytest.raises(BenchConfigError, match="fingerprints an already trained model"):
+        parse_bench_config({**grid, "methods": [{"name": "adi"}]})
+
+
+def test_report_sections_of_a_fingerprint_grid(tmp_path):
+    """The ROC AUC (with its interval), the conferrability-per-eps table and the false claims, from records
+    shaped as run_cell writes them: numbers a hand count gives."""
+    from modelprove.bench import report
+    from modelprove.bench.runner import BenchRun
+
+    config = parse_bench_config({**GRID, "seeds": [0], "settings": ["label-only"], "methods": [{"name": "cae"}],
+                                 "attacks": [{"label": "FTAL", "attack": "ftal"}, {"label": "RTAL", "attack": "rtal"}],
+                                 "independents": [{"arch": "lenet5", "seeds": [200, 201]}], "false_claims": [200]})
+    summary = [{"eps": 0.05, "attack": "cem", "images": 4, "fooled": 4, "success": 1.0, "conferrability_ensemble": 0.9},
+               {"eps": 0.05, "attack": "pgd", "images": 4, "fooled": 4, "success": 1.0, "conferrability_ensemble": 0.2}]
+
+    def cell(row: str, statistic: float, cem: str, pgd: str, **extra) -> dict:
+        return {"seed": 0, "method": "cae", "setting": "label-only", "row": row, "statistic": statistic,
+                "outcome": "not stolen", "paper": {"outcome": "not stolen", "p_value": 0.5}, "p_value": 0.5,
+                "panel_mean": 0.1, "suspect_test_accuracy": 0.8, "fidelity": 0.9, "victim_test_accuracy": 0.8,
+                "benign_test_accuracy": 0.8, "study": {"comparison": summary, "matches": {"0.05/cem": cem,
+                                                                                          "0.05/pgd": pgd},
+                                                       "fingerprint": {"fingerprint_size": 7, "n": 10, "candidates": 50,
+                                                                       "fooled_source": 20, "qualified": 7, "rho": 0.5}},
+                **extra}
+
+    records = [cell("FTAL", 0.9, "1111", "1111"), cell("RTAL", 0.3, "1100", "1111"),
+               cell("Independent", 0.2, "0011", "1111", independent="a", independent_arch="lenet5"),
+               cell("Independent", 0.5, "0000", "1110", independent="b", independent_arch="lenet5"),
+               {**cell(FALSE_CLAIM, 0.4, "", "", claimant="a"), "outcome": "stolen"}]
+    run = BenchRun(config, tmp_path, records, 5, 0, 0, 1.0)
+    text = report.markdown(run)
+    # stolen 0.9, 0.3 vs independent 0.2, 0.5: 3 of 4 pairs ordered -> AUC 0.75
+    assert "| cae | label-only | 2 | 2 | **0.750** [" in text
+    # per example: Transfer(stolen) CEM = [1, 1, .5, .5], Transfer(independent) = [0, 0, .5, .5]
+    # -> conferrability mean of [1, 1, .25, .25] = 0.625; PGD: stolen 1, independent [1, 1, 1, .5] -> 0.125
+    assert "| cae | 0.05 | cem | 1.000 | 4 | **0.625** | 0.750 | 0.250 | 0.900 |" in text
+    assert "| cae | 0.05 | pgd | 1.000 | 4 | 0.125 | 1.000 | 0.875 | 0.200 |" in text
+    assert "| cae | label-only | a | 1 | **1** | 0 | 0 |" in text  # the false claim, counted apart
+    assert "| cae | 0 | 7 / 10 | 50 | 20 | 7 | n/a | n/a | 0.500 |" in text
+    assert "| cae | 0.8000 | 0.8000 |" in text  # harmlessness from the grid's own cells only
+
+
 def test_presets_parse():
-    assert {"smoke", "move-fmnist", "multistage"} <= set(preset_names())
+    assert {"smoke", "move-fmnist", "multistage", "cae-fmnist"} <= set(preset_names())
     for name in preset_names():
         config = load_bench_config(name)
         assert config.methods and config.attacks

@@ -14,7 +14,10 @@ from modelprove.access.levels import QueryBudgetError
 from modelprove.adversary.query_detector import DetectorConfig, train_query_detector
 from modelprove.core.errors import ModelproveError, ProtectionError
 from modelprove.methods import METHODS, cae, ipguard
+from modelprove.methods.common import fresh_model
+from modelprove.methods.panel import PanelConfig
 from modelprove.stats import roc_auc
+from modelprove.models import predict_labels
 from modelprove.training import TrainConfig, train
 
 
@@ -57,19 +60,70 @@ def test_ensemble_output_and_cem_loss_match_a_hand_computation():
     # S̄·(1 − R̄) = [0.49, 0.09]; softmax: e^0.49 / (e^0.49 + e^0.09)
     top = math.exp(0.49) / (math.exp(0.49) + math.exp(0.09))
     assert ensemble[0, 0].item() == pytest.approx(top, abs=1e-6)
-    source_adv, source_clean = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
-    confer_term = -math.log(top)
-    away = -(0.9 * math.log(0.5) + 0.1 * math.log(0.5))
+    source_adv, clean_label = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
+    # the conferrability term takes the best class other than y0 = 0: E(x')_1 = 1 − top
+    confer_term = -math.log(1 - top)
+    away = -math.log(0.5)  # H(one-hot y0, M(x')) = −log M(x')_0
     agree = -(0.5 * math.log(0.7) + 0.5 * math.log(0.3))
-    loss = cae.cem_loss(ensemble, s_bar, source_adv, source_clean)
+    loss = cae.cem_loss(ensemble, s_bar, source_adv, clean_label)
     assert loss.item() == pytest.approx(confer_term - away + agree, abs=1e-5)
-    weighted = cae.cem_loss(ensemble, s_bar, source_adv, source_clean, (1.0, 0.1, 0.1))
+    weighted = cae.cem_loss(ensemble, s_bar, source_adv, clean_label, (1.0, 0.1, 0.1))
     assert weighted.item() == pytest.approx(confer_term - 0.1 * away + 0.1 * agree, abs=1e-5)
     # member dropout: only the first surrogate and the second reference kept
     ensemble, s_bar, r_bar = cae.ensemble_output(s_probs, r_probs, torch.tensor([True, False]), torch.tensor([False, True]))
     assert torch.allclose(s_bar, torch.tensor([[0.8, 0.2]])) and torch.allclose(r_bar, torch.tensor([[0.2, 0.8]]))
     with pytest.raises(ModelproveError, match="kept no member"):
         cae.ensemble_output(s_probs, r_probs, torch.tensor([False, False]))
+
+
+def test_the_second_term_pushes_the_source_off_its_label_from_the_start():
+    """H(y0, M(x')) against y0's one-hot has a gradient at x' = x0 (its soft-target form, H(M(x0), M(x')),
+    has exactly none there: softmax(z) − softmax(z) = 0), and descending −λ2·H lowers M's probability of y0."""
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], requires_grad=True)
+    clean = logits.detach().argmax(dim=1)
+    ensemble = torch.full((2, 3), 1 / 3)
+    loss = cae.cem_loss(ensemble, ensemble, logits.softmax(dim=1), clean, (0.0, 1.0, 0.0))
+    (gradient,) = torch.autograd.grad(loss, logits)
+    assert gradient.abs().max() > 0.05  # the old soft target: 8e-8 (issue 16)
+    step = logits.detach() - 2.0 * gradient
+    before = logits.detach().softmax(dim=1).gather(1, clean.view(-1, 1))
+    after = step.softmax(dim=1).gather(1, clean.view(-1, 1))
+    assert (after < before - 0.01).all()
+
+
+def test_the_conferrability_term_ignores_the_clean_label():
+    """The best class other than y0: an ensemble that finds y0 itself most conferrable gives the loss of
+    the runner-up, so CEM cannot satisfy it by keeping M's label."""
+    ensemble = torch.tensor([[0.7, 0.2, 0.1]])
+    uniform = torch.full((1, 3), 1 / 3)
+    loss = cae.cem_loss(ensemble, uniform, uniform, torch.tensor([0]), (1.0, 0.0, 0.0))
+    assert loss.item() == pytest.approx(-math.log(0.2), abs=1e-6)
+    loss = cae.cem_loss(ensemble, uniform, uniform, torch.tensor([2]), (1.0, 0.0, 0.0))
+    assert loss.item() == pytest.approx(-math.log(0.7), abs=1e-6)
+
+
+def test_cem_moves_most_examples_off_the_sources_label(single_thread):
+    """A linear source and surrogates close to it, references unlike it: CEM's examples get another label
+    from the source for most images, and the surrogates follow the source more often than the references."""
+    torch.manual_seed(3)
+    source = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+    def near() -> nn.Module:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        model.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in source.state_dict().items()})
+        return model
+
+    surrogates = [near() for _ in range(3)]
+    references = [nn.Sequential(nn.Flatten(), nn.Linear(16, 3)) for _ in range(3)]
+    x0 = torch.rand(60, 1, 4, 4)
+    config = cae.CaeConfig(eps=0.5, steps=40, step_size=0.05, candidates=60, n=5, surrogates=3, references=3)
+    x = cae.conferrable_examples(source, surrogates, references, x0, config)
+    labels, clean = source(x).argmax(dim=1), source(x0).argmax(dim=1)
+    flipped = labels != clean
+    assert flipped.float().mean() > 0.6
+    to_s = cae.transfer(surrogates, x[flipped], labels[flipped]).mean()
+    to_r = cae.transfer(references, x[flipped], labels[flipped]).mean()
+    assert to_s > to_r + 0.2
 
 
 def test_clip_to_ball_by_hand():
@@ -152,10 +206,10 @@ SMALL = dict(surrogate_archs="lenet5", reference_archs="lenet5", surrogates=2, r
 def protections(tmp_path_factory, bars_task, tiny_panel, single_thread):
     defender, _, test = bars_task
     torch.manual_seed(5)
-    source = cae.defender_model("lenet5", defender, 5)
+    source = fresh_model("lenet5", defender, 5)
     train(source, defender, TrainConfig(epochs=8, seed=5), show_progress=False)
     root = tmp_path_factory.mktemp("cae")
-    config = cae.CaeConfig(**SMALL, steps=30, step_size=0.02, eps=0.25, candidates=60, n=20)
+    config = cae.CaeConfig(**SMALL, steps=30, step_size=0.02, eps=0.25, candidates=60, max_candidates=120, n=20)
     made = cae.protect(defender, test, root / "cae", config, model=source, panel=tiny_panel)
     ip_config = ipguard.IpguardConfig(**{k: v for k, v in SMALL.items() if k not in ("surrogates", "references")},
                                       n=20, steps=40)
@@ -170,18 +224,83 @@ def test_protection_is_complete_and_balanced(protections, bars_task):
     assert manifest["method"] == "cae"
     assert {"source.safetensors", "source.json", "fingerprint.safetensors"} <= set(manifest["files"])
     results = manifest["results"]
-    assert results["fingerprint_size"] == len(made.targets) == min(20, results["fooled_source"]) > 0
+    assert results["fingerprint_size"] == len(made.targets) == min(20, results["qualified"]) > 0
+    assert results["short_of_n"] == 20 - results["fingerprint_size"]
     counts = results["target_class_counts"]
     assert counts == torch.bincount(made.targets, minlength=4).tolist()
-    # balanced as far as CEM fooled the source into each class: quota ceil(20 / 4) = 5 per class
+    # balanced as far as CEM's qualified examples reach each class: quota ceil(20 / 4) = 5 per class
     assert sum(counts) == len(made.targets)
-    assert all(c >= min(5, f) for c, f in zip(counts, results["fooled_class_counts"]))
+    assert all(c >= min(5, f) for c, f in zip(counts, results["qualified_class_counts"]))
     assert results["rho_source"] == "held-out models"
     assert len(results["held_out_surrogate_caeacc"]) == 1 and len(results["held_out_reference_caeacc"]) == 1
     opened = cae.open_protection(root / "cae")
     assert torch.equal(opened.images, made.fingerprint) and torch.equal(opened.targets, made.targets)
     assert opened.rho == pytest.approx(results["rho"])
     assert (made.fingerprint >= 0).all() and (made.fingerprint <= 1).all()
+
+
+def test_only_examples_above_the_threshold_that_flip_the_source_enter(protections, bars_task):
+    """Sec. 4: the fingerprint keeps CEM's examples whose conferrability on the defender's models reaches the
+    threshold, and each changed the source's label (its target is the source's new label)."""
+    root, source, made, _ = protections
+    defender, _, _ = bars_task
+    stored = cae.load_file(str(root / "cae" / "fingerprint.safetensors"))
+    threshold = json.loads((root / "cae" / "manifest.json").read_text())["config"]["threshold"]
+    assert (stored["conferrability"] >= threshold).all()
+    recomputed = cae.conferrability(made.models.surrogates, made.models.references, made.fingerprint, made.targets)
+    assert torch.allclose(recomputed, stored["conferrability"])
+    assert torch.equal(predict_labels(source, made.fingerprint), made.targets)
+    rows = torch.nonzero(torch.isin(defender.indices, stored["origins"])).flatten()
+    clean = dict(zip(defender.indices[rows].tolist(), predict_labels(source, defender.as_float(rows)).tolist()))
+    assert all(clean[int(o)] != int(t) for o, t in zip(stored["origins"], made.targets))
+
+
+class AlwaysZero(nn.Module):
+    """A reference that answers class 0 for every image (so no example targeted at 0 is conferrable)."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([5.0] + [0.0] * (classes - 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1) + 0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_candidates_are_drawn_in_rounds_until_n_or_the_cap(bars_task, single_thread, tmp_path):
+    """Rounds of ``candidates`` images until every class has its share of qualified examples or
+    ``max_candidates`` were tried; a threshold nothing reaches makes no fingerprint, and says why."""
+    defender, _, test = bars_task
+    source = fresh_model("lenet5", defender, 6)
+    train(source, defender, TrainConfig(epochs=4, seed=6), show_progress=False)
+    # class 0 can never reach the threshold against this reference: the rounds run to the cap
+    models = cae.DefenderModels([source], [AlwaysZero()])
+    config = cae.CaeConfig(**SMALL, steps=5, eps=0.25, candidates=20, max_candidates=60, n=8, threshold=0.5)
+    found, rounds = cae.fingerprint_candidates(source, models, defender, config, 4)
+    assert len(found.rows) == 60 and rounds == 3 and len(set(found.rows.tolist())) == 60
+    assert not (found.qualified(0.5) & (found.targets == 0)).any()
+    # references identical to the source: no example is conferrable at all
+    with pytest.raises(ModelproveError, match="no CEM example reached conferrability"):
+        cae.build(defender, test, tmp_path / "cae", cae.CaeConfig(**SMALL, steps=2, eps=0.25, candidates=20,
+                                                                  max_candidates=20, n=5),
+                  model=source, defender_models=cae.DefenderModels([source] * 2, [source] * 2, [source], [source]))
+
+
+@pytest.mark.slow
+def test_false_claims_fail_both_ways(protections, bars_task, tiny_panel, single_thread):
+    """An honest stranger's independent model does not match the victim's fingerprint, and a fingerprint the
+    stranger makes of that model, on their own data with the same settings, does not match the victim."""
+    root, source, made, _ = protections
+    defender, attacker, test = bars_task
+    stranger = fresh_model("lenet5", attacker, 11)
+    train(stranger, attacker, TrainConfig(epochs=8, seed=11), show_progress=False)
+    config = cae.CaeConfig(**SMALL, steps=30, step_size=0.02, eps=0.25, candidates=60, max_candidates=120, n=20)
+    # the stranger's own null panel (of the stranger's data), lenet5 only: the victim is a lenet5
+    panel = PanelConfig(size=4, architectures="lenet5", epochs=2, store=tiny_panel.store)
+    cae.protect(attacker, test, root / "stranger", config, model=stranger, panel=panel)
+    for rule in ("panel", "paper"):
+        assert cae.verify(root / "cae", stranger, rule=rule).outcome != "stolen"
+        assert cae.verify(root / "stranger", source, rule=rule).outcome != "stolen"
+    assert cae.verify(root / "stranger", stranger, rule="paper").statistic == 1.0  # its own fingerprint
 
 
 def test_source_scores_one_and_is_flagged(protections):

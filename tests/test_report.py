@@ -18,6 +18,7 @@ from modelprove.cli.main import app
 from modelprove.core.fileio import sha256_file
 from modelprove.core.verdict import format_p
 from modelprove.methods import badnets, cae, key_watermarks, move
+from modelprove.methods.common import fresh_model
 from modelprove.methods.protection import Protection
 from modelprove.report import write_report
 from modelprove.report.browser import find_chromium, screenshot
@@ -210,7 +211,7 @@ def test_evidence_images_of_other_methods(method, bars_task, tiny_panel, tmp_pat
                                panel=tiny_panel)
     else:
         torch.manual_seed(0)
-        source = cae.defender_model("lenet5", defender, 0)
+        source = fresh_model("lenet5", defender, 0)
         train(source, defender, TrainConfig(epochs=4, seed=0), show_progress=False)
         cae.protect(defender, test, tmp_path / "p", cae.CaeConfig(
             surrogate_archs="lenet5", reference_archs="lenet5", surrogates=1, references=1, held_out_surrogates=1,

@@ -85,6 +85,24 @@ def test_roc_auc_hand_computed():
         roc_auc([], [0.1])
 
 
+
+def test_roc_auc_ci_brackets_the_auc_and_narrows_with_more_models():
+    import numpy as np
+
+    from modelprove.stats import roc_auc, roc_auc_ci
+
+    separated = roc_auc_ci([0.9, 0.8, 0.95], [0.1, 0.2])
+    assert (separated.auc, separated.low, separated.high) == (1.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    few = roc_auc_ci(rng.normal(1, 1, 10), rng.normal(0, 1, 10))
+    many = roc_auc_ci(rng.normal(1, 1, 200), rng.normal(0, 1, 200))
+    for ci in (few, many):
+        assert ci.low <= ci.auc <= ci.high and ci.level == 0.95
+    assert many.high - many.low < (few.high - few.low) / 2
+    assert many.low < 0.76 < many.high  # P(N(1,1) > N(0,1)) = Phi(1/sqrt 2) = 0.760
+    assert roc_auc_ci([0.3, 0.7], [0.5, 0.1], seed=3) == roc_auc_ci([0.3, 0.7], [0.5, 0.1], seed=3)
+    assert roc_auc_ci([0.3, 0.7], [0.5, 0.1]).auc == roc_auc([0.3, 0.7], [0.5, 0.1])
+
 def test_margin_shifts_the_null_hypothesis():
     # differences 0.1, 0.2, 0.3 (mean 0.2): significant against 0, not against a margin of 0.25;
     # against margin 0.1 the t statistic is (0.2 - 0.1) / (0.1 / sqrt(3))

@@ -5,6 +5,7 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     name = "move-fmnist"
     seeds = [0, 1, 2]                     # victim seeds; attacks and verification use the same seed
     settings = ["white-box", "black-box"]
+    false_claims = [200]                  # optional: independents (by seed) whose fingerprints claim every victim
 
     [data]
     dataset = "fashion-mnist"             # a load_dataset name or path, or "mnist-digits"
@@ -68,6 +69,7 @@ from modelprove.core.errors import ModelproveError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 SETTINGS = ("white-box", "black-box", "label-only")
+FALSE_CLAIM = "False claim"  # the row of a victim verified against an independent model's fingerprint (false_claims)
 JOB_RESOURCES = ("train", "verify")  # the two sorts of job a grid's [resources] can place
 
 
@@ -177,6 +179,10 @@ class BenchConfig:
     # cache key or record depends on them.
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
     studies: tuple[StudyEntry, ...] = ()
+    # Seeds of independent models that act as a false claimant's source: each fingerprint method (a
+    # method that fingerprints an already trained model) fingerprints that model on the attacker's data,
+    # and every victim is verified against it — it must not match (CAE's false-claim check).
+    false_claims: tuple[int, ...] = ()
 
     def independent_models(self) -> list[tuple[IndependentEntry, int]]:
         """(entry, seed) of every independent model."""
@@ -213,7 +219,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         return BenchConfigError(f"field {field_name!r}: {problem}.", path=source, fix=fix)
 
     known = {"name", "description", "data", "training", "seeds", "settings", "methods", "attacks", "independents",
-             "alpha", "paper_table", "panel", "resources", "sweep", "studies"}
+             "alpha", "paper_table", "panel", "resources", "sweep", "studies", "false_claims"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise fail(unknown[0], "is not a grid field", f"use only {', '.join(sorted(known))}")
@@ -363,6 +369,16 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
             raise fail(f"studies[{i}].set", str(exc), f"see bench/studies.py for {name}'s parameters") from None
         studies.append(StudyEntry(name, tuple(chosen), dict(params)))
 
+    false_claims = raw.get("false_claims", [])
+    seeds_of_independents = [s for entry in independents for s in entry.seeds]
+    if not isinstance(false_claims, list) or any(not isinstance(s, int) or seeds_of_independents.count(s) != 1
+                                                 for s in false_claims) or len(set(false_claims)) != len(false_claims):
+        raise fail("false_claims", f"expected distinct seeds, each of exactly one independent model, got {false_claims!r}",
+                   "e.g. false_claims = [100] (an [[independents]] seed)")
+    if false_claims and not any("model" in METHODS[m.name].inputs for m in methods):
+        raise fail("false_claims", "no method of the grid fingerprints an already trained model",
+                   'add a fingerprint method (e.g. name = "cae") or remove false_claims')
+
     alpha = raw.get("alpha", 0.01)
     if not isinstance(alpha, float) or not 0 < alpha < 1:
         raise fail("alpha", f"expected a number strictly between 0 and 1, got {alpha!r}", "e.g. alpha = 0.01")
@@ -383,6 +399,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
         paper_table=raw.get("paper_table", ""), panel=panel, sweep=sweep,
         resources={sort: {name: float(v) for name, v in amounts.items()} for sort, amounts in resources.items()},
         studies=tuple(studies),
+        false_claims=tuple(false_claims),
     )
 
 

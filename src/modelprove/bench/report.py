@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from modelprove.bench.config import FALSE_CLAIM
 from modelprove.bench.paper import paper_value
 from modelprove.core.fileio import atomic_write_bytes
 from modelprove.core.verdict import format_p
@@ -78,7 +79,8 @@ def _history(run) -> list[str]:
 
 
 def markdown(run) -> str:
-    config, records = run.config, run.records
+    config = run.config
+    records = [r for r in run.records if r.get("row") != FALSE_CLAIM]  # their own section (false_claims_section)
     alpha = config.alpha
     methods = [m.label for m in config.methods]
     method_name = {m.label: m.name for m in config.methods}
@@ -166,6 +168,10 @@ def markdown(run) -> str:
     lines += _queries(run, rows)
     lines += _sweep(run)
     lines += _protection_costs(run)
+    lines += roc_auc_section(run)
+    lines += fingerprint_section(run)
+    lines += epsilon_section(run)
+    lines += false_claims_section(run)
     attack_rows = [a.label for a in config.attacks]
     if attack_rows:
         lines += ["", "## The suspects: test accuracy and fidelity to their victim", "",
@@ -219,6 +225,168 @@ def markdown(run) -> str:
     lines += removal_curves(run)
     lines += study_sections(run)
     return "\n".join(lines) + "\n"
+
+
+def roc_auc_section(run) -> list[str]:
+    """How well each method's model-level statistic separates the grid's stolen suspects (every attack and
+    seed) from its independent models (each against every victim): ROC AUC with a bootstrap 95% interval
+    (stats.roc_auc_ci), per method and setting, and per attack against the same independent models. The
+    statistic alone, before any rule: the AUC says what a threshold could do, the verdicts what the rule did."""
+    from modelprove.stats import roc_auc_ci
+
+    config = run.config
+    attack_rows = [a.label for a in config.attacks]
+    cells = [r for r in _verdicts(run.records) if r.get("statistic") is not None]
+    labels = [m.label for m in config.methods]
+    table, per_attack = [], {}
+    for label in labels:
+        for setting in config.settings:
+            mine = [r for r in cells if r["method"] == label and r["setting"] == setting]
+            stolen = [r["statistic"] for r in mine if r["row"] in attack_rows]
+            honest = [r["statistic"] for r in mine if r["row"] == "Independent"]
+            if not stolen or not honest:
+                continue
+            ci = roc_auc_ci(stolen, honest)
+            left_out = sum(1 for r in _verdicts(run.records) if r["method"] == label and r["setting"] == setting
+                           and r.get("statistic") is None and r["row"] != FALSE_CLAIM)
+            table.append(f"| {label} | {setting} | {len(stolen)} | {len(honest)} | **{ci.auc:.3f}** "
+                         f"[{ci.low:.3f}, {ci.high:.3f}] | {statistics.median(stolen):.3f} | "
+                         f"{statistics.median(honest):.3f} | {left_out} |")
+            for attack in attack_rows:
+                values = [r["statistic"] for r in mine if r["row"] == attack]
+                if values:
+                    per_attack[(attack, label, setting)] = roc_auc_ci(values, honest).auc
+    if not table:
+        return []
+    columns = [(label, setting) for label in labels for setting in config.settings
+               if any(key[1:] == (label, setting) for key in per_attack)]
+    lines = ["", "## ROC AUC: stolen suspects vs independent models", "",
+             "Each method's model-level statistic (higher: more like the victim) over the grid's stolen suspects "
+             "(every attack and seed) against its independent models (each verified against every victim): the "
+             "area under the ROC curve with a 95% percentile bootstrap interval (2,000 resamples of the cells, "
+             "stolen and independent apart). An independent model counts once per victim, so its cells are not "
+             "independent and the interval is narrower than a model-level one. Cells without a statistic (the "
+             "suspect was not competent) are left out.", "",
+             "| method | setting | stolen suspects | independent (model, victim) pairs | ROC AUC [95% CI] "
+             "| median statistic, stolen | median statistic, independent | left out |",
+             "|---|---|---:|---:|---|---:|---:|---:|", *table, "",
+             "Per attack (its suspects over every seed against the same independent models):", "",
+             "| attack | " + " | ".join(f"{label}, {setting}" for label, setting in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for attack in attack_rows:
+        values = [per_attack.get((attack, label, setting)) for label, setting in columns]
+        lines.append(f"| {attack} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
+    return lines
+
+
+def fingerprint_section(run) -> list[str]:
+    """How each seed's fingerprint was made, where a method's study reports it (CAE): its size against n,
+    the candidates CEM perturbed, how many changed the source's label and reached the threshold, and the
+    fingerprint's conferrability on CEM's ensemble and on the held-out models, with rho."""
+    made = {(r["method"], r["seed"]): r["study"]["fingerprint"] for r in run.records
+            if (r.get("study") or {}).get("fingerprint") and r.get("row") != FALSE_CLAIM}
+    if not made:
+        return []
+    number = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    lines = ["", "## The fingerprints", "",
+             "Per victim seed: examples in the fingerprint against the n asked for, the candidate images CEM "
+             "perturbed (in rounds, until every class had its share of n or the cap), how many changed the "
+             "source's label and how many of those reached the conferrability threshold on CEM's ensemble (the "
+             "only ones admitted), the fingerprint's mean conferrability on the ensemble and on the protection's "
+             "held-out models (which CEM never saw), and rho chosen on the held-out models.", "",
+             "| method | seed | fingerprint / n | candidates | changed the source's label | reached the threshold "
+             "| conferrability, ensemble | conferrability, held-out | rho |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (label, seed), f in sorted(made.items()):
+        lines.append(f"| {label} | {seed} | {f.get('fingerprint_size')} / {f.get('n')} | {f.get('candidates')} | "
+                     f"{f.get('fooled_source')} | {f.get('qualified')} | {number(f.get('mean_conferrability_fingerprint'))} | "
+                     f"{number(f.get('held_out_conferrability_fingerprint'))} | {number(f.get('rho'))} |")
+    return lines
+
+
+def epsilon_section(run) -> list[str]:
+    """CAE Fig. 3a from the grid's own models: the conferrability of CEM's examples and of FGM, BIM, PGD and
+    CW-L∞ examples at each ε (the protection's ``comparison_eps`` study), measured on models the defender
+    never trained — the grid's stolen suspects as surrogates, its independent models as references — per
+    victim seed, then the median over seeds [min, max]."""
+    attack_rows = {a.label for a in run.config.attacks}
+    studied = [r for r in _verdicts(run.records) if (r.get("study") or {}).get("matches")]
+    if not studied:
+        return []
+    per_key: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (label, seed) in sorted({(r["method"], r["seed"]) for r in studied}):
+        mine = [r for r in studied if r["method"] == label and r["seed"] == seed]
+        stolen = [r["study"]["matches"] for r in mine if r["row"] in attack_rows]
+        honest = [r["study"]["matches"] for r in mine if r["row"] == "Independent"]
+        summary = {(f"{row['eps']:g}", row["attack"]): row for row in mine[0]["study"].get("comparison", [])}
+        for key, made in summary.items():
+            numbers = per_key[(label, *key)]
+            numbers["success"].append(made["success"])
+            for name in ("conferrability_ensemble", "conferrability_held_out"):
+                if made.get(name) is not None:
+                    numbers[name].append(made[name])
+            bits = [m.get("/".join(key), "") for m in stolen], [m.get("/".join(key), "") for m in honest]
+            if not stolen or not honest or not bits[0][0]:
+                continue
+            to_s = [sum(b[i] == "1" for b in bits[0]) / len(bits[0]) for i in range(len(bits[0][0]))]
+            to_r = [sum(b[i] == "1" for b in bits[1]) / len(bits[1]) for i in range(len(bits[1][0]))]
+            numbers["examples"].append(len(to_s))
+            numbers["transfer_stolen"].append(statistics.mean(to_s))
+            numbers["transfer_independent"].append(statistics.mean(to_r))
+            numbers["conferrability"].append(statistics.mean(s * (1 - r) for s, r in zip(to_s, to_r)))
+    three = lambda x: f"{x:.3f}"  # noqa: E731
+    lines = ["", "## Conferrability per ε (CAE Fig. 3a)", "",
+             "The CAE protection's study (`comparison_eps`): the same defender images the source labels correctly, "
+             "perturbed by CEM (the protection's own ensemble and settings at that ε) and by FGM, BIM, PGD and "
+             "CW-L∞ (cae.comparison_examples); examples that do not change the source's label are dropped "
+             "(success = the share that did). Conferrability (Eq. 2, hard labels, target = the source's label on "
+             "the example) is measured on models the defender never trained: Transfer(S) over the grid's stolen "
+             "suspects of that victim (every attack), Transfer(R) over its independent models; beside it, "
+             "conferrability on CEM's own ensemble and on the protection's held-out models. Medians over victim "
+             "seeds [min, max]; the best conferrability on unseen models per ε in bold.", "",
+             "| method | ε | attack | success on source | examples | conferrability, unseen models "
+             "| Transfer(stolen) | Transfer(independent) | conferrability, CEM ensemble | conferrability, held-out |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    best: dict[tuple[str, str], float] = {}
+    for (label, eps, attack), numbers in per_key.items():
+        if numbers["conferrability"]:
+            best[(label, eps)] = max(best.get((label, eps), -1.0), statistics.median(numbers["conferrability"]))
+    for (label, eps, attack), numbers in sorted(per_key.items(), key=lambda item: (item[0][0], float(item[0][1]))):
+        confer = numbers["conferrability"]
+        text = _median_range(confer, three)
+        if confer and statistics.median(confer) == best.get((label, eps)):
+            text = f"**{text}**"
+        lines.append(f"| {label} | {eps} | {attack} | {_median_range(numbers['success'], three)} | "
+                     f"{_median_range(numbers['examples'], _count)} | {text} | "
+                     f"{_median_range(numbers['transfer_stolen'], three)} | "
+                     f"{_median_range(numbers['transfer_independent'], three)} | "
+                     f"{_median_range(numbers['conferrability_ensemble'], three)} | "
+                     f"{_median_range(numbers['conferrability_held_out'], three)} |")
+    return lines
+
+
+def false_claims_section(run) -> list[str]:
+    """The grid's ``false_claims``: each victim verified against a fingerprint an honest stranger made of
+    their own independent model, on their own data. A match would let anyone with a model of the task accuse
+    the victim; every such verdict must be "not stolen" (or inconclusive)."""
+    claims = _verdicts([r for r in run.records if r.get("row") == FALSE_CLAIM])
+    if not claims:
+        return []
+    lines = ["", "## False claims: the victim against a stranger's fingerprint", "",
+             "An honest owner of an independent model (trained on the attacker's part of the data, which is "
+             "also the owner's own data here) fingerprints it with the same method and settings, and verifies "
+             "each victim against that fingerprint. The victim was never derived from the stranger's model, so "
+             "any \"stolen\" verdict is a false accusation.", "",
+             "| method | setting | claimant's model | victims | accused, null panel | inconclusive "
+             "| accused, paper's test | statistic | panel mean |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted({(r["method"], r["setting"], r["claimant"]) for r in claims}):
+        mine = [r for r in claims if (r["method"], r["setting"], r["claimant"]) == key]
+        accused = sum(r["outcome"] == "stolen" for r in mine)
+        unsure = sum(r["outcome"] == "inconclusive" for r in mine)
+        paper = sum(r["paper"]["outcome"] == "stolen" for r in mine)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(mine)} | **{accused}** | {unsure} | {paper} | "
+                     f"{_median_range([r['statistic'] for r in mine if r.get('statistic') is not None], lambda x: f'{x:.3f}')} | "
+                     f"{_median_range([r['panel_mean'] for r in mine if r.get('panel_mean') is not None], lambda x: f'{x:.3f}')} |")
+    return lines
 
 
 def _protection_costs(run) -> list[str]:

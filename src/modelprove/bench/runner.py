@@ -26,7 +26,7 @@ import torch
 from modelprove.access import BLACK_BOX, local_access
 from modelprove.attacks import parse_attack, run_attack
 from modelprove.bench.cache import BenchCache, recipe_key
-from modelprove.bench.config import BenchConfig, DataSpec
+from modelprove.bench.config import FALSE_CLAIM, BenchConfig, DataSpec
 from modelprove.bench.executors import Job, JobError, make_executor
 from modelprove.bench.results import ResultLog, RunHistory
 from modelprove.bench.studies import plan_studies, run_study
@@ -205,7 +205,10 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
     for (seed, label), prot in protections.items():
         for attack in config.attacks:
             stages = [str(stage) for stage in parse_attack(attack.attack)]
-            chain = [{"kind": "suspect", "victim": prot["key"], "stages": stages[: i + 1], "seed": seed,
+            # A fingerprint's victim is the seed's benign model as it is (fingerprinting trains nothing into it),
+            # so every fingerprint method of a seed shares its suspects.
+            victim_key = recipe_key(prot["recipe"]["source"]) if "source" in prot["recipe"] else prot["key"]
+            chain = [{"kind": "suspect", "victim": victim_key, "stages": stages[: i + 1], "seed": seed,
                       "attack_seed": attack_seed(seed), "data": data} for i in range(len(stages))]
             suspect_recipes[(seed, label, attack.label)] = chain
             for setting in settings_of(config, prot["spec"]):
@@ -231,15 +234,44 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
             for setting in settings_of(config, prot["spec"]):
                 plan.append({"kind": "independent", "seed": seed, "method": label, "setting": setting,
                              "independent": independents[-1], "suspect_key": independents[-1]["key"]})
+    plan += claim_cells(config, data, independents)
     # Seed by seed, so that an interrupted run already holds whole seeds (attacks and independents).
     plan.sort(key=lambda cell: config.seeds.index(cell["seed"]))
     for cell in plan:
-        prot = protections[(cell["seed"], cell["method"])]
+        prot = cell.get("protection") or protections[(cell["seed"], cell["method"])]
         cell["protection"] = prot
         cell["key"] = recipe_key({"protection": prot["key"], "suspect": cell["suspect_key"],
                                   "setting": cell["setting"], "verify_seed": cell["seed"], "options": prot["options"]})
 
     return protections, suspect_recipes, plan
+
+
+def claim_cells(config: BenchConfig, data: dict[str, Any], independents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The false-claim cells: for each ``false_claims`` independent model and fingerprint method, that model
+    fingerprinted by its owner on the attacker's part of the data (the claimant's own; seed = the
+    independent's), and each victim (the seed's benign model, which the method fingerprints) verified
+    against it. A victim matching an honest stranger's fingerprint would be a false accusation."""
+    cells = []
+    for claim_seed in config.false_claims:
+        ind = next(i for i in independents if i["seed"] == claim_seed)
+        claimant_data = {k: v for k, v in data.items() if k not in ("defender", "defender_limit")}
+        for entry in config.methods:
+            spec = METHODS[entry.name]
+            if "model" not in spec.inputs:
+                continue
+            method_cfg = method_config(spec, config, claim_seed, entry.set)
+            options = {k: v for k, v in dataclasses.asdict(method_cfg).items() if k in spec.verify_options}
+            protect_cfg = {k: v for k, v in dataclasses.asdict(method_cfg).items() if k not in spec.verify_options}
+            recipe = {"kind": "protection", "method": entry.name, "config": protect_cfg, "data": claimant_data,
+                      "part": "attacker", "panel": dataclasses.asdict(config.panel), "source": ind["recipe"]}
+            prot = {"recipe": recipe, "key": recipe_key(recipe), "spec": spec, "config": method_cfg, "options": options,
+                    "entry": entry, "seed": claim_seed, "claimant": ind}
+            for seed in config.seeds:
+                for setting in settings_of(config, spec):
+                    cells.append({"kind": "claim", "seed": seed, "method": entry.label, "setting": setting,
+                                  "protection": prot, "claimant": ind,
+                                  "suspect_key": recipe_key(benign_recipe(config, data, seed))})
+    return cells
 
 
 class _Grid:
@@ -264,6 +296,7 @@ class _Grid:
         self.plan = plan
         self.cells = {cell["key"]: cell for cell in plan}
         self.studies = {study["key"]: study for study in plan_studies(config, self.protections, only_methods)}
+        self.claims = {cell["protection"]["key"]: cell["protection"] for cell in plan if cell["kind"] == "claim"}
         self.loaded: dict[Any, Any] = {}  # protection key -> (opened, victim, info); ("benign", seed) -> accuracy
 
     def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
@@ -307,10 +340,13 @@ class _Grid:
         if prot["key"] not in self.loaded:
             spec: MethodSpec = prot["spec"]
             splits = self.splits
-            inputs = {"model": self.benign(prot["seed"])[0]} if "model" in spec.inputs else {}
+            claimant = prot.get("claimant")  # a false claimant fingerprints their own model on their own data
+            owner_data = splits.attacker if claimant else splits.defender
+            source = self.independent(claimant)[0] if claimant else self.benign(prot["seed"])[0]
+            inputs = {"model": source} if "model" in spec.inputs else {}
 
             def build(out: Path) -> dict[str, Any]:
-                result = spec.protect(splits.defender, splits.test, out, prot["config"], panel=panel_config(self.config),
+                result = spec.protect(owner_data, splits.test, out, prot["config"], panel=panel_config(self.config),
                                       store=self.panel_store, **inputs)
                 victim, _ = load_model(out / spec.model_file)
                 return {"victim_test_accuracy": round(evaluate(victim, splits.test), 4),
@@ -376,6 +412,13 @@ class _Grid:
             name = cell["attack"].label
             row = {"attack": cell["attack"].attack, "row": cell["attack"].label, "paper_row": cell["attack"].paper,
                    "fidelity": info["fidelity"], "stolen_truth": True}
+        elif cell["kind"] == "claim":  # the victim, judged against a stranger's fingerprint of their own model
+            model, info = self.benign(seed)
+            ind = cell["claimant"]
+            name = f"victim seed {seed}"
+            row = {"attack": None, "row": FALSE_CLAIM, "paper_row": None, "claimant": ind["name"],
+                   "claimant_arch": ind["arch"], "fidelity": round(agreement(model, victim, self.splits.test), 4),
+                   "stolen_truth": False}
         else:
             ind = cell["independent"]
             model, info = self.independent(ind)
@@ -389,6 +432,10 @@ class _Grid:
                   "victim_test_accuracy": victim_info["victim_test_accuracy"],
                   "benign_test_accuracy": self.benign_accuracy(seed), **row}
         record.update(verify_cell(spec, opened, model, setting, seed, name, prot["options"]))
+        study = getattr(spec, "study", None)  # a method's own measurement of the grid's models (CAE Fig. 3a)
+        measured = study(opened, model) if study is not None and cell["kind"] != "claim" else None
+        if measured:
+            record["study"] = measured
         return record, f"seed {seed} · {cell['method']} · {name} · {setting}: {record['outcome']}"
 
     def jobs(self, pending: list[dict[str, Any]], studies: list[dict[str, Any]] = ()) -> list[Job]:
@@ -421,6 +468,7 @@ class _Grid:
         panel = tuple(add("panel", recipe_key(recipe), recipe_key(recipe), built=("models", recipe), resources=train)
                       for recipe, _ in (self.panel_members() if pending or studies else []))
         independents = {cell["suspect_key"]: cell["independent"] for cell in pending if cell["kind"] == "independent"}
+        independents.update({cell["claimant"]["key"]: cell["claimant"] for cell in pending if cell["kind"] == "claim"})
         epochs_x_cost = {"vgg_small": 20, "cnn_small": 2, "lenet5": 1}  # rough relative cost per epoch
         shared = {key: add("independent", key, key, built=("models", ind["recipe"]), resources=train)
                   for key, ind in sorted(independents.items(), key=lambda item: -epochs_x_cost.get(
@@ -432,22 +480,27 @@ class _Grid:
 
         def protection_job(prot: dict[str, Any]) -> str | None:
             fingerprints = "model" in prot["spec"].inputs  # CAE, IPGuard: the seed's benign model
-            return add("protection", prot["key"], (prot["seed"], prot["entry"].label),
-                       built=("protections", prot["recipe"]),
-                       deps=(*panel, benign[prot["seed"]] if fingerprints else None), resources=train)
+            claimant = prot.get("claimant")  # a false claim: the claimant's independent model instead
+            source = shared[claimant["key"]] if claimant else (benign[prot["seed"]] if fingerprints else None)
+            return add("protection", prot["key"], ("claim", prot["key"]) if claimant else (prot["seed"], prot["entry"].label),
+                       built=("protections", prot["recipe"]), deps=(*panel, source), resources=train)
 
         for suspects in (groups[key] for key in sorted(groups, key=order.__getitem__)):
             first = next(iter(suspects.values()))[0]
             prot, seed = first["protection"], first["seed"]
+            fingerprints = "model" in prot["spec"].inputs  # CAE, IPGuard: the seed's benign model
             protection = protection_job(prot)
             for suspect_key, cells in suspects.items():
                 cell = cells[0]
                 if cell["kind"] == "attack":
-                    made = protection
+                    made = benign[seed] if fingerprints else protection  # the victim the attack starts from
                     chain = self.suspect_recipes[(seed, cell["method"], cell["attack"].label)]
                     for stages, recipe in enumerate(chain, 1):
                         made = add("suspect", recipe_key(recipe), (seed, cell["method"], cell["attack"], stages),
-                                   built=("models", recipe), deps=(protection, made), resources=train)
+                                   built=("models", recipe), deps=(None if fingerprints else protection, made),
+                                   resources=train)
+                elif cell["kind"] == "claim":
+                    made = benign[cell["seed"]]
                 else:
                     made = shared[suspect_key]
                 add("cells", f"{prot['key']}:{suspect_key}", [c["key"] for c in cells],
@@ -475,11 +528,18 @@ class _Grid:
             what = ind["name"]
         elif job.kind == "protection":
             seed, label = job.payload
-            self.protection(self.protections[(seed, label)])
-            what = f"protection seed {seed} · {label}"
+            if seed == "claim":
+                claim = self.claims[label]
+                self.protection(claim)
+                what = f"false claim · {claim['entry'].label} of {claim['claimant']['name']}"
+            else:
+                self.protection(self.protections[(seed, label)])
+                what = f"protection seed {seed} · {label}"
         elif job.kind == "suspect":
             seed, label, attack, stages = job.payload
-            _, victim, _ = self.protection(self.protections[(seed, label)])
+            prot = self.protections[(seed, label)]
+            victim = (self.benign(seed)[0] if "model" in prot["spec"].inputs  # a fingerprint's victim: the benign model
+                      else self.protection(prot)[1])
             self.suspect(seed, label, attack, victim, stages)
             what = f"suspect seed {seed} · {label} · {' > '.join(str(s) for s in parse_attack(attack.attack)[:stages])}"
         elif job.kind == "study":
@@ -652,7 +712,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
     # What the grid cost from an empty cache, from each cache entry's own build time (also when this run
     # only read the cache): models and protections, plus every cell's verification.
     cache = grid.cache
-    recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in grid.protections.values()}
+    recipes = {prot["key"]: ("protections", prot["recipe"]) for prot in [*grid.protections.values(), *grid.claims.values()]}
     recipes.update({recipe_key(r): ("models", r) for chain in grid.suspect_recipes.values() for r in chain})
     recipes.update({c["suspect_key"]: ("models", c["independent"]["recipe"]) for c in plan if c["kind"] == "independent"})
     recipes.update({recipe_key(r): ("models", r) for r, _ in grid.panel_members()})

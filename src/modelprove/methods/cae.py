@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,64 +46,120 @@ from modelprove.core.seeding import generator
 from modelprove.data.dataset import ImageDataset
 from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.common import TrainsModels, dataset_info, fresh_model
+from modelprove.methods.panel import RECIPES, recipe_data, recipe_training
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
 from modelprove.models import (
-    ARCHITECTURES, Classifier, ModelCard, card_for, load_model, model_paths, predict_labels, save_model,
+    ARCHITECTURES, Classifier, ModelCard, card_for, load_model, model_paths, predict_labels, predict_proba, save_model,
 )
 from modelprove.stats import Evidence, ThresholdRule
-from modelprove.training import evaluate, train
+from modelprove.training import cross_entropy, evaluate, train
 
 METHOD = "cae"
 ACCESS = (LABEL_ONLY,)
 VERIFY_OPTIONS = ("rho", "alpha")
 LOG_FLOOR = 1e-12  # log(0) would make a cross-entropy term infinite
-CHUNK = 256  # candidates optimised at once (bounds memory: every defender model keeps its graph)
+CHUNK = 128  # candidates optimised at once (bounds memory: every ensemble member keeps its graph, ~100 MB each)
 
 
 @dataclass
-class CaeConfig(TrainsModels):
-    """CAE's parameters. Paper defaults where it states them (λ1 = λ2 = λ3 = 1, dropout keep 0.7,
-    conferrability threshold 0.85 and ρ fallback 0.75 from the public code, n = 100, 300 Adam steps
-    in its sensitivity study); model counts and epochs sized for a CPU."""
+class HeldOutModels(TrainsModels):
+    """The defender's locally trained models a fingerprint is made and judged with (CAE Sec. 4; IPGuard and
+    SAC choose their thresholds with the held-out ones): their number, architectures and how each is trained.
 
-    surrogate_archs: str = "cnn_small,lenet5"  # cycled over the surrogates (architecture variety)
+    Surrogates are made the way an attacker makes them: retrained on the source's answers for images the
+    source did not train on (``surrogate_data``: "test", the test split's images; "defender", the
+    defender's own, which a source trained on them labels almost as the ground truth), top-1 labels
+    ("hard", the paper's Black-Box retraining) or probability vectors ("soft", logit-query / Jagielski at
+    T = 1), taken in turn (``surrogate_labels``). References are independent: trained on the defender's
+    ground truth with recipes of methods.panel.RECIPES taken in turn (``reference_recipes``; by default
+    none of the null panel's, so the panel stays a sample of recipes no fingerprint was fitted to).
+    Architectures cycle within a role, recipes and label kinds after a full cycle of architectures.
+    """
+
+    surrogate_archs: str = "cnn_small,lenet5"
     reference_archs: str = "cnn_small,lenet5"
-    surrogates: int = 4  # in the CEM ensemble
-    references: int = 4
-    held_out_surrogates: int = 2  # never seen by CEM: they choose ρ and the references' rate
-    held_out_references: int = 2
-    epochs: int = 4
+    held_out_surrogates: int = 4  # never seen by CEM: they choose ρ and the references' rate
+    held_out_references: int = 4
+    surrogate_labels: str = "hard,soft"
+    surrogate_data: str = "test"
+    reference_recipes: str = "adam-crop,sgd-none,sgd-flip-long"
+    epochs: int = 5
     batch_size: int = 128
     lr: float = 0.05
     augmentation: str = "crop"
+
+    def check_models(self) -> None:
+        """The checks of the model fields (each subclass's __post_init__ calls it)."""
+        name = type(self).__name__
+        for field_name in ("surrogate_archs", "reference_archs"):
+            archs = self.arch_list(field_name)
+            unknown = [a for a in archs if a not in ARCHITECTURES]
+            if not archs or unknown:
+                raise ModelproveError(f"{name}.{field_name} must list registered architectures "
+                                      f"({', '.join(sorted(ARCHITECTURES))}); got {getattr(self, field_name)!r}.",
+                                      fix=f"e.g. --set {field_name}=cnn_small,lenet5")
+        labels = self.arch_list("surrogate_labels")
+        if not labels or any(k not in SURROGATE_LABELS for k in labels):
+            raise ModelproveError(f"{name}.surrogate_labels must list {' or '.join(SURROGATE_LABELS)}; got "
+                                  f"{self.surrogate_labels!r}.", fix="e.g. --set surrogate_labels=hard,soft")
+        if self.surrogate_data not in SURROGATE_DATA:
+            raise ModelproveError(f"{name}.surrogate_data must be one of {', '.join(SURROGATE_DATA)}; got "
+                                  f"{self.surrogate_data!r}.", fix="e.g. --set surrogate_data=test")
+        recipes = self.arch_list("reference_recipes")
+        if not recipes or any(r not in RECIPES for r in recipes):
+            raise ModelproveError(f"{name}.reference_recipes must list recipes of methods.panel.RECIPES "
+                                  f"({', '.join(RECIPES)}); got {self.reference_recipes!r}.",
+                                  fix="e.g. --set reference_recipes=adam-crop,sgd-none")
+        if self.held_out_surrogates < 0 or self.held_out_references < 0 or self.epochs < 1:
+            raise ModelproveError(f"{name} needs held_out_surrogates >= 0, held_out_references >= 0 and epochs >= 1.")
+        alpha, fallback = getattr(self, "alpha", 0.5), getattr(self, "rho_fallback", 0.5)
+        if not 0 < alpha < 1 or not 0 <= fallback < 1:
+            raise ModelproveError(f"{name} needs alpha in (0, 1) and rho_fallback in [0, 1); got {alpha}, {fallback}.")
+
+    def arch_list(self, name: str) -> list[str]:
+        """A comma-separated field as a list."""
+        return [a.strip() for a in str(getattr(self, name)).split(",") if a.strip()]
+
+
+SURROGATE_LABELS = ("hard", "soft")
+SURROGATE_DATA = ("test", "defender")
+
+
+@dataclass
+class CaeConfig(HeldOutModels):
+    """CAE's parameters. Paper defaults where it states them (dropout keep 0.7, conferrability threshold
+    0.85 and ρ fallback 0.75 from the public code, n = 100); λ = (1, 0.1, 0.1), the best of the paper's
+    sensitivity table (App. A.6; its main text uses 1, 1, 1), because with λ2 = λ3 = 1 the two terms on M
+    outweigh the conferrability term (measured on Fashion-MNIST, 8 + 8 models, ε 0.05: 16% of CEM's
+    examples changed the source's label against 32%, ensemble conferrability 0.28 against 0.41); the
+    ensemble of 20 surrogates and 20 references is the paper's order of size; CEM's steps are sized for
+    a CPU."""
+
+    surrogates: int = 20  # in the CEM ensemble
+    references: int = 20
     eps: float = 0.05  # L∞ radius of δ on [0, 1] images (Fashion-MNIST; the paper's CIFAR ε are smaller)
     steps: int = 100  # Adam steps of CEM (the paper: 300; fewer here for the CPU, see docs/results)
     step_size: float = 0.005  # Adam's learning rate on δ
-    lambda1: float = 1.0  # maximise the ensemble's conferrability of the best class
-    lambda2: float = 1.0  # move M away from its prediction on x0
-    lambda3: float = 1.0  # keep the surrogates agreeing with M on x'
+    lambda1: float = 1.0  # maximise the ensemble's conferrability of the best class other than y0
+    lambda2: float = 0.1  # move M away from its label y0 on x0
+    lambda3: float = 0.1  # keep the surrogates agreeing with M on x'
     keep: float = 0.7  # each ensemble member kept with this probability per step (drop ratio 0.3)
-    candidates: int = 500  # defender images CEM perturbs (those M labels correctly)
-    threshold: float = 0.85  # minimum conferrability on the defender's models to enter the fingerprint
-    n: int = 100  # fingerprint size
+    candidates: int = 500  # defender images CEM perturbs per round (those M labels correctly)
+    max_candidates: int = 2000  # rounds stop here, or once every target class has its share of n
+    threshold: float = 0.85  # minimum conferrability on the CEM ensemble to enter the fingerprint
+    n: int = 100  # fingerprint size (fewer when fewer examples reach the threshold; results say how many)
+    comparison_eps: str = ""  # ε values (comma-separated) for the study of CAE Fig. 3a, stored beside the protection
+    comparison_images: int = 200  # test images the study perturbs at each ε
     rho: float | None = None  # decision threshold; None: chosen from the held-out models at protection
     rho_fallback: float = 0.75  # the public code's ρ, used when no held-out models exist
     alpha: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("surrogate_archs", "reference_archs"):
-            archs = self.arch_list(name)
-            unknown = [a for a in archs if a not in ARCHITECTURES]
-            if not archs or unknown:
-                raise ModelproveError(f"CaeConfig.{name} must list registered architectures "
-                                      f"({', '.join(sorted(ARCHITECTURES))}); got {getattr(self, name)!r}.",
-                                      fix=f"e.g. --set {name}=cnn_small,lenet5")
+        self.check_models()
         if self.surrogates < 1 or self.references < 1:
             raise ModelproveError(f"CEM needs at least one surrogate and one reference; got surrogates="
                                   f"{self.surrogates}, references={self.references}.")
-        if self.held_out_surrogates < 0 or self.held_out_references < 0:
-            raise ModelproveError("held_out_surrogates and held_out_references must be >= 0.")
         if not 0 < self.eps <= 1:
             raise ModelproveError(f"CaeConfig.eps must be in (0, 1] (an L-inf radius on [0, 1] images); got {self.eps}.")
         if self.steps < 1 or self.step_size <= 0:
@@ -112,16 +168,24 @@ class CaeConfig(TrainsModels):
             raise ModelproveError(f"CaeConfig.keep (dropout keep probability) must be in (0, 1]; got {self.keep}.")
         if not 0 <= self.threshold <= 1:
             raise ModelproveError(f"CaeConfig.threshold (conferrability) must be in [0, 1]; got {self.threshold}.")
-        if self.n < 1 or self.candidates < self.n:
-            raise ModelproveError(f"CaeConfig needs 1 <= n <= candidates; got n={self.n}, candidates={self.candidates}.",
-                                  fix="raise candidates (CEM perturbs them; the best n enter the fingerprint).")
+        if self.n < 1 or self.candidates < 1 or self.max_candidates < self.candidates:
+            raise ModelproveError(f"CaeConfig needs n >= 1 and 1 <= candidates <= max_candidates; got n={self.n}, "
+                                  f"candidates={self.candidates}, max_candidates={self.max_candidates}.",
+                                  fix="CEM perturbs `candidates` images per round until the fingerprint has n "
+                                      "examples above the threshold or max_candidates were tried.")
+        try:
+            eps_values = self.comparison_eps_values()
+        except ValueError:
+            eps_values = [-1.0]
+        if any(not 0 < e <= 1 for e in eps_values) or self.comparison_images < 1:
+            raise ModelproveError(f"CaeConfig.comparison_eps must list L-inf radii in (0, 1] and comparison_images "
+                                  f"be >= 1; got {self.comparison_eps!r}, {self.comparison_images}.",
+                                  fix="e.g. --set comparison_eps=0.025,0.05,0.1 (empty: no study)")
         if self.rho is not None and not 0 <= self.rho < 1:
             raise ModelproveError(f"CaeConfig.rho must be in [0, 1); got {self.rho}.")
-        if not 0 <= self.rho_fallback < 1 or not 0 < self.alpha < 1:
-            raise ModelproveError(f"rho_fallback must be in [0, 1) and alpha in (0, 1); got {self.rho_fallback}, {self.alpha}.")
 
-    def arch_list(self, name: str) -> list[str]:
-        return [a.strip() for a in str(getattr(self, name)).split(",") if a.strip()]
+    def comparison_eps_values(self) -> list[float]:
+        return [float(e) for e in self.arch_list("comparison_eps")]
 
 
 # -- conferrability (Sec. 3) --------------------------------------------------------------------
@@ -185,16 +249,24 @@ def ensemble_output(surrogate_probs: torch.Tensor, reference_probs: torch.Tensor
 
 
 def cem_loss(ensemble: torch.Tensor, surrogate_mean: torch.Tensor, source_adv: torch.Tensor,
-             source_clean: torch.Tensor, lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0),
+             clean_labels: torch.Tensor, lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0),
              reduce: bool = True) -> torch.Tensor:
-    """Eq. 6: λ1·H(1, max_t E(x')_t) − λ2·H(M(x0), M(x')) + λ3·H(M(x'), S̄(x')).
+    """Eq. 6: λ1·H(1, max_{t≠y0} E(x')_t) − λ2·H(y0, M(x')) + λ3·H(M(x'), S̄(x')).
 
-    H(1, p) = −log p (binary cross-entropy against 1); H(p, q) = −Σ_t p_t log q_t. ``source_adv`` and
-    ``source_clean`` are M's softmax on x' and x0. Per example, or their mean with ``reduce``.
+    y0 = ``clean_labels``, M's label on x0. H(1, p) = −log p (binary cross-entropy against 1); H(y0, q) =
+    −log q_{y0}, the cross-entropy of M's prediction against its one-hot label on x0; H(p, q) =
+    −Σ_t p_t log q_t. ``source_adv`` is M's softmax on x'. Per example, or their mean with ``reduce``.
+
+    Two readings of the paper's text are fixed here by measurement (docs/results/cae-fmnist.md): the
+    maximum excludes y0, because at x0 the ensemble's largest conferrability is usually y0's own (the
+    surrogates give y0, some references not), and maximising it makes y0 "conferrable" instead of moving
+    M to a new label; and the second term's target is y0's one-hot, because against M's soft output on x0
+    its gradient is exactly zero at the start point, so it would never push M off its label.
     """
     l1, l2, l3 = lambdas
-    confer = -ensemble.max(dim=1).values.clamp_min(LOG_FLOOR).log()
-    away = -(source_clean * source_adv.clamp_min(LOG_FLOOR).log()).sum(dim=1)
+    others = ensemble.scatter(1, clean_labels.view(-1, 1), 0.0)
+    confer = -others.max(dim=1).values.clamp_min(LOG_FLOOR).log()
+    away = -source_adv.gather(1, clean_labels.view(-1, 1)).squeeze(1).clamp_min(LOG_FLOOR).log()
     agree = -(source_adv * surrogate_mean.clamp_min(LOG_FLOOR).log()).sum(dim=1)
     loss = l1 * confer - l2 * away + l3 * agree
     return loss.mean() if reduce else loss
@@ -237,7 +309,8 @@ def conferrable_examples(source: nn.Module, surrogates: Sequence[nn.Module], ref
                          description: str = "CEM") -> torch.Tensor:
     """CEM (Sec. 4): x' = x0 + δ minimising Eq. 6 with Adam for ``config.steps`` steps, δ clipped to
     the ε-ball and x' to [0, 1] after every step, members dropped (keep ``config.keep``) per step.
-    Returns x' (same shape as ``images``, floats in [0, 1]); choosing the fingerprint is separate."""
+    δ starts uniform in the ε-ball (as PGD's random start: at δ = 0 every image sits where M is surest
+    of y0). Returns x' (same shape as ``images``, floats in [0, 1]); choosing the fingerprint is separate."""
     rng = generator(config.seed if seed is None else seed)
     lambdas = (config.lambda1, config.lambda2, config.lambda3)
     outputs = []
@@ -247,8 +320,9 @@ def conferrable_examples(source: nn.Module, surrogates: Sequence[nn.Module], ref
         for x0 in chunks:
             x0 = x0.detach()
             with torch.no_grad():
-                clean = source(x0).softmax(dim=1)
-            x = x0.clone().requires_grad_(True)
+                clean_labels = source(x0).argmax(dim=1)
+            start = x0 + (torch.rand(x0.shape, generator=rng) * 2 - 1) * config.eps
+            x = clip_to_ball(start, x0, config.eps).requires_grad_(True)
             optimizer = torch.optim.Adam([x], lr=config.step_size)
             for _ in range(config.steps):
                 s_keep = _member_mask(len(surrogates), config.keep, rng)
@@ -256,7 +330,7 @@ def conferrable_examples(source: nn.Module, surrogates: Sequence[nn.Module], ref
                 s_probs = torch.stack([m(x).softmax(dim=1) for m, k in zip(surrogates, s_keep) if k])
                 r_probs = torch.stack([m(x).softmax(dim=1) for m, k in zip(references, r_keep) if k])
                 ensemble, s_bar, _ = ensemble_output(s_probs, r_probs)
-                loss = cem_loss(ensemble, s_bar, source(x).softmax(dim=1), clean, lambdas)
+                loss = cem_loss(ensemble, s_bar, source(x).softmax(dim=1), clean_labels, lambdas)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -334,6 +408,55 @@ def comparison_examples(attack: str, source: nn.Module, images: torch.Tensor, ep
     raise ModelproveError(f"unknown comparison attack {attack!r}; known: {', '.join(COMPARISON_ATTACKS)}.")
 
 
+def comparison_study(source: Classifier, models: "DefenderModels", defender: ImageDataset,
+                     config: CaeConfig) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """CAE Fig. 3a on the protection's own models: at each ε of ``config.comparison_eps``, CEM (this config at
+    that ε) and FGM, BIM, PGD, CW-L∞ perturb the same ``config.comparison_images`` defender images the
+    source labels correctly. Examples that change the source's label are kept (tensors
+    ``comparison/EPS/ATTACK/images`` and ``.../targets``, the target being the source's new label), so a
+    study can measure their conferrability on models the defender never trained (the benchmark's suspects
+    and independent models); the summary gives, per ε and attack, the success rate on the source and the
+    mean conferrability on the CEM ensemble and on the held-out models."""
+    order = torch.randperm(len(defender), generator=generator(config.seed + 3))[: 4 * config.comparison_images]
+    correct = predict_labels(source, defender.as_float(order)) == defender.labels[order]
+    x0 = defender.as_float(order[correct][: config.comparison_images])
+    clean = predict_labels(source, x0)
+    tensors: dict[str, torch.Tensor] = {}
+    summary: list[dict[str, Any]] = []
+    for eps in config.comparison_eps_values():
+        for attack in ("cem", *COMPARISON_ATTACKS):
+            if attack == "cem":
+                examples = conferrable_examples(source, models.surrogates, models.references, x0,
+                                                replace(config, eps=eps), description=f"CEM at eps {eps:g}")
+            else:
+                examples = comparison_examples(attack, source, x0, eps, seed=config.seed)
+            targets = predict_labels(source, examples)
+            fooled = targets != clean
+            kept, kept_targets = examples[fooled], targets[fooled]
+            tensors[f"comparison/{eps:g}/{attack}/images"] = kept
+            tensors[f"comparison/{eps:g}/{attack}/targets"] = kept_targets
+            row: dict[str, Any] = {"eps": eps, "attack": attack, "images": len(x0), "fooled": int(fooled.sum()),
+                                   "success": float(fooled.float().mean())}
+            if fooled.any():
+                row["conferrability_ensemble"] = float(conferrability(models.surrogates, models.references, kept,
+                                                                      kept_targets).mean())
+                if models.held_out_surrogates and models.held_out_references:
+                    row["conferrability_held_out"] = float(conferrability(
+                        models.held_out_surrogates, models.held_out_references, kept, kept_targets).mean())
+            summary.append(row)
+    return tensors, summary
+
+
+def comparison_sets(stored: dict[str, torch.Tensor]) -> dict[tuple[float, str], tuple[torch.Tensor, torch.Tensor]]:
+    """The study's examples a protection stores: {(ε, attack): (images, targets)} (empty without a study)."""
+    sets = {}
+    for key, images in stored.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == "comparison" and parts[3] == "images":
+            sets[(float(parts[1]), parts[2])] = (images, stored[f"comparison/{parts[1]}/{parts[2]}/targets"])
+    return dict(sorted(sets.items()))
+
+
 # -- the defender's local models, the decision threshold and CAEAcc ------------------------------
 
 @dataclass
@@ -346,84 +469,104 @@ class DefenderModels:
     held_out_references: list[Classifier] = field(default_factory=list)
 
 
-def source_labelled(source: nn.Module, data: ImageDataset) -> ImageDataset:
-    """``data`` with the source model's top-1 labels: the surrogates' training set (Sec. 4)."""
-    labels = torch.cat([predict_labels(source, data.as_float(rows)) for rows in torch.arange(len(data)).split(4096)])
-    return ImageDataset(data.images, labels, data.classes, f"{data.name} labelled by the source", data.indices)
+ROLES = ("surrogates", "references", "held_out_surrogates", "held_out_references")
 
 
-defender_model = fresh_model  # the name the CAE study and tests know it by
+@dataclass(frozen=True)
+class PlannedModel:
+    """One defender model: its role, architecture, seed and recipe (a surrogate's label kind, "hard" or
+    "soft"; a reference's methods.panel recipe)."""
+
+    role: str
+    arch: str
+    seed: int
+    recipe: str
+
+    @property
+    def surrogate(self) -> bool:
+        return "surrogates" in self.role
 
 
-def model_plan(config: CaeConfig) -> dict[str, list[tuple[str, int]]]:
-    """(architecture, seed) of every defender model, by role; archs cycle, seeds never repeat."""
+def model_plan(config: HeldOutModels) -> dict[str, list[PlannedModel]]:
+    """Every defender model of ``config`` by role (CEM's roles are empty for a config without
+    ``surrogates`` / ``references``, e.g. IPGuard's); architectures cycle, then recipes; seeds never repeat."""
     plan = {}
-    for offset, (role, count, archs) in enumerate((
-        ("surrogates", config.surrogates, config.arch_list("surrogate_archs")),
-        ("references", config.references, config.arch_list("reference_archs")),
-        ("held_out_surrogates", config.held_out_surrogates, config.arch_list("surrogate_archs")),
-        ("held_out_references", config.held_out_references, config.arch_list("reference_archs")),
-    )):
+    for offset, role in enumerate(ROLES):
+        count = getattr(config, role, 0)
+        surrogate = "surrogates" in role
+        archs = config.arch_list("surrogate_archs" if surrogate else "reference_archs")
+        recipes = config.arch_list("surrogate_labels" if surrogate else "reference_recipes")
         # 1000·role + 100 + i: never a seed a user's source is likely to have (0, 1000, ...) — a surrogate
         # sharing the source's architecture and seed would be a near-copy of it, not a retrained model.
-        plan[role] = [(archs[i % len(archs)], config.seed * 10007 + 1000 * (offset + 1) + 100 + i) for i in range(count)]
+        plan[role] = [PlannedModel(role, archs[i % len(archs)], config.seed * 10007 + 1000 * (offset + 1) + 100 + i,
+                                   recipes[(i // len(archs)) % len(recipes)]) for i in range(count)]
     return plan
 
 
-def train_defender_models(source: nn.Module, defender: ImageDataset, config: CaeConfig,
+def surrogate_training_data(source: nn.Module, defender: ImageDataset, test: ImageDataset,
+                            config: HeldOutModels) -> tuple[ImageDataset, torch.Tensor]:
+    """The surrogates' transfer set: the images of ``config.surrogate_data`` with the source's top-1 labels,
+    and the source's probability vectors on them (the soft labels)."""
+    data = test if config.surrogate_data == "test" else defender
+    probabilities = torch.cat([predict_proba(source, data.as_float(rows)) for rows in torch.arange(len(data)).split(4096)])
+    labelled = ImageDataset(data.images, probabilities.argmax(dim=1), data.classes, f"{data.name} labelled by the source",
+                            data.indices)
+    return labelled, probabilities
+
+
+def soft_label_loss(probabilities: torch.Tensor):
+    """Cross-entropy against the source's stored probability vectors (a soft-label surrogate's loss)."""
+
+    def loss(logits: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        del labels
+        return F.cross_entropy(logits, probabilities[index])
+
+    return loss
+
+
+def train_defender_model(planned: PlannedModel, defender: ImageDataset,
+                         transfer: tuple[ImageDataset, torch.Tensor], config: HeldOutModels) -> tuple[Classifier, dict]:
+    """One defender model: a surrogate retrained on ``transfer`` (hard: the source's top-1 labels, with the
+    config's augmentation; soft: its probability vectors, unaugmented, since a stored vector belongs to the
+    image as it was answered), or a reference trained on the defender's ground truth with its recipe."""
+    if planned.surrogate:
+        data, probabilities = transfer
+        model = fresh_model(planned.arch, data, planned.seed)
+        training = config.train_config(planned.seed)
+        if planned.recipe == "soft":
+            training = replace(training, augmentation="none")
+        loss = {"soft": soft_label_loss(probabilities)}.get(planned.recipe, cross_entropy)
+    else:
+        recipe = RECIPES[planned.recipe]
+        data = recipe_data(recipe, defender, planned.seed)
+        model = fresh_model(planned.arch, data, planned.seed)
+        training = recipe_training(recipe, config.epochs, config.batch_size, planned.seed)
+        loss = cross_entropy
+    record = train(model, data, training, loss_fn=loss, show_progress=progress_default(),
+                   description=f"{planned.role[:-1].replace('_', ' ')} {planned.arch} {planned.recipe}")
+    return model.eval(), {"arch": planned.arch, "seed": planned.seed, "recipe": planned.recipe,
+                          "data": data.name, "seconds": record.seconds}
+
+
+def train_defender_models(source: nn.Module, defender: ImageDataset, test: ImageDataset, config: HeldOutModels,
                           given: DefenderModels | None = None) -> tuple[DefenderModels, dict]:
-    """Train the models ``given`` does not already hold: surrogates on the source's labels of the
-    defender's data, references on its ground truth. Returns the models and their training records."""
+    """Train the models of ``config``'s plan that ``given`` does not already hold (surrogates on the source's
+    answers, references on the ground truth; :func:`train_defender_model`). Returns the models and their
+    training records."""
     given = given or DefenderModels()
-    labelled = source_labelled(source, defender)
+    plan = model_plan(config)
+    transfer = None
     models, records = DefenderModels(), {}
-    for role, entries in model_plan(config).items():
-        have = list(getattr(given, role))
-        trained = have[: len(entries)]
-        for arch, seed in entries[len(have):]:
-            data = labelled if "surrogates" in role else defender
-            model = defender_model(arch, data, seed)
-            record = train(model, data, config.train_config(seed), description=f"{role[:-1].replace('_', ' ')} {arch}",
-                           show_progress=progress_default())
-            records.setdefault(role, []).append({"arch": arch, "seed": seed, "seconds": record.seconds})
-            trained.append(model.eval())
+    for role, entries in plan.items():
+        trained = list(getattr(given, role))[: len(entries)]
+        for planned in entries[len(trained):]:
+            if planned.surrogate and transfer is None:
+                transfer = surrogate_training_data(source, defender, test, config)
+            model, record = train_defender_model(planned, defender, transfer, config)
+            records.setdefault(role, []).append(record)
+            trained.append(model)
         setattr(models, role, trained)
     return models, records
-
-
-@dataclass
-class HeldOutModels(TrainsModels):
-    """The config fields of the held-out surrogates and references a fingerprint's threshold is chosen
-    with (IPGuard, SAC): CAE's own, so the same plan and seeds train the same models. A subclass has
-    the fields ``n``, ``alpha`` and ``seed``."""
-
-    surrogate_archs: str = "cnn_small,lenet5"
-    reference_archs: str = "cnn_small,lenet5"
-    held_out_surrogates: int = 2
-    held_out_references: int = 2
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 0.05
-    augmentation: str = "crop"
-
-    def cae_config(self) -> CaeConfig:
-        """The held-out model fields as a CaeConfig (its checks validate them)."""
-        return CaeConfig(surrogate_archs=self.surrogate_archs, reference_archs=self.reference_archs,
-                         surrogates=1, references=1, held_out_surrogates=self.held_out_surrogates,
-                         held_out_references=self.held_out_references, epochs=self.epochs,
-                         batch_size=self.batch_size, lr=self.lr, augmentation=self.augmentation,
-                         rho_fallback=getattr(self, "rho_fallback", CaeConfig.rho_fallback), alpha=self.alpha,
-                         seed=self.seed, candidates=max(self.n, 1), n=self.n)
-
-
-def train_held_out_models(source: nn.Module, defender: ImageDataset, config: HeldOutModels,
-                          given: DefenderModels | None = None) -> tuple[DefenderModels, dict]:
-    """Only the held-out surrogates and references of ``config`` (those ``given`` lacks): CEM's slots get
-    placeholders, so none is trained for it."""
-    given = given or DefenderModels()
-    given = DefenderModels([source], [source], given.held_out_surrogates, given.held_out_references)
-    models, records = train_defender_models(source, defender, config.cae_config(), given)
-    return DefenderModels([], [], models.held_out_surrogates, models.held_out_references), records
 
 
 def match_rate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
@@ -521,13 +664,69 @@ def write_fingerprint_protection(out: Path, method: str, config: dict, source: C
         writer.record(dataset=dataset_info(defender, test), results=results, access=access)
 
 
+@dataclass
+class Candidates:
+    """CEM's outputs for some defender rows: the examples, their targets (M's labels on them), whether M's
+    label changed, and their conferrability on the CEM ensemble (Eq. 2, hard labels)."""
+
+    rows: torch.Tensor
+    examples: torch.Tensor
+    targets: torch.Tensor
+    fooled: torch.Tensor
+    conferrability: torch.Tensor
+
+    def qualified(self, threshold: float) -> torch.Tensor:
+        """Examples that changed M's label and reach ``threshold`` on the ensemble."""
+        return self.fooled & (self.conferrability >= threshold)
+
+    @staticmethod
+    def concat(parts: list["Candidates"]) -> "Candidates":
+        return Candidates(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Candidates)))
+
+
+def fingerprint_candidates(source: Classifier, models: DefenderModels, defender: ImageDataset, config: CaeConfig,
+                           num_classes: int) -> tuple[Candidates, int]:
+    """CEM on rounds of ``config.candidates`` defender images the source labels correctly (seeded order),
+    until every target class has its share ceil(n / K) of examples at or above ``config.threshold``, or
+    ``config.max_candidates`` images were tried, or the defender data ran out (Sec. 4: examples are
+    filtered by their conferrability on the defender's models). -> (every candidate, rounds run)."""
+    order = torch.randperm(len(defender), generator=generator(config.seed + 1))
+    labels = torch.cat([predict_labels(source, defender.as_float(rows)) for rows in order.split(4096)])
+    pool = order[labels == defender.labels[order]]  # a wrong M label would not be M's fingerprint
+    if len(pool) == 0:
+        raise ModelproveError("the source labels none of the defender images correctly; CAE has nothing to perturb.",
+                              fix="check that --model and --data belong to the same task.")
+    quota = -(-config.n // num_classes)
+    parts: list[Candidates] = []
+    tried = rounds = 0
+    while tried < min(config.max_candidates, len(pool)):
+        rows = pool[tried: tried + min(config.candidates, config.max_candidates - tried)]
+        x0 = defender.as_float(rows)
+        examples = conferrable_examples(source, models.surrogates, models.references, x0, config,
+                                        seed=config.seed + 7919 * rounds, description=f"CEM round {rounds + 1}")
+        targets = predict_labels(source, examples)
+        fooled = targets != predict_labels(source, x0)
+        parts.append(Candidates(rows, examples, targets, fooled,
+                                conferrability(models.surrogates, models.references, examples, targets)))
+        tried += len(rows)
+        rounds += 1
+        found = Candidates.concat(parts)
+        counts = torch.bincount(found.targets[found.qualified(config.threshold)], minlength=num_classes)
+        if bool((counts >= quota).all()):
+            break
+    return Candidates.concat(parts), rounds
+
+
 def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,
           force: bool = False, model: str | Path | Classifier | None = None,
-            defender_models: DefenderModels | None = None) -> CaeProtection:
+          defender_models: DefenderModels | None = None) -> CaeProtection:
     """Fingerprint the source ``model`` (not retrained) with CEM; write the protection to ``out``.
 
-    ``defender_models`` may bring already trained surrogates/references (a study's cache); the
-    missing ones are trained here with :func:`train_defender_models`.
+    Only examples that change M's label and reach the conferrability threshold on the CEM ensemble enter
+    the fingerprint (Sec. 4), balanced over target classes; when fewer than n do after
+    ``max_candidates`` images, the fingerprint is smaller and the results say so (``short_of_n``).
+    ``defender_models`` may bring already trained surrogates/references; the missing ones are trained
+    here with :func:`train_defender_models`.
     """
     config = config or CaeConfig()
     out = Path(out)
@@ -536,59 +735,59 @@ def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: C
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    models, records = train_defender_models(source, defender, config, defender_models)
+    models, records = train_defender_models(source, defender, test, config, defender_models)
     timings["train_defender_models"] = time.perf_counter() - start
 
-    # Candidates: defender images M labels correctly (a wrong M label would not be M's fingerprint).
     start = time.perf_counter()
-    order = torch.randperm(len(defender), generator=generator(config.seed + 1))
-    pool = order[: min(len(defender), 4 * config.candidates)]
-    correct = predict_labels(source, defender.as_float(pool)) == defender.labels[pool]
-    rows = pool[correct][: config.candidates]
-    if len(rows) < config.n:
-        raise ModelproveError(f"only {len(rows)} defender images are labelled correctly by the source; CAE needs n = {config.n}.",
-                              fix="use more defender data (--defender-limit) or a smaller n.")
-    x0 = defender.as_float(rows)
-    adversarial = conferrable_examples(source, models.surrogates, models.references, x0, config)
+    found, rounds = fingerprint_candidates(source, models, defender, config, defender.num_classes)
     timings["cem"] = time.perf_counter() - start
-
-    targets = predict_labels(source, adversarial)
-    fooled = targets != predict_labels(source, x0)
-    confer = conferrability(models.surrogates, models.references, adversarial, targets)
-    qualified = fooled & (confer >= config.threshold)
-    chosen = balanced_selection(confer, targets, fooled, config.n, defender.num_classes)
-    # Eligible = fooled; qualified ones rank first because they have the higher conferrability.
-    if len(chosen) < 1:
-        raise ModelproveError("CEM fooled the source on none of the candidates; no fingerprint can be made.",
-                              fix="raise eps or steps.")
-    fingerprint, fingerprint_targets = adversarial[chosen], targets[chosen]
+    qualified = found.qualified(config.threshold)
+    if not qualified.any():
+        raise ModelproveError(
+            f"no CEM example reached conferrability {config.threshold} on the defender's models ({len(found.rows)} "
+            f"candidates, {int(found.fooled.sum())} changed the source's label); no fingerprint can be made.",
+            fix="raise max_candidates, steps, eps or the ensemble (surrogates, references), or lower threshold.")
+    chosen = balanced_selection(found.conferrability, found.targets, qualified, config.n, defender.num_classes)
+    fingerprint, fingerprint_targets = found.examples[chosen], found.targets[chosen]
 
     surrogate_scores, reference_scores, rho = held_out_threshold(models, fingerprint, fingerprint_targets, config.rho,
                                                                 config.rho_fallback)
+    held_out = (conferrability(models.held_out_surrogates, models.held_out_references, fingerprint, fingerprint_targets)
+                if models.held_out_surrogates and models.held_out_references else None)
+    tensors = {"images": fingerprint, "targets": fingerprint_targets, "origins": defender.indices[found.rows[chosen]],
+               "conferrability": found.conferrability[chosen]}
+    comparison: list[dict[str, Any]] = []
+    if config.comparison_eps_values():
+        start = time.perf_counter()
+        study, comparison = comparison_study(source, models, defender, config)
+        tensors.update(study)
+        timings["comparison_study"] = time.perf_counter() - start
     results = {
         "source_test_accuracy": evaluate(source, test),
         "fingerprint_size": int(len(chosen)),
-        "candidates": int(len(rows)),
-        "fooled_source": int(fooled.sum()),
+        "n": config.n,
+        "short_of_n": max(0, config.n - int(len(chosen))),  # fewer examples reached the threshold than n
+        "candidates": int(len(found.rows)),
+        "rounds": rounds,
+        "fooled_source": int(found.fooled.sum()),
         "qualified": int(qualified.sum()),  # fooled and conferrability >= threshold
-        "below_threshold_in_fingerprint": int((~qualified[chosen]).sum()),
-        "mean_conferrability_fingerprint": float(confer[chosen].mean()) if len(chosen) else 0.0,
-        "mean_conferrability_all": float(confer.mean()),
+        "mean_conferrability_fingerprint": float(found.conferrability[chosen].mean()),
+        "mean_conferrability_fooled": float(found.conferrability[found.fooled].mean()) if found.fooled.any() else 0.0,
+        "held_out_conferrability_fingerprint": None if held_out is None else float(held_out.mean()),
         "target_class_counts": torch.bincount(fingerprint_targets, minlength=defender.num_classes).tolist(),
-        "fooled_class_counts": torch.bincount(targets[fooled], minlength=defender.num_classes).tolist(),
+        "qualified_class_counts": torch.bincount(found.targets[qualified], minlength=defender.num_classes).tolist(),
         "rho": float(rho),
         "rho_source": "config" if config.rho is not None else ("held-out models" if surrogate_scores and reference_scores else "fallback"),
         "held_out_surrogate_caeacc": surrogate_scores,
         "held_out_reference_caeacc": reference_scores,
         "references_rate": references_rate(reference_scores, len(chosen), defender.num_classes),
-        "defender_models": {role: [(m.arch) for m in getattr(models, role)] for role in model_plan(config)},
+        "defender_models": {role: [f"{p.arch}/{p.recipe}" for p in entries] for role, entries in model_plan(config).items()},
+        "comparison": comparison,
         "training": records,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     write_fingerprint_protection(out, METHOD, {**asdict(config), **source_info}, source, defender, test, results,
-                                 {"images": fingerprint, "targets": fingerprint_targets,
-                                  "origins": defender.indices[rows[chosen]], "conferrability": confer[chosen]},
-                                 force=force)
+                                 tensors, force=force)
     return CaeProtection(out, source, fingerprint, fingerprint_targets, models, results)
 
 
@@ -603,6 +802,7 @@ class OpenedFingerprint:
     rho: float
     references_rate: float
     config: Any  # the method's config dataclass
+    comparison: dict[tuple[float, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def open_fingerprint(directory: str | Path | Protection, method: str, config_type: type) -> OpenedFingerprint:
@@ -615,7 +815,8 @@ def open_fingerprint(directory: str | Path | Protection, method: str, config_typ
             raise ProtectionError(f"manifest field results.{key} is missing.", path=protection.directory / "manifest.json",
                                   fix="protect again with this version of modelprove.")
     return OpenedFingerprint(protection, card, stored["images"], stored["targets"], float(results["rho"]),
-                             float(results["references_rate"]), protection.config_as(config_type))
+                             float(results["references_rate"]), protection.config_as(config_type),
+                             comparison_sets(stored))
 
 
 def open_protection(directory: str | Path | Protection) -> OpenedFingerprint:
@@ -679,6 +880,23 @@ class Cae(FingerprintMethod):
 
     def open(self, directory):
         return open_protection(directory)
+
+    def study(self, opened: OpenedFingerprint, model: nn.Module) -> dict[str, Any]:
+        """What a benchmark reports beside the verdict: the fingerprint's making (size, candidates, how many
+        changed the source's label and reached the threshold), and with ``comparison_eps`` the study of CAE
+        Fig. 3a — which of the protection's comparison examples ``model`` labels with their targets, per
+        "ε/attack", as a string of 0s and 1s. ``model`` is a local model the benchmark owns (a suspect or an
+        independent model), not an access: nothing here is a query of a verification."""
+        results = opened.protection.manifest.get("results", {})
+        keys = ("fingerprint_size", "n", "short_of_n", "candidates", "rounds", "fooled_source", "qualified",
+                "mean_conferrability_fingerprint", "held_out_conferrability_fingerprint", "rho")
+        study: dict[str, Any] = {"fingerprint": {k: results.get(k) for k in keys}}
+        if opened.comparison:
+            study["comparison"] = results.get("comparison", [])
+            study["matches"] = {f"{eps:g}/{attack}": "".join("1" if hit else "0" for hit in
+                                                            (predict_labels(model, images) == targets).tolist())
+                                for (eps, attack), (images, targets) in opened.comparison.items()}
+        return study
 
 
 CAE = Cae()

@@ -56,7 +56,7 @@ class IpguardConfig(cae.HeldOutModels):
         if self.k < 0 or self.steps < 1 or self.step_size <= 0 or self.n < 1:
             raise ModelproveError(f"IpguardConfig needs k >= 0, steps >= 1, step_size > 0, n >= 1; got k={self.k}, "
                                   f"steps={self.steps}, step_size={self.step_size}, n={self.n}.")
-        self.cae_config()  # validates the shared fields
+        self.check_models()
 
 
 def boundary_loss(logits: torch.Tensor, winner: torch.Tensor, runner_up: torch.Tensor, k: float) -> torch.Tensor:
@@ -101,7 +101,7 @@ def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: I
     source, source_info = cae.load_source(model, defender)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    models, records = cae.train_held_out_models(source, defender, config, defender_models)
+    models, records = cae.train_defender_models(source, defender, test, config, defender_models)
     timings["train_held_out_models"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -84,7 +84,7 @@ class SacConfig(cae.HeldOutModels):
             raise ModelproveError("SAC chooses its threshold between held-out surrogates and references, but "
                                   "held_out_surrogates or held_out_references is 0.",
                                   fix="keep at least one of each, or set threshold=D.")
-        self.cae_config()  # validates the held-out model fields and alpha
+        self.check_models()
 
 
 # -- correlation and distance ---------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def build(name: str, defender: ImageDataset, test: ImageDataset, out: str | Path
     else:
         images, origins = cutmix_samples(defender, config.n, config.seed + 5)
     source_probs = predict_proba(source, images)
-    models, records = cae.train_held_out_models(source, defender, config, defender_models)
+    models, records = cae.train_defender_models(source, defender, test, config, defender_models)
     held_out: dict[str, dict[str, list[float]]] = {}
     thresholds: dict[str, float] = {}
     for setting in ACCESS:

@@ -5,14 +5,14 @@ from modelprove.stats.rules import (
     BinomialRule, Decision, DecisionRule, NullPanelRule, PairedTTestRule, ThresholdRule, WelchTTestRule,
     false_accusation_rates, prediction_interval_test, sd_floor,
 )
-from modelprove.stats.scores import BinomialTest, binomial_greater, roc_auc
+from modelprove.stats.scores import AucInterval, BinomialTest, binomial_greater, roc_auc, roc_auc_ci
 from modelprove.stats.tests import PairedTTest, WelchTTest, paired_ttest_greater, welch_ttest_greater
 from modelprove.stats.verdicts import Calibration, Provenance, build_verdict
 
 __all__ = [
-    "BinomialRule", "BinomialTest", "Calibration", "Competence", "Decision", "DecisionRule", "Evidence",
+    "AucInterval", "BinomialRule", "BinomialTest", "Calibration", "Competence", "Decision", "DecisionRule", "Evidence",
     "NullPanelRule", "PairedTTest", "PairedTTestRule", "PanelStatistics", "Provenance", "ThresholdRule",
     "WelchTTest", "WelchTTestRule", "binomial_greater", "build_verdict", "competence_threshold",
-    "false_accusation_rates", "paired_ttest_greater", "prediction_interval_test", "roc_auc", "sd_floor",
+    "false_accusation_rates", "paired_ttest_greater", "prediction_interval_test", "roc_auc", "roc_auc_ci", "sd_floor",
     "welch_ttest_greater",
 ]
