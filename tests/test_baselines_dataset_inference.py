@@ -4,7 +4,8 @@ MinGD / Blind Walk / the t-test against hand computations.
 DI detects a model that treats its training samples differently from unseen ones, so the tiny task
 is one a small model can only memorise: random images (of 4x4-pixel squares) with random labels (the victim is
 right on its 200 private images and at chance on public ones). On the well-generalising bars task
-the victim is not detectable at all (measured: p 0.28 / 0.51), which is DI's known limit, not a bug.
+the victim is not detectable at all (measured: p 0.28 / 0.51), which is DI's known limit, not a bug: there
+the calibrated rule must answer inconclusive, never "not stolen" (its self-test, on the rows drawn).
 """
 
 from __future__ import annotations
@@ -221,3 +222,46 @@ def test_parameter_checks(protection, task):
                                                      "files": {}}))
     with pytest.raises(ProtectionError, match="not 'dataset-inference'"):
         di.open_protection(other)
+
+
+# A victim that generalises (bars: the same task for its private and public images, crops, few epochs) gives DI
+# nothing to measure. The calibrated rule must then say so: inconclusive, never "not stolen", in both
+# settings and for a suspect of unknown architecture (an API), whose self-test runs against every panel.
+POWERLESS = dict(arch="lenet5", epochs=4, augmentation="crop", regressor_samples=60, verification_pool=30, m=15,
+                 m_black_box=15, mingd_steps=15, walk_directions=4, walk_steps=15, regressor_epochs=50)
+
+
+@pytest.fixture(scope="module")
+def powerless(tmp_path_factory, bars_task, tiny_panel, single_thread):
+    defender, _, test = bars_task
+    out = tmp_path_factory.mktemp("dataset-inference-bars") / "protection"
+    made = di.protect(defender, test, out, di.DatasetInferenceConfig(**POWERLESS), panel=tiny_panel)
+    return out, made
+
+
+def test_without_power_a_copy_is_never_cleared(powerless, bars_task):
+    out, made = powerless
+    _, attacker, test = bars_task
+    assert made.results["victim_test_accuracy"] > 0.8  # a competent model of the task, judged by the rule
+    calibration = json.loads((out / "manifest.json").read_text())["calibration"]
+    # the protection's own self-test over the whole pool: this victim does not stand out from its lenet5 panel
+    assert not calibration["variants"]["white-box"]["self_test"]["lenet5"]["detected"]
+    torch.manual_seed(7)
+    independent = build_model("lenet5", 1, 4, (28, 28))
+    train(independent, attacker, TrainConfig(epochs=6, seed=7), show_progress=False)
+    assert evaluate(independent, test) > 0.8  # competent: judged by the rule, not stopped by the competence check
+    outcomes: dict[str, list[str]] = {}
+    for name, model in (("copy", copy.deepcopy(made.victim)), ("independent", independent)):
+        for seed in range(2):
+            for access in (model, BlackBoxAccess.from_model(model, name=name),
+                           LabelOnlyAccess(lambda x, model=model: predict_labels(model, x), num_classes=4,
+                                           input_shape=(1, 28, 28))):  # no architecture: every panel
+                verdict = di.verify(out, access, seed=seed, suspect_name=name)
+                outcomes.setdefault(name, []).append(verdict.outcome)
+                # "not stolen" only where the victim's own copy stands out from the panel on the same rows
+                if verdict.outcome == "not stolen":
+                    assert verdict.self_test["detected"], (name, seed, verdict.setting, verdict.reason)
+                if verdict.outcome == "inconclusive":
+                    assert "no power" in verdict.reason, verdict.reason
+    assert "not stolen" not in outcomes["copy"] and "inconclusive" in outcomes["copy"], outcomes
+    assert "stolen" not in outcomes["independent"], outcomes

@@ -211,23 +211,24 @@ def craft_poisons(surrogate: Classifier, bases: torch.Tensor, labels: torch.Tens
                   "surrogate_retrainings": rounds}
 
 
-def build(
-    defender: ImageDataset,
-    test: ImageDataset,
-    out: str | Path,
-    config: GradientMatchingConfig | None = None,
-    *,
-    force: bool = False,
-) -> TriggerProtection:
-    """Craft clean-label poisons on a surrogate, train the victim on the poisoned defender set from
-    scratch, and write its protection to ``out``."""
-    config = config or GradientMatchingConfig()
-    check_task(defender, test, config.target)
-    out = Path(out)
-    ensure_writable(out, force)
-    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)  # fails before training
-    timings: dict[str, float] = {}
+@dataclass
+class Crafted:
+    """What crafting made: the clean surrogate it started from, the poisoned defender set (labels kept)
+    and its poisons, and the crafting record."""
 
+    surrogate: Classifier
+    poisoned: ImageDataset
+    poison_rows: torch.Tensor
+    perturbed: torch.Tensor  # uint8 poisons, in poison_rows' order
+    target_rows: torch.Tensor  # every defender row of the target class
+    record: dict
+    seconds: dict[str, float]
+
+
+def craft(defender: ImageDataset, config: GradientMatchingConfig) -> Crafted:
+    """Steps 1-3: train a surrogate on clean ``defender`` data and craft the clean-label poisons on it
+    (the victim is trained on ``Crafted.poisoned`` by :func:`build`)."""
+    timings: dict[str, float] = {}
     start = time.perf_counter()
     surrogate_seed = config.seed + 7919  # not the victim's: crafting must transfer to another model
     surrogate = fresh_model(config.arch, defender, surrogate_seed)
@@ -261,24 +262,46 @@ def build(
               description=f"surrogate retraining {round_}", show_progress=False)
         return model, adversarial_gradient(model.eval(), sources, config.target, config.patch_size)
 
-    delta, craft_record = craft_poisons(surrogate, bases, defender.labels[poison_rows], target_grad, config,
-                                        seed=config.seed + 3, retrain=retrain)
+    delta, record = craft_poisons(surrogate, bases, defender.labels[poison_rows], target_grad, config,
+                                  seed=config.seed + 3, retrain=retrain)
     perturbed, poisoned = poison(delta)
     timings["craft_poisons"] = time.perf_counter() - start
+    return Crafted(surrogate, poisoned, poison_rows, perturbed, target_rows, record, timings)
+
+
+def build(
+    defender: ImageDataset,
+    test: ImageDataset,
+    out: str | Path,
+    config: GradientMatchingConfig | None = None,
+    *,
+    force: bool = False,
+) -> TriggerProtection:
+    """Craft clean-label poisons on a surrogate, train the victim on the poisoned defender set from
+    scratch, and write its protection to ``out``."""
+    config = config or GradientMatchingConfig()
+    check_task(defender, test, config.target)
+    out = Path(out)
+    ensure_writable(out, force)
+    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)  # fails before training
+    crafted = craft(defender, config)
+    timings = dict(crafted.seconds)
+    poison_rows, perturbed = crafted.poison_rows, crafted.perturbed
 
     start = time.perf_counter()
     victim = fresh_model(config.arch, defender, config.seed)
-    record = train(victim, poisoned, config.train_config(config.seed), description="victim (clean-label poisoned D)")
+    record = train(victim, crafted.poisoned, config.train_config(config.seed),
+                   description="victim (clean-label poisoned D)")
     timings["train_victim"] = time.perf_counter() - start
     linf = (perturbed.int() - defender.images[poison_rows].int()).abs().amax().item() if len(poison_rows) else 0
     results = {
         **trigger_results(victim, test, pool, config),
-        **{k.replace("victim_", "surrogate_"): v for k, v in trigger_results(surrogate, test, pool, config).items()},
+        **{k.replace("victim_", "surrogate_"): v for k, v in trigger_results(crafted.surrogate, test, pool, config).items()},
         "poisons": len(poison_rows),
         "poison_fraction_of_set": round(len(poison_rows) / len(defender), 5),
-        "poison_fraction_of_target_class": round(len(poison_rows) / len(target_rows), 5),
+        "poison_fraction_of_target_class": round(len(poison_rows) / len(crafted.target_rows), 5),
         "max_perturbation_pixels": int(linf),  # of 255
-        **craft_record,
+        **crafted.record,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     data_record = dataset_info(defender, test, poisons=len(poison_rows), verification_pool=len(pool))
