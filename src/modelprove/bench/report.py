@@ -627,12 +627,6 @@ def _queries(run, rows: list[str]) -> list[str]:
     return lines
 
 
-def plot(run, path: Path) -> Path | None:
-    """Median -log10(p) per suspect and method, one panel per setting; the line is alpha."""
-    picture = pvalue_png(run)
-    return None if picture is None else atomic_write_bytes(path, picture)
-
-
 def pvalue_png(run) -> bytes | None:
     """The PNG of :func:`plot`."""
     import math
