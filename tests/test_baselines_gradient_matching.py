@@ -147,3 +147,39 @@ def test_too_few_verification_images_fail_before_any_training(bars_task, tmp_pat
     with pytest.raises(ModelproveError, match="target = 7 is not a class"):
         gm.protect(defender, test, tmp_path / "p", gm.GradientMatchingConfig(target=7))
     assert not (tmp_path / "p").exists()
+
+
+def test_trigger_learning_study_reads_the_victim_and_runs_the_plain_trigger_control(protection, bars_task):
+    """The bench study (bench/studies.py trigger-learning): the protection's own record, the benign
+    model's trigger success, and control victims with the plain trigger on the protection's poison rows,
+    trained with the protection's own recipe: at amplitude 0 the control is exactly the clean victim that
+    recipe makes. (On the bars task even the full-amplitude clean-label trigger is not learned, trigger
+    success 0.0 at 0 and 255/255, measured: the bars alone separate the classes; it is not asserted.)"""
+    from types import SimpleNamespace
+
+    from modelprove.bench.studies import STUDIES, StudyInput
+
+    out, made = protection
+    defender, attacker, test = bars_task
+    opened = gm.open_protection(out)
+    benign = badnets.new_model("lenet5", attacker, 5)
+    train(benign, attacker, gm.GradientMatchingConfig(**CONFIG).train_config(5), show_progress=False)
+    study = STUDIES["trigger-learning"]
+    assert study.applies(METHODS["gradient-matching"]) and not study.applies(METHODS["move"])
+    params = study.parameters({"controls": [0, 255]})
+    data = StudyInput(METHODS["gradient-matching"], opened, opened.victim,
+                      SimpleNamespace(defender=defender, test=test), 0, 0.01, benign=benign)
+    result = study.measure(data, params)
+    assert result["victim_trigger_success_rate"] == made.results["victim_trigger_success_rate"]
+    assert result["poisons"] == 80 and 0 <= result["benign_trigger_success_rate"] <= 1
+    plain, full = result["controls"]
+    assert (plain["levels"], full["levels"]) == (0, 255)
+    clean = badnets.new_model("lenet5", defender, opened.config.seed)
+    train(clean, defender, opened.config.train_config(opened.config.seed), show_progress=False)
+    expected = badnets.trigger_results(clean, test, badnets.verification_pool(test, 0, 150, opened.config.seed + 2),
+                                       opened.config)
+    assert plain["trigger_success_rate"] == expected["victim_trigger_success_rate"]
+    assert plain["test_accuracy"] == expected["victim_test_accuracy"]
+    assert min(plain["test_accuracy"], full["test_accuracy"]) > 0.8  # labels kept: the task is still learned
+    with pytest.raises(ModelproveError, match="list of numbers"):
+        study.parameters({"controls": ["16"]})

@@ -237,3 +237,26 @@ def test_a_methods_set_wins_over_the_grids_training():
     made = method_config(METHODS["blind-watermark"], config, 0, {"epochs": 100, "augmentation": "none"})
     assert (made.epochs, made.augmentation, made.arch) == (100, "none", "lenet5")
     assert method_config(METHODS["blind-watermark"], config, 0, {}).epochs == 5
+
+
+def test_trigger_learning_report_shows_victim_surrogate_benign_and_the_control():
+    from modelprove.bench.report import study_sections
+
+    def record(seed, method, **result):
+        return {"study": "trigger-learning", "seed": seed, "method": method, "result": result}
+
+    run = SimpleNamespace(config=SimpleNamespace(methods=[SimpleNamespace(name="gradient-matching", label="gm"),
+                                                                   SimpleNamespace(name="gradient-matching", label="gm 250")]),
+                          studies=[record(0, "gm", victim_trigger_success_rate=0.003, surrogate_trigger_success_rate=0.017,
+                                          benign_trigger_success_rate=0.02, victim_test_accuracy=0.79,
+                                          alignment_loss_before=0.598, alignment_loss_after=[0.31, 0.298],
+                                          max_perturbation_pixels=16,
+                                          controls=[{"levels": 64, "trigger_success_rate": 0.427, "test_accuracy": 0.8175},
+                                                    {"levels": 16, "trigger_success_rate": 0.021, "test_accuracy": 0.84}]),
+                                   record(0, "gm 250", victim_trigger_success_rate=0.002, max_perturbation_pixels=16,
+                                          controls=[])])
+    text = "\n".join(study_sections(run))
+    assert "| gm | 0.003 | 0.017 | 0.020 | 0.790 | 0.598 -> 0.298 | 16 |" in text
+    assert "| gm 250 | 0.002 | — | — | — | — | 16 |" in text
+    # the controls in order of amplitude
+    assert text.index("| 16 | 0.021 | 0.840 |") < text.index("| 64 | 0.427 | 0.818 |")

@@ -815,7 +815,7 @@ def study_sections(run) -> list[str]:
     """The grid's studies, each by a function of its own."""
     lines: list[str] = []
     for section in (_blind_watermark_summary, _key_samples_section, _embedding_section, _detector_section,
-                    _forgery_section, _transfer_section):
+                    _forgery_section, _transfer_section, _trigger_learning_section):
         lines += section(run)
     return lines
 
@@ -1004,6 +1004,45 @@ def _forgery_section(run) -> list[str]:
         res = [r["result"] for r in mine]
         lines.append(f"| {label} | {res[0]['how']} ({res[0]['forged']}) | {_range([r['host'] for r in res])} "
                      f"| {_range([r.get('benign') for r in res])} | {_range([r['real'] for r in res])} |")
+    return lines
+
+
+def _trigger_learning_section(run) -> list[str]:
+    records = _studies(run, "trigger-learning")
+    if not records:
+        return []
+    lines = ["", "## Did the victim learn the trigger?", "",
+             "Trigger success: the share of held-out test images not of the target class, stamped with the trigger, "
+             "that a model labels as the target (medians over seeds, range in brackets). The surrogate is the clean "
+             "model the poisons were crafted on, the benign model the seed's clean victim-architecture model; "
+             "alignment loss is 1 - cos(poison gradient, trigger gradient) on the surrogate before and after "
+             "crafting (Witches' Brew Eq. 3).", "",
+             "| method | victim | surrogate | benign model | victim test accuracy | alignment loss before -> after "
+             "| max change (of 255) |", "|---|---:|---:|---:|---:|---|---:|"]
+    controls: dict[float, list[dict[str, Any]]] = {}
+    for label, mine in _by_method(run, records):
+        res = [r["result"] for r in mine]
+        after = [min(r["alignment_loss_after"]) for r in res if r.get("alignment_loss_after")]
+        before = [r.get("alignment_loss_before") for r in res]
+        align = f"{_range(before)} -> {_range(after)}" if after else "—"
+        lines.append(f"| {label} | {_range([r.get('victim_trigger_success_rate') for r in res])} "
+                     f"| {_range([r.get('surrogate_trigger_success_rate') for r in res])} "
+                     f"| {_range([r.get('benign_trigger_success_rate') for r in res])} "
+                     f"| {_range([r.get('victim_test_accuracy') for r in res])} | {align} "
+                     f"| {_range([r.get('max_perturbation_pixels') for r in res], lambda x: f'{x:.0f}')} |")
+        for r in res:
+            for control in r.get("controls", []):
+                controls.setdefault(control["levels"], []).append(control)
+    if controls:
+        lines += ["", "The control: victims trained from scratch with the trigger itself added at the amplitude shown "
+                  "to the protection's own poison images (labels kept, no crafting): what the budget can carry into "
+                  "a model trained from scratch.", "",
+                  "| trigger amplitude (of 255) | control victim's trigger success | its test accuracy |",
+                  "|---:|---:|---:|"]
+        for levels in sorted(controls):
+            got = controls[levels]
+            lines.append(f"| {levels:g} | {_range([c['trigger_success_rate'] for c in got])} "
+                         f"| {_range([c['test_accuracy'] for c in got])} |")
     return lines
 
 

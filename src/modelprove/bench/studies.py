@@ -14,6 +14,14 @@ of its own. The key-sample watermarks' studies (blind watermark, Li et al. ACSAC
 - ``key-forgery``: forged key samples on the watermarked model and on the benign model (Sec. 6.4 (a));
 - ``key-transfer``: another owner's watermarked model (the grid's other seeds) verified against this
   protection, and the key accuracy matrix (Sec. 6.4 (b), Fig. 9).
+
+And the trigger watermarks' (BadNets, gradient matching; MOVE TPAMI Sec. 6.1 baselines):
+
+- ``trigger-learning``: whether the victim learned the trigger at all (its trigger success beside the
+  surrogate's and the seed's benign model's, the crafting record), and for gradient matching the control
+  that separates crafting from budget (Witches' Brew Sec. 5 asks the same): victims trained from scratch
+  with the trigger itself stamped at amplitude ``controls`` (levels of 255) on the protection's own poison
+  rows, labels kept; if even the plain trigger at the budget is not learned, no crafting within it will be.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class Study:
             if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
                 raise ModelproveError(f"study {self.name!r} parameter {name!r} must be a {type(default).__name__}, "
                                       f"got {value!r}.")
+            if isinstance(default, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in value):
+                raise ModelproveError(f"study {self.name!r} parameter {name!r} must be a list of numbers, got {value!r}.")
         return {**self.defaults, **given}
 
 
@@ -182,6 +193,51 @@ def key_transfer(data: StudyInput, params: dict[str, Any]) -> dict[str, Any]:
     return {"own": key_accuracy(data.victim, data.opened.keys), "hosts": hosts}
 
 
+def _trigger_method(spec) -> bool:
+    from modelprove.methods.badnets import TriggerMethod
+
+    return isinstance(spec, TriggerMethod)
+
+
+def trigger_learning(data: StudyInput, params: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from modelprove.data.style import stamp_patch
+    from modelprove.methods.badnets import trigger_results, verification_pool
+    from modelprove.methods.common import fresh_model
+    from modelprove.training import train
+
+    opened, config = data.opened, data.opened.config
+    results = opened.protection.manifest.get("results", {})
+    test = data.splits.test
+    pool = verification_pool(test, config.target, config.verification_pool, config.seed + 2)
+    kept = ("victim_test_accuracy", "victim_trigger_success_rate", "surrogate_trigger_success_rate", "poisons",
+            "poison_fraction_of_set", "max_perturbation_pixels", "alignment_loss_before", "alignment_loss_after",
+            "surrogate_retrainings", "seconds")
+    out: dict[str, Any] = {k: results[k] for k in kept if k in results}
+    if data.benign is not None:
+        out["benign_trigger_success_rate"] = trigger_results(data.benign, test, pool, config)["victim_trigger_success_rate"]
+    controls = []
+    if params["controls"] and data.spec.name == "gradient-matching":
+        defender = data.splits.defender
+        rows = load_file(str(opened.protection.directory / "gradient-matching.safetensors"))["poison_rows"]
+        mask = stamp_patch(torch.zeros_like(defender.as_float(rows[:1])), config.patch_size)
+        for levels in params["controls"]:
+            start = time.perf_counter()
+            images = defender.images.clone()  # dataset tensors are shared: copy before writing
+            images[rows] = ((defender.as_float(rows) + levels / 255 * mask).clamp(0, 1) * 255).round().to(torch.uint8)
+            poisoned = defender.with_images(images, name=f"{defender.name}[trigger at {levels}/255]")  # labels kept
+            victim = fresh_model(config.arch, defender, config.seed)
+            train(victim, poisoned, config.train_config(config.seed), description=f"control victim ({levels}/255)",
+                  show_progress=False)
+            measured = trigger_results(victim, test, pool, config)
+            controls.append({"levels": levels, "test_accuracy": measured["victim_test_accuracy"],
+                             "trigger_success_rate": measured["victim_trigger_success_rate"],
+                             "seconds": round(time.perf_counter() - start, 1)})
+    out["controls"] = controls
+    return out
+
+
 STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("key-samples", "what the host learned and how far key samples are from their images",
           {"held_out": 1000, "examples": 6}, _key_method, key_samples, other_seeds=False),
@@ -192,6 +248,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
           {"images": 1000}, _key_method, key_forgery),
     Study("key-transfer", "other owners' watermarked models against this protection",
           {}, _key_method, key_transfer, other_seeds=True),
+    Study("trigger-learning", "whether the victim learned the trigger, and the plain trigger at the budget as a control",
+          {"controls": []}, _trigger_method, trigger_learning),
 )}
 
 
