@@ -264,3 +264,12 @@ def test_trigger_learning_report_shows_victim_surrogate_benign_and_the_control()
     assert "| gm 250 | 0.002 | — | — | — | — | 16 |" in text
     # the controls in order of amplitude
     assert text.index("| 16 | 0.021 | 0.840 |") < text.index("| 64 | 0.427 | 0.818 |")
+
+
+def test_gradient_matching_preset_measures_each_protection_once_and_the_control_on_the_default():
+    config = load_bench_config("gradient-matching-fmnist")
+    protections, _, _ = plan_grid(config, DATA)
+    plans = plan_studies(config, protections, None)
+    assert sorted(p["method"] for p in plans) == sorted(m.label for m in config.methods)  # one record each
+    with_controls = [p["method"] for p in plans if p["params"]["controls"]]
+    assert with_controls == [config.methods[0].label]
