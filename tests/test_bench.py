@@ -209,6 +209,29 @@ def test_report_sections_of_a_fingerprint_grid(tmp_path):
     assert "| cae | 0.8000 | 0.8000 |" in text  # harmlessness from the grid's own cells only
 
 
+def test_calibration_of_the_null_panel_counts_what_a_hand_count_gives():
+    """Shares of decided pairs below each level, the exact bound on the accusation rate and the recipe with the
+    lowest median p; inconclusive pairs are not counted."""
+    from types import SimpleNamespace
+
+    from modelprove.bench.report import calibration_section
+
+    def pair(p: float, recipe: str, outcome: str = "not stolen") -> dict:
+        return {"method": "move", "setting": "black-box", "p_value": p, "outcome": outcome,
+                "independent_arch": "cnn_small", "independent_recipe": recipe}
+
+    pairs = [pair((i + 0.5) / 100, "sgd" if i % 2 else "adam") for i in range(100)]
+    pairs[0] = pair(0.005, "adam", "stolen")
+    pairs += [pair(0.001, "sgd", "inconclusive")]
+    run = SimpleNamespace(config=SimpleNamespace(settings=["white-box", "black-box"]))
+    text = "\n".join(calibration_section(run, pairs, ["move"], 0.01))
+    # 1 of 100 below 0.01, 5 below 0.05, 10 below 0.1; exact 95% upper limit of 1/100 is 0.0545; adam's
+    # median is that of p = 0.485 and 0.505
+    assert "| move | black-box | 100 | 0.010 | 0.050 | 0.100 | 1/100 [0, 0.054] | cnn_small adam (50): 0.495 |" in text
+    assert "white-box" not in text.split("|---|")[-1]  # no decided pairs: no row
+    assert calibration_section(run, [pair(0.2, "sgd", "inconclusive")], ["move"], 0.01) == []
+
+
 def test_presets_parse():
     assert {"smoke", "move-fmnist", "multistage", "cae-fmnist"} <= set(preset_names())
     for name in preset_names():

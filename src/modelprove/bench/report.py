@@ -208,6 +208,7 @@ def markdown(run) -> str:
                 names = sorted({r["independent"] for r in accused})
                 lines.append(f"| {label} | {setting} | {len(verdicts)} | **{len(accused)}** | {len(unsure)} | {paper} "
                              f"| {', '.join(names)} |")
+        lines += calibration_section(run, independents, methods, alpha)
         reasons = _inconclusive_reasons(records)
         if reasons:
             lines += ["", "Why verdicts were inconclusive (count, first words of the reason):", "",
@@ -225,6 +226,49 @@ def markdown(run) -> str:
     lines += removal_curves(run)
     lines += study_sections(run)
     return "\n".join(lines) + "\n"
+
+
+CALIBRATION_LEVELS = (0.01, 0.05, 0.10)
+
+
+def _recipe_of(record: dict[str, Any]) -> str:
+    return f"{record['independent_arch']} {record.get('independent_recipe', '')}".strip()
+
+
+def calibration_section(run, independents: list[dict[str, Any]], methods: list[str], alpha: float) -> list[str]:
+    """Is the null panel calibrated on models it was not made of? Under a calibrated rule an honest model's p
+    is uniform, so the share of decided (model, victim) pairs below each level is about the level; the
+    Clopper-Pearson bound says how large the false-accusation rate at alpha can be, given what was counted."""
+    from scipy.stats import binomtest
+
+    rows = []
+    for label in methods:
+        for setting in run.config.settings:
+            decided = [r for r in _verdicts(independents) if r["method"] == label and r["setting"] == setting
+                       and r["outcome"] != "inconclusive" and r.get("p_value") is not None]
+            if not decided:
+                continue
+            ps = np.array([r["p_value"] for r in decided])
+            accused = int(sum(r["outcome"] == "stolen" for r in decided))
+            bound = binomtest(accused, len(decided)).proportion_ci(0.95, method="exact").high
+            by_recipe: dict[str, list[float]] = defaultdict(list)
+            for r in decided:
+                by_recipe[_recipe_of(r)].append(r["p_value"])
+            recipe, values = min(by_recipe.items(), key=lambda kv: statistics.median(kv[1]))
+            shares = " | ".join(f"{np.mean(ps < level):.3f}" for level in CALIBRATION_LEVELS)
+            rows.append(f"| {label} | {setting} | {len(decided)} | {shares} | {accused}/{len(decided)} "
+                        f"[0, {bound:.3f}] | {recipe} ({len(values)}): {statistics.median(values):.3f} |")
+    if not rows:
+        return []
+    levels = " | ".join(f"share p < {level:g}" for level in CALIBRATION_LEVELS)
+    return ["", "Calibration of the null panel on these models: under a calibrated rule an honest model's p is "
+            "uniform, so each share below is about its level. The bound is the exact (Clopper-Pearson) 95% upper "
+            f"limit of the false-accusation rate at alpha = {alpha} from the count beside it; a model meets every "
+            "victim, so its pairs are not independent and the bound is optimistic. The last column is the "
+            "recipe whose decided pairs have the lowest median p (pairs, median): where the panel is least "
+            "representative.", "",
+            f"| method | setting | decided pairs | {levels} | accused [95% bound] | lowest recipe |",
+            "|---|---|---:|" + "---:|" * len(CALIBRATION_LEVELS) + "---:|---|", *rows]
 
 
 def roc_auc_section(run) -> list[str]:

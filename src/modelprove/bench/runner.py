@@ -569,22 +569,6 @@ class JobResult:
     hits: int
     misses: int
 
-# Tests only: a run SIGKILLs itself once its results hold this many lines, so a test can resume a run
-# killed mid-grid for sure (killing it from outside when the lines appeared raced a run that finished first).
-KILL_AFTER_VARIABLE = "MODELPROVE_TEST_KILL_AFTER_RESULTS"
-
-
-def _kill_for_a_test(log: ResultLog) -> None:
-    after = os.environ.get(KILL_AFTER_VARIABLE)
-    if not after or len(log.path.read_text().splitlines()) < int(after):
-        return
-    main = os.getppid() if _WORKER else os.getpid()  # the run's own process: a worker's parent
-    if os.getpgid(0) == main:  # the run leads its own process group (a job): kill it whole, workers too
-        os.killpg(main, signal.SIGKILL)
-    os.kill(main, signal.SIGKILL)  # else the run; its other workers exit when they see it gone
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 # The grid of the run this worker process works for, made by its first job of that run.
 _PROCESS_GRID: dict[str, _Grid] = {}
 _PROCESS_LOCK = threading.Lock()  # a worker with several threads runs one job at a time: one grid, one torch
