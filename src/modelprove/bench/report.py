@@ -100,8 +100,10 @@ def markdown(run) -> str:
         "",
         (f"**Unfinished: {run.missing} of {len(records) + run.missing} cells have not been verified yet** "
          "(marked 'not run'); rerun the same command to complete them." if run.missing else
-         f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
-         f"cache {run.cache_hits} hits / {run.cache_misses} misses. From an empty cache the grid costs "
+         ("Written from the finished results: this run verified and built nothing (the runs that did are "
+          "listed below). " if not run.cells_run and not run.cache_misses else
+          f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
+          f"cache {run.cache_hits} hits / {run.cache_misses} misses. ") + "From an empty cache the grid costs "
          f"{run.build_seconds / 60:.0f} min of building models and protections (each cache entry's own build "
          f"time, measured on the machine that built it, under whatever load it had) and "
          f"{run.verify_seconds / 60:.0f} min of verification, plus loading."),
