@@ -62,6 +62,10 @@ def _inconclusive_reasons(records: list[dict[str, Any]]) -> list[tuple[tuple[str
     return sorted(counts.items())
 
 
+def _wall(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"  # a warm rerun is not "0.0 min"
+
+
 def _history(run) -> list[str]:
     """The runs of this directory (its runs.jsonl), the ones that only read the cache included."""
     if not run.history:
@@ -74,7 +78,7 @@ def _history(run) -> list[str]:
         where = f" (Dask {past['cluster']})" if past.get("executor") == "dask" else ""
         lines.append(f"| {past['started']} | {past['workers']} x {past['threads']}{where} | {past['cores']} "
                      f"| {past['load_at_start']} / {past['load_at_end']} | {past['cells_run']}{part} "
-                     f"| {past['cache_hits']} / {past['cache_misses']} | {past['seconds'] / 60:.1f} min |")
+                     f"| {past['cache_hits']} / {past['cache_misses']} | {_wall(past['seconds'])} |")
     return [*lines, ""]
 
 
