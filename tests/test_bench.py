@@ -210,7 +210,7 @@ def test_report_sections_of_a_fingerprint_grid(tmp_path):
 
 
 def test_calibration_of_the_null_panel_counts_what_a_hand_count_gives():
-    """Shares of decided pairs below each level, the exact bound on the accusation rate and the recipe with the
+    """Shares of decided pairs below each level, the exact interval of the accusation rate and the recipe with the
     lowest median p; inconclusive pairs are not counted."""
     from types import SimpleNamespace
 
@@ -225,9 +225,9 @@ def test_calibration_of_the_null_panel_counts_what_a_hand_count_gives():
     pairs += [pair(0.001, "sgd", "inconclusive")]
     run = SimpleNamespace(config=SimpleNamespace(settings=["white-box", "black-box"]))
     text = "\n".join(calibration_section(run, pairs, ["move"], 0.01))
-    # 1 of 100 below 0.01, 5 below 0.05, 10 below 0.1; exact 95% upper limit of 1/100 is 0.0545; adam's
+    # 1 of 100 below 0.01, 5 below 0.05, 10 below 0.1; the exact 95% interval of 1/100 is [0.0003, 0.0545]; adam's
     # median is that of p = 0.485 and 0.505
-    assert "| move | black-box | 100 | 0.010 | 0.050 | 0.100 | 1/100 [0, 0.054] | cnn_small adam (50): 0.495 |" in text
+    assert "| move | black-box | 100 | 0.010 | 0.050 | 0.100 | 1/100 [0.000, 0.054] | cnn_small adam (50): 0.495 |" in text
     assert "white-box" not in text.split("|---|")[-1]  # no decided pairs: no row
     assert calibration_section(run, [pair(0.2, "sgd", "inconclusive")], ["move"], 0.01) == []
 

@@ -244,7 +244,7 @@ def _recipe_of(record: dict[str, Any]) -> str:
 def calibration_section(run, independents: list[dict[str, Any]], methods: list[str], alpha: float) -> list[str]:
     """Is the null panel calibrated on models it was not made of? Under a calibrated rule an honest model's p
     is uniform, so the share of decided (model, victim) pairs below each level is about the level; the
-    Clopper-Pearson bound says how large the false-accusation rate at alpha can be, given what was counted."""
+    Clopper-Pearson interval says how large the false-accusation rate at alpha can be, given what was counted."""
     from scipy.stats import binomtest
 
     rows = []
@@ -256,24 +256,24 @@ def calibration_section(run, independents: list[dict[str, Any]], methods: list[s
                 continue
             ps = np.array([r["p_value"] for r in decided])
             accused = int(sum(r["outcome"] == "stolen" for r in decided))
-            bound = binomtest(accused, len(decided)).proportion_ci(0.95, method="exact").high
+            low, high = binomtest(accused, len(decided)).proportion_ci(0.95, method="exact")
             by_recipe: dict[str, list[float]] = defaultdict(list)
             for r in decided:
                 by_recipe[_recipe_of(r)].append(r["p_value"])
             recipe, values = min(by_recipe.items(), key=lambda kv: statistics.median(kv[1]))
             shares = " | ".join(f"{np.mean(ps < level):.3f}" for level in CALIBRATION_LEVELS)
             rows.append(f"| {label} | {setting} | {len(decided)} | {shares} | {accused}/{len(decided)} "
-                        f"[0, {bound:.3f}] | {recipe} ({len(values)}): {statistics.median(values):.3f} |")
+                        f"[{low:.3f}, {high:.3f}] | {recipe} ({len(values)}): {statistics.median(values):.3f} |")
     if not rows:
         return []
     levels = " | ".join(f"share p < {level:g}" for level in CALIBRATION_LEVELS)
     return ["", "Calibration of the null panel on these models: under a calibrated rule an honest model's p is "
-            "uniform, so each share below is about its level. The bound is the exact (Clopper-Pearson) 95% upper "
-            f"limit of the false-accusation rate at alpha = {alpha} from the count beside it; a model meets every "
+            "uniform, so each share below is about its level. The bracket is the exact (Clopper-Pearson) 95% "
+            f"interval of the false-accusation rate at alpha = {alpha} from the count beside it; a model meets every "
             "victim, so its pairs are not independent and the bound is optimistic. The last column is the "
             "recipe whose decided pairs have the lowest median p (pairs, median): where the panel is least "
             "representative.", "",
-            f"| method | setting | decided pairs | {levels} | accused [95% bound] | lowest recipe |",
+            f"| method | setting | decided pairs | {levels} | accused [95% interval] | lowest recipe |",
             "|---|---|---:|" + "---:|" * len(CALIBRATION_LEVELS) + "---:|---|", *rows]
 
 
