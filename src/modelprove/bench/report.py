@@ -106,7 +106,7 @@ def markdown(run) -> str:
          "(marked 'not run'); rerun the same command to complete them." if run.missing else
          ("Written from the finished results: this run verified and built nothing (the runs that did are "
           "listed below). " if not run.cells_run and not run.cache_misses else
-          f"This run: {run.seconds / 60:.1f} min wall time, {run.cells_run} of {len(records)} cells verified now, "
+          f"This run: {_wall(run.seconds)} wall time, {run.cells_run} of {len(records)} cells verified now, "
           f"cache {run.cache_hits} hits / {run.cache_misses} misses. ") + "From an empty cache the grid costs "
          f"{run.build_seconds / 60:.0f} min of building models and protections (each cache entry's own build "
          f"time, measured on the machine that built it, under whatever load it had) and "
@@ -270,7 +270,8 @@ def calibration_section(run, independents: list[dict[str, Any]], methods: list[s
     return ["", "Calibration of the null panel on these models: under a calibrated rule an honest model's p is "
             "uniform, so each share below is about its level. The bracket is the exact (Clopper-Pearson) 95% "
             f"interval of the false-accusation rate at alpha = {alpha} from the count beside it; a model meets every "
-            "victim, so its pairs are not independent and the bound is optimistic. The last column is the "
+            "victim, so its pairs are not independent and the interval is narrower than a model-level one. The last "
+            "column is the "
             "recipe whose decided pairs have the lowest median p (pairs, median): where the panel is least "
             "representative.", "",
             f"| method | setting | decided pairs | {levels} | accused [95% interval] | lowest recipe |",
