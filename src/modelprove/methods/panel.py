@@ -58,6 +58,10 @@ RECIPES: dict[str, PanelRecipe] = {r.name: r for r in (
     PanelRecipe("adam-crop", "adam", 1e-3, "crop", 1.0, 1.0),
     PanelRecipe("sgd-none", "sgd", 0.05, "none", 1.0, 1.0),
     PanelRecipe("sgd-flip-long", "sgd", 0.03, "crop_flip", 1.5, 1.0),
+    # Two more Adam recipes for a wider panel (bench move-panel): Adam-trained honest models sat in the
+    # upper tail of the four-recipe panel's null distribution (docs/results/move-fmnist.md, calibration).
+    PanelRecipe("adam-none-half", "adam", 1e-3, "none", 1.0, 0.5),
+    PanelRecipe("adam-crop-slow", "adam", 5e-4, "crop", 1.5, 1.0),
 )}
 PANEL_RECIPES = ("sgd-crop", "adam-none", "sgd-none-half", "adam-flip-short")
 # The victim's architecture and the first two others: cheap, and of three families (two CNNs, an MLP).
