@@ -186,6 +186,17 @@ def test_balanced_selection_by_hand():
         assert kept.min() >= scores[targets == k].sort(descending=True).values[len(kept) - 1] - 1e-9
 
 
+def test_conferrability_spread_by_hand():
+    values = torch.tensor([0.1, 0.9, 0.3, 0.5, 0.7])
+    spread = cae.conferrability_spread(values, 3)
+    assert spread["threshold_for_n"] == pytest.approx(0.5)  # the third largest admits exactly 3
+    assert spread["conferrability_fooled_quantiles"]["0.5"] == pytest.approx(0.5)
+    assert spread["conferrability_fooled_quantiles"]["max"] == pytest.approx(0.9)
+    assert cae.conferrability_spread(values, 6)["threshold_for_n"] is None  # fewer than n changed the label
+    assert cae.conferrability_spread(torch.tensor([]), 3) == {"conferrability_fooled_quantiles": None,
+                                                                "threshold_for_n": None}
+
+
 def test_threshold_choice_by_hand():
     assert cae.choose_threshold([0.8, 0.9], [0.1, 0.3], 0.75) == pytest.approx(0.55)
     # overlap: candidates 0.35 and 0.75 both reach TPR − FPR = 0.5; the higher one is taken

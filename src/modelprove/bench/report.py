@@ -344,13 +344,21 @@ def fingerprint_section(run) -> list[str]:
              "perturbed (in rounds, until every class had its share of n or the cap), how many changed the "
              "source's label and how many of those reached the conferrability threshold on CEM's ensemble (the "
              "only ones admitted), the fingerprint's mean conferrability on the ensemble and on the protection's "
-             "held-out models (which CEM never saw), and rho chosen on the held-out models.", "",
+             "held-out models (which CEM never saw), and rho chosen on the held-out models. The last two "
+             "columns say how conferrable the label-changing candidates were on the ensemble (median, 90th "
+             "percentile and largest) and the highest threshold that would have admitted n of them (n/a: fewer "
+             "than n changed the label), so a threshold the task cannot reach shows as such.", "",
              "| method | seed | fingerprint / n | candidates | changed the source's label | reached the threshold "
-             "| conferrability, ensemble | conferrability, held-out | rho |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| conferrability, ensemble | conferrability, held-out | rho | label-changing: median / p90 / max "
+             "| threshold admitting n |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (label, seed), f in sorted(made.items()):
+        spread = f.get("conferrability_fooled_quantiles")
+        spread = ("n/a" if not spread else
+                  " / ".join(f"{spread[q]:.3f}" for q in ("0.5", "0.9", "max")))
         lines.append(f"| {label} | {seed} | {f.get('fingerprint_size')} / {f.get('n')} | {f.get('candidates')} | "
                      f"{f.get('fooled_source')} | {f.get('qualified')} | {number(f.get('mean_conferrability_fingerprint'))} | "
-                     f"{number(f.get('held_out_conferrability_fingerprint'))} | {number(f.get('rho'))} |")
+                     f"{number(f.get('held_out_conferrability_fingerprint'))} | {number(f.get('rho'))} | {spread} | "
+                     f"{number(f.get('threshold_for_n'))} |")
     return lines
 
 

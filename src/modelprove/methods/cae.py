@@ -717,6 +717,18 @@ def fingerprint_candidates(source: Classifier, models: DefenderModels, defender:
     return Candidates.concat(parts), rounds
 
 
+def conferrability_spread(fooled: torch.Tensor, n: int) -> dict[str, Any]:
+    """How conferrable the label-changing candidates were on the ensemble: quantiles, and the highest
+    threshold that would have admitted n of them (class balance aside; None when fewer than n changed the
+    label) -- what a threshold other than the paper's 0.85 would give on this task."""
+    values = fooled.double().sort(descending=True).values
+    if not len(values):
+        return {"conferrability_fooled_quantiles": None, "threshold_for_n": None}
+    quantiles = {str(q): float(torch.quantile(values, q)) for q in (0.5, 0.9, 0.99)}
+    return {"conferrability_fooled_quantiles": {**quantiles, "max": float(values[0])},
+            "threshold_for_n": float(values[n - 1]) if len(values) >= n else None}
+
+
 def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: CaeConfig | None = None, *,
           force: bool = False, model: str | Path | Classifier | None = None,
           defender_models: DefenderModels | None = None) -> CaeProtection:
@@ -773,6 +785,7 @@ def build(defender: ImageDataset, test: ImageDataset, out: str | Path, config: C
         "qualified": int(qualified.sum()),  # fooled and conferrability >= threshold
         "mean_conferrability_fingerprint": float(found.conferrability[chosen].mean()),
         "mean_conferrability_fooled": float(found.conferrability[found.fooled].mean()) if found.fooled.any() else 0.0,
+        **conferrability_spread(found.conferrability[found.fooled], config.n),
         "held_out_conferrability_fingerprint": None if held_out is None else float(held_out.mean()),
         "target_class_counts": torch.bincount(fingerprint_targets, minlength=defender.num_classes).tolist(),
         "qualified_class_counts": torch.bincount(found.targets[qualified], minlength=defender.num_classes).tolist(),
@@ -889,7 +902,8 @@ class Cae(FingerprintMethod):
         independent model), not an access: nothing here is a query of a verification."""
         results = opened.protection.manifest.get("results", {})
         keys = ("fingerprint_size", "n", "short_of_n", "candidates", "rounds", "fooled_source", "qualified",
-                "mean_conferrability_fingerprint", "held_out_conferrability_fingerprint", "rho")
+                "mean_conferrability_fingerprint", "held_out_conferrability_fingerprint", "rho",
+                "mean_conferrability_fooled", "conferrability_fooled_quantiles", "threshold_for_n")
         study: dict[str, Any] = {"fingerprint": {k: results.get(k) for k in keys}}
         if opened.comparison:
             study["comparison"] = results.get("comparison", [])
