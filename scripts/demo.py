@@ -2,7 +2,7 @@
 stolen and suspects that cannot have been.
 
 The defender protects its classifier (MOVE: style-transferred training images, a meta-classifier) and
-calibrates it on a null panel of honest models it trains itself (three architectures, four training
+calibrates it on a null panel of honest models it trains itself (three architectures, six training
 recipes; kept in ``runs/demo/panels`` and trained once). The suspects:
 
 - stolen: a direct copy, and the copy fine-tuned on the attacker's data;
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--m-black-box", type=int, default=100, help="black-box m (the paper's 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10, help="verification seeds for the independent models")
-    parser.add_argument("--panel-size", type=int, default=8, help="null-panel models per architecture")
+    parser.add_argument("--panel-size", type=int, default=12, help="null-panel models per architecture")
     parser.add_argument("--panel-archs", default="cnn_small,lenet5,mlp")
     parser.add_argument("--panel-epochs", type=int, default=5)
     parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing runs/demo")

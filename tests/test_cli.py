@@ -100,6 +100,13 @@ def test_unknown_method_parameter(workspace, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_unknown_panel_recipe(workspace, tmp_path):
+    result = runner.invoke(app, ["protect", "--data", str(workspace / "bars_train.npz"), "--out", str(tmp_path / "p"),
+                                 "--panel-recipes", "sgd-crop,rmsprop"])
+    assert result.exit_code == 2 and "unknown panel recipe 'rmsprop'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "p").exists()
+
+
 def test_extend_refuses_what_it_cannot_add_and_other_data(workspace, tmp_path, bars_task):
     """protect --extend writes a new protection or nothing: a field the method cannot add, or data that is not
     the protection's, fails in one line with exit code 2 and leaves the original as it was."""

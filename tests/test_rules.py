@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -176,3 +177,25 @@ def test_critical_value_is_where_the_panel_test_starts_to_reject():
     c = critical_value(honest, 100, 0.01)
     assert panel_test(c + 1e-6, honest, 100).p_value < 0.01 < panel_test(c - 1e-6, honest, 100).p_value
 
+
+
+def test_default_panel_spans_its_recipes_and_no_method_fits_to_them():
+    """The default null panel has every default recipe equally often per architecture, and no recipe a
+    method trains its own models with (MOVE's negatives, CAE's references, key-watermark references):
+    otherwise the panel would only show recipes the method was fitted to ignore."""
+    from modelprove.methods import cae, key_watermarks, move
+    from modelprove.methods.panel import FIRST_PANEL_RECIPES, PANEL_RECIPES, PanelConfig, panel_members
+
+    members = panel_members(PanelConfig(), "cnn_small")
+    archs = {m.arch for m in members}
+    assert len(archs) == 3
+    for arch in archs:
+        counts = Counter(m.recipe.name for m in members if m.arch == arch)
+        assert set(counts) == set(PANEL_RECIPES) and len(set(counts.values())) == 1
+    assert set(FIRST_PANEL_RECIPES) < set(PANEL_RECIPES)
+    fitted = {*move.MoveConfig().negative_recipe_list(), *cae.CaeConfig().arch_list("reference_recipes"),
+              *(spec.split(":")[1] for spec in key_watermarks.KeyWatermarkConfig().reference_models.split(","))}
+    assert not fitted & set(PANEL_RECIPES)
+    # a smaller panel takes the recipes in turn: its first four models are the first panel's recipes
+    assert [m.recipe.name for m in panel_members(PanelConfig(size=4, architectures="mlp"), "mlp")] == list(
+        FIRST_PANEL_RECIPES)

@@ -47,6 +47,7 @@ Example (the shipped presets are in ``modelprove/bench/presets/``)::
     size = 8                              # honest models per architecture
     architectures = "cnn_small,lenet5,vgg_small"
     epochs = 5
+    recipes = "sgd-crop,adam-none"        # optional (methods/panel.py RECIPES); default: the first four
 
     [[studies]]                           # a measurement of each protection (bench.studies), e.g. the
     name = "key-detector"                 # evasion detectors of key-sample watermarks
@@ -156,7 +157,7 @@ class PanelSpec:
     size: int = 8
     architectures: str = "cnn_small,lenet5,vgg_small"
     epochs: int = 5
-    recipes: str = ""  # empty: methods.panel's default recipes
+    recipes: str = ""  # empty: methods.panel.FIRST_PANEL_RECIPES (what every grid's cache keys stand for)
 
 
 @dataclass(frozen=True)

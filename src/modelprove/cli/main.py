@@ -85,10 +85,13 @@ def protect(
     model: Annotated[Optional[Path], typer.Option(
         help="An already trained source model to protect (methods that fingerprint, e.g. cae).")] = None,
     logo: Annotated[Optional[Path], typer.Option(help="The owner's logo image (blind-watermark).")] = None,
-    panel_size: Annotated[int, typer.Option(help="Null panel: honest models per architecture.")] = 8,
+    panel_size: Annotated[int, typer.Option(help="Null panel: honest models per architecture.")] = 12,
     panel_archs: Annotated[Optional[str], typer.Option(
         help="Null panel architectures, comma-separated (default: the victim's and two others).")] = None,
     panel_epochs: Annotated[int, typer.Option(help="Null panel: training epochs (its recipes scale them).")] = 5,
+    panel_recipes: Annotated[Optional[str], typer.Option(
+        help="Null panel recipes, comma-separated, taken in turn (default: the six of methods/panel.py "
+             "PANEL_RECIPES; `modelprove bench move-panel` measured them).")] = None,
     panel_store: Annotated[Optional[Path], typer.Option(
         help="Where null-panel models are kept and shared between protections of the same data "
              "(default $MODELPROVE_PANELS or ~/.cache/modelprove/panels).")] = None,
@@ -119,7 +122,8 @@ def protect(
             _agree("seed", "--seed", seed, config_from_pairs(spec.config, set_).seed)
         config = config_from_pairs(spec.config, set_, seed=seed)  # None keeps --set seed= or the default
         panel = PanelConfig(size=panel_size, architectures=panel_archs or "", epochs=panel_epochs,
-                            store=str(panel_store) if panel_store else None)
+                            store=str(panel_store) if panel_store else None,
+                            **({"recipes": panel_recipes} if panel_recipes else {}))
         ensure_writable(out_dir, force)  # before any training: not over a protection, nor inside one
         check_parent(out_dir, "--out")
         splits = load_splits(
