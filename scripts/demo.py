@@ -71,6 +71,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    began = time.perf_counter()
     torch.set_num_threads(2)
     out: Path = args.out
     if args.fresh and out.exists():
@@ -193,6 +194,7 @@ def main() -> int:
         f"{results['benign_test_accuracy']:.4f} (harmlessness); meta-classifier train accuracy "
         f"{results['meta_classifier']['train_accuracy']:.3f} on {results['feature_dimension']} gradient-sign features"
     )
+    timings["the whole run, until this summary (wall)"] = time.perf_counter() - began
     summary = render_summary(args, splits, results, table, rows, accused, timings)
     write_text(out / "summary.md", summary)
     write_text(out / "summary.json", json.dumps({
