@@ -36,7 +36,8 @@ from modelprove.core.progress import console
 from modelprove.data import DataSplits, ImageDataset, load_splits, make_splits
 from modelprove.methods import METHODS, MethodSpec
 from modelprove.methods.common import fresh_model
-from modelprove.methods.panel import FIRST_PANEL_RECIPES, PanelConfig, member_data, member_recipe, panel_members, train_member
+from modelprove.methods.panel import (FIRST_PANEL_RECIPES, PanelConfig, member_data, member_recipe, panel_members,
+                                      train_member)
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, load_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
