@@ -220,5 +220,5 @@ def train_panel(config: PanelConfig, victim_arch: str, defender: ImageDataset, t
 
 
 __all__ = ["DEFAULT_ARCHITECTURES", "FIRST_PANEL_RECIPES", "PANEL_RECIPES", "PanelConfig", "PanelMember",
-           "PanelRecipe", "RECIPES", "TrainedMember", "directory_store", "member_recipe", "panel_members", "recipe_data", "recipe_training", "train_member",
-           "train_panel"]
+           "PanelRecipe", "RECIPES", "TrainedMember", "directory_store", "member_recipe", "panel_members",
+           "recipe_data", "recipe_training", "train_member", "train_panel"]
