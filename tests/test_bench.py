@@ -491,3 +491,26 @@ def test_an_honest_student_is_keyed_after_its_teacher_and_named_by_its_attack():
     assert student_key != teacher_key  # the student is its own model, made after its teacher
     assert made["teacher"] == plain["recipe"] and made["recipe"]["student"] == "distill:epochs=2"
     assert made["name"] != plain["name"] and "student-distill" in made["name"]
+
+
+def test_stale_staging_of_killed_builds_is_removed_and_live_staging_kept(tmp_path):
+    """A build killed by SIGKILL leaves its staging directory; one untouched for a day is removed, one
+    being written is kept, and complete entries are never touched."""
+    from modelprove.bench.cache import BenchCache
+
+    cache = BenchCache(tmp_path)
+    _, entry = cache.protection({"kind": "protection", "x": 1}, lambda out: out.mkdir() or {"ok": True})
+    (tmp_path / "protections" / "ab").mkdir(parents=True)
+    dead = tmp_path / "protections" / "ab" / ".ab12.killed.partial"
+    live = tmp_path / "protections" / "ab" / ".ab34.running.partial"
+    for staging in (dead, live):
+        (staging / "protection").mkdir(parents=True)
+        (staging / "protection" / "victim.safetensors").write_bytes(b"x")
+    day_ago = time.time() - 25 * 3600
+    for path in (dead / "protection" / "victim.safetensors", dead / "protection", dead):
+        os.utime(path, (day_ago, day_ago))
+    old_inside = live / "protection"  # a live build may have old directories but writes new files
+    os.utime(old_inside, (day_ago, day_ago))
+    removed = cache.remove_stale_staging()
+    assert removed == [dead] and not dead.exists() and live.exists()
+    assert cache.entry_info("protections", {"kind": "protection", "x": 1}) == {"ok": True}

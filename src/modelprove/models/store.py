@@ -32,6 +32,7 @@ from modelprove.models.modelfile import load_model, save_model
 # initial weights; the null panel).
 CACHE_FORMAT = "modelprove-bench-cache/2"
 ENTRY = "entry.json"
+STALE_STAGING_HOURS = 24.0  # a staging directory untouched this long is a killed build's
 
 
 def recipe_key(recipe: dict[str, Any]) -> str:
@@ -101,6 +102,19 @@ class ModelStore:
             raise
         self.misses += 1
         return directory, entry
+
+    def remove_stale_staging(self, older_than_hours: float = STALE_STAGING_HOURS) -> list[Path]:
+        """Remove staging directories nothing has written to for ``older_than_hours``: builds killed too
+        hard to clean up after themselves (SIGKILL, a lost worker). A live build renames or removes its
+        own and keeps writing into it, so a day-old one belongs to no process. -> what was removed."""
+        cutoff = time.time() - older_than_hours * 3600
+        removed = []
+        for staging in self.root.glob("*/*/.*.partial"):
+            newest = max((p.stat().st_mtime for p in staging.rglob("*")), default=staging.stat().st_mtime)
+            if max(newest, staging.stat().st_mtime) < cutoff:
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
+        return removed
 
     def entry_info(self, kind: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
         """The ``info`` the entry of ``recipe`` was stored with, or None if it is not in the cache."""
