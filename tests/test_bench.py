@@ -494,7 +494,7 @@ def test_an_honest_student_is_keyed_after_its_teacher_and_named_by_its_attack():
 
 
 def test_stale_staging_of_killed_builds_is_removed_and_live_staging_kept(tmp_path):
-    """A build killed by SIGKILL leaves its staging directory; one untouched for a day is removed, one
+    """A build killed by SIGKILL leaves its staging directory; one untouched for three days is removed, one
     being written is kept, and complete entries are never touched."""
     from modelprove.bench.cache import BenchCache
 
@@ -506,11 +506,11 @@ def test_stale_staging_of_killed_builds_is_removed_and_live_staging_kept(tmp_pat
     for staging in (dead, live):
         (staging / "protection").mkdir(parents=True)
         (staging / "protection" / "victim.safetensors").write_bytes(b"x")
-    day_ago = time.time() - 25 * 3600
+    long_ago = time.time() - 73 * 3600
     for path in (dead / "protection" / "victim.safetensors", dead / "protection", dead):
-        os.utime(path, (day_ago, day_ago))
+        os.utime(path, (long_ago, long_ago))
     old_inside = live / "protection"  # a live build may have old directories but writes new files
-    os.utime(old_inside, (day_ago, day_ago))
+    os.utime(old_inside, (long_ago, long_ago))
     removed = cache.remove_stale_staging()
     assert removed == [dead] and not dead.exists() and live.exists()
     assert cache.entry_info("protections", {"kind": "protection", "x": 1}) == {"ok": True}

@@ -657,7 +657,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, *, cache_dir: str | Path
         stale = grid.cache.remove_stale_staging()
         if stale and progress:
             console.print(f"removed {len(stale)} staging director{'y' if len(stale) == 1 else 'ies'} of builds killed "
-                          f"over a day ago from {cache_dir}", highlight=False)
+                          f"days ago from {cache_dir}", highlight=False)
     plan = grid.plan
     pending = [] if report_only else [cell for cell in plan if cell["key"] not in log]
     studies = [] if report_only else [study for study in grid.studies.values() if study["key"] not in log]
