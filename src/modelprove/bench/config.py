@@ -159,6 +159,14 @@ class PanelSpec:
     epochs: int = 5
     recipes: str = ""  # empty: methods.panel.FIRST_PANEL_RECIPES (what every grid's cache keys stand for)
 
+    def panel_config(self):
+        """The methods.panel.PanelConfig of this grid (it validates the fields). No recipes named: the
+        first, four-recipe panel, which every grid's cache keys (``recipes = ""``) stand for."""
+        from modelprove.methods.panel import FIRST_PANEL_RECIPES, PanelConfig
+
+        return PanelConfig(size=self.size, architectures=self.architectures, epochs=self.epochs,
+                           recipes=self.recipes or ",".join(FIRST_PANEL_RECIPES))
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -300,10 +308,7 @@ def parse_bench_config(raw: dict[str, Any], source: str = "<grid>") -> BenchConf
 
     panel = table("panel", PanelSpec)
     try:
-        from modelprove.methods.panel import PanelConfig
-
-        PanelConfig(size=panel.size, architectures=panel.architectures, epochs=panel.epochs,
-                    **({"recipes": panel.recipes} if panel.recipes else {}))
+        panel.panel_config()
     except ModelproveError as exc:
         raise fail("panel", str(exc), "see methods/panel.py for the panel's fields") from None
 

@@ -271,9 +271,8 @@ def calibration_section(run, independents: list[dict[str, Any]], methods: list[s
             "uniform, so each share below is about its level. The bracket is the exact (Clopper-Pearson) 95% "
             f"interval of the false-accusation rate at alpha = {alpha} from the count beside it; a model meets every "
             "victim, so its pairs are not independent and the interval is narrower than a model-level one. The last "
-            "column is the "
-            "recipe whose decided pairs have the lowest median p (pairs, median): where the panel is least "
-            "representative.", "",
+            "column is the recipe whose decided pairs have the lowest median p (pairs, median): where the panel is "
+            "least representative.", "",
             f"| method | setting | decided pairs | {levels} | accused [95% interval] | lowest recipe |",
             "|---|---|---:|" + "---:|" * len(CALIBRATION_LEVELS) + "---:|---|", *rows]
 

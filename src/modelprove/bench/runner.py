@@ -36,8 +36,7 @@ from modelprove.core.progress import console
 from modelprove.data import DataSplits, ImageDataset, load_splits, make_splits
 from modelprove.methods import METHODS, MethodSpec
 from modelprove.methods.common import fresh_model
-from modelprove.methods.panel import (FIRST_PANEL_RECIPES, PanelConfig, member_data, member_recipe, panel_members,
-                                      train_member)
+from modelprove.methods.panel import PanelConfig, member_data, member_recipe, panel_members, train_member
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, load_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
@@ -171,11 +170,8 @@ def benign_recipe(config: BenchConfig, data: dict[str, Any], seed: int) -> dict[
 
 
 def panel_config(config: BenchConfig) -> PanelConfig:
-    """The grid's panel. No recipes named: the first, four-recipe panel, which every grid's cache keys
-    (``recipes = ""``) stand for; a grid opts into others by naming them (move-panel)."""
-    spec = config.panel
-    return PanelConfig(size=spec.size, architectures=spec.architectures, epochs=spec.epochs,
-                       recipes=spec.recipes or ",".join(FIRST_PANEL_RECIPES))
+    """The grid's panel (:meth:`PanelSpec.panel_config`; a grid opts into recipes by naming them)."""
+    return config.panel.panel_config()
 
 
 def plan_grid(config: BenchConfig, data: dict[str, Any]):

@@ -111,8 +111,11 @@ class ModelStore:
         cutoff = time.time() - older_than_hours * 3600
         removed = []
         for staging in self.root.glob("*/*/.*.partial"):
-            newest = max((p.stat().st_mtime for p in staging.rglob("*")), default=staging.stat().st_mtime)
-            if max(newest, staging.stat().st_mtime) < cutoff:
+            try:
+                newest = max(p.stat().st_mtime for p in (staging, *staging.rglob("*")))
+            except FileNotFoundError:  # a build sharing the cache renamed or removed it meanwhile: alive
+                continue
+            if newest < cutoff:
                 shutil.rmtree(staging, ignore_errors=True)
                 removed.append(staging)
         return removed
