@@ -114,6 +114,27 @@ def test_unrelated_model_is_cleared(protection, unrelated):
             assert verdict.outcome == "not stolen", (setting, seed, verdict.reason)
 
 
+def test_a_victim_that_never_learned_its_trigger_makes_no_claim(protection, unrelated):
+    """The premise check (TriggerMethod.premise): the protected victim must answer its own trigger. With the
+    unrelated model in the victim's place, even a suspect that carries the trigger (the real victim) is
+    inconclusive under the null-panel rule, and white-box no model is run at all; the paper's t-test is left
+    as published and still flags the carrier."""
+    out, made = protection
+    opened = badnets.open_protection(out)
+    assert badnets.BADNETS.premise(opened, opened.config) is None  # the real victim learned it (success >= 0.9)
+    opened.victim = unrelated
+    why = badnets.BADNETS.premise(opened, opened.config)
+    assert why is not None and "did not learn its trigger" in why and "McNemar" in why
+    carrier = WhiteBoxAccess(copy.deepcopy(made.victim), name="carrier")
+    for setting in ("white-box", "black-box"):
+        verdicts = badnets.BADNETS.verify_rules(opened, carrier, setting=setting)
+        assert verdicts["panel"].outcome == "inconclusive" and verdicts["panel"].reason == why, setting
+        assert verdicts["paper"].stolen, setting
+    api = BlackBoxAccess.from_model(made.victim, name="api")
+    panel_only = badnets.verify(opened, api, competence=0.0)
+    assert panel_only.outcome == "inconclusive" and api.queries == 0  # nothing to measure: nothing asked
+
+
 def test_t_test_matches_a_hand_computation(protection, unrelated):
     out, _ = protection
     opened = badnets.open_protection(out)

@@ -108,6 +108,19 @@ def test_keys_change_exactly_where_the_input_determines_them(change, changed):
         assert (base[kind] != new[kind]) == (kind in changed), kind
 
 
+def test_a_methods_verdict_version_rekeys_only_its_cells(monkeypatch):
+    """A change to how a method decides (OwnershipMethod.verdict_version) verifies its cells again and
+    rebuilds nothing; at version 0 the key is what it was before versions existed."""
+    from modelprove.methods import METHODS
+
+    base = keys(GRID)
+    assert METHODS["move"].verdict_version == 0
+    monkeypatch.setattr(type(METHODS["move"]), "verdict_version", 7)
+    new = keys(GRID)
+    assert new["cells"].isdisjoint(base["cells"])
+    assert {kind: new[kind] for kind in new if kind != "cells"} == {kind: base[kind] for kind in base if kind != "cells"}
+
+
 def test_keys_change_with_the_data():
     base = keys(GRID)
     other = keys(GRID, {**DATA, "attacker": "a1"})

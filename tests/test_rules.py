@@ -117,6 +117,20 @@ def test_gates_make_inconclusive_an_answer():
     assert "unknown" in v.reason
 
 
+def test_a_failed_premise_makes_the_panel_rule_inconclusive_and_leaves_the_paper_rule_alone():
+    """Gate 4: a victim that does not carry the feature (a trigger it never learned) makes no claim, even where
+    the suspect stands far above a panel the victim itself passes; the paper's test is reproduced as published."""
+    why = "the victim did not learn its trigger"
+    high = evidence(np.full(50, 0.95), paired=(np.full(50, 0.95), np.full(50, 0.10)))
+    calibration = Calibration(panels=HONEST, victim_statistic=0.97, premise=why)
+    v = verdict(high, calibration)
+    assert v.outcome == INCONCLUSIVE and v.reason == why and v.p_value is None
+    assert verdict(high, dataclasses.replace(calibration, premise=None)).outcome == STOLEN
+    paper = build_verdict(high, PairedTTestRule(), suspect="s", alpha=0.01, seed=0, start=time.perf_counter(),
+                          calibration=calibration)
+    assert paper.outcome == STOLEN
+
+
 def test_corroboration_is_an_intersection_union_test():
     """A stolen that needs a second setting's agreement stands only if that verdict is stolen too, with the
     larger p; a cleared or powerless second setting turns it into not stolen or inconclusive; a first verdict

@@ -239,8 +239,11 @@ def plan_grid(config: BenchConfig, data: dict[str, Any]):
     for cell in plan:
         prot = cell.get("protection") or protections[(cell["seed"], cell["method"])]
         cell["protection"] = prot
-        cell["key"] = recipe_key({"protection": prot["key"], "suspect": cell["suspect_key"],
-                                  "setting": cell["setting"], "verify_seed": cell["seed"], "options": prot["options"]})
+        fields = {"protection": prot["key"], "suspect": cell["suspect_key"], "setting": cell["setting"],
+                  "verify_seed": cell["seed"], "options": prot["options"]}
+        if prot["spec"].verdict_version:  # (absent at 0, so the cells of methods never bumped keep their keys)
+            fields["verdict_version"] = prot["spec"].verdict_version
+        cell["key"] = recipe_key(fields)
 
     return protections, suspect_recipes, plan
 

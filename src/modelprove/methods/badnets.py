@@ -38,8 +38,8 @@ from modelprove.data.style import stamp_patch
 from modelprove.methods.common import TrainsModels, check_same_task, check_t_test_fields, dataset_info, fresh_model
 from modelprove.methods.base import OwnershipMethod
 from modelprove.methods.protection import Protection, create_protection, ensure_writable
-from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_proba, save_model
-from modelprove.stats import Evidence, PairedTTestRule
+from modelprove.models import Classifier, ModelCard, card_for, load_model, predict_labels, predict_proba, save_model
+from modelprove.stats import Evidence, PairedTTestRule, binomial_greater
 from modelprove.training import TrainRecord, evaluate, train
 
 METHOD = "badnets"
@@ -239,6 +239,27 @@ class TriggerMethod(OwnershipMethod):
 
     access = ACCESS
     verify_options = VERIFY_OPTIONS
+    verdict_version = 1  # 1: the premise check below (bench cells verified before it are verified again)
+
+    def premise(self, opened, config) -> str | None:
+        """The victim must answer its own trigger. On the verification pool (held-out images of other classes):
+        the exact one-sided McNemar test, at alpha, of the images the victim labels as the target with the
+        trigger and not without it, against those it labels the target without the trigger and not with it.
+        A victim that never learned the trigger can still stand out from the panel on a sliver of
+        probability gain (gradient matching at eps 32/255: 0.006 against -0.006 +- 0.004), and honest models of
+        a recipe the panel lacks then stand out as much (docs/results/gradient-matching-fmnist.md)."""
+        images = self.pool(opened).float() / 255
+        target, alpha = self.target(config), getattr(config, self.alpha_field)
+        with_trigger = predict_labels(opened.victim, self.trigger(opened, config, images)) == target
+        without = predict_labels(opened.victim, images) == target
+        gained, lost = int((with_trigger & ~without).sum()), int((without & ~with_trigger).sum())
+        p = binomial_greater(gained, gained + lost, 0.5).p_value if gained + lost else 1.0
+        if p < alpha:
+            return None
+        return (f"the victim did not learn its trigger: of {len(images)} held-out images of other classes, the "
+                f"trigger turns {gained} into the target class {target} that it does not turn without it, and "
+                f"{lost} the other way (exact McNemar p {p:.3f} >= alpha {alpha}), so how a suspect answers the trigger "
+                f"says nothing about whether it came from this victim.")
 
     def pool_size(self, opened, config, setting: str) -> int:
         return len(self.pool(opened))

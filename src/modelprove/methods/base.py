@@ -70,6 +70,9 @@ class OwnershipMethod:
     # the intersection-union test), asked of the same suspect through the weights, without queries.
     corroborated_by: dict[str, str] = {}
     alpha_field: str = "alpha"  # the config field of the significance level (verify's --alpha)
+    # Bump when a change to ``verify`` changes what it decides for this method's protections: the benchmark's
+    # cells of them are then verified again (their cache key carries it; the models stay cached).
+    verdict_version: int = 0
 
     # -- what a method writes -----------------------------------------------------------------------
 
@@ -118,6 +121,12 @@ class OwnershipMethod:
 
     def scorable(self, opened: Any, arch: str | None, setting: str) -> str | None:
         """Why a model of ``arch`` cannot be scored in ``setting`` (None: it can)."""
+        return None
+
+    def premise(self, opened: Any, config: Any) -> str | None:
+        """Why the protection's own victim does not carry what the method measures, whatever the suspect
+        (None: it does, or the method has nothing to check). The null-panel rule is then inconclusive
+        (stats.verdicts, gate 4); the paper's test is left as the paper has it."""
         return None
 
     def protected_models(self, opened: Any, setting: str, victim: Classifier) -> list[Classifier]:
@@ -358,11 +367,19 @@ class OwnershipMethod:
         def extra() -> dict[str, Any]:  # a remote suspect's queries: the digest of every request and response
             return {"transcript": suspect.transcript.summary()} if hasattr(suspect, "transcript") else {}
 
+        premise = self.premise(opened, config) if "panel" in rules else None
+
+        def judged(calibration: Calibration | None, r: str) -> Calibration | None:
+            """``calibration`` with the premise, for the null-panel rule (the paper's test stays the paper's)."""
+            if calibration is None or r != "panel" or premise is None:
+                return calibration
+            return dataclasses.replace(calibration, premise=premise)
+
         def verdicts(evidence: Evidence | None, corroboration: Verdict | None = None, **context: Any) -> dict[str, Verdict]:
             return {r: build_verdict(evidence, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
                                      provenance=provenance, method=self.name, setting=setting,
-                                     calibration=(stored.view(evidence, r == "paper")
-                                                  if stored is not None and evidence is not None else None),
+                                     calibration=judged(stored.view(evidence, r == "paper")
+                                                        if stored is not None and evidence is not None else None, r),
                                      details={"suspect_access": suspect.level, **extra(), **note},
                                      corroboration=corroboration if r == "panel" else None, **context)
                     for r in rules}
@@ -383,6 +400,8 @@ class OwnershipMethod:
         if measured is not None and not measured.competent:
             return verdicts(None, competence=measured)
         blocked = self.scorable(opened, suspect.arch, setting) if setting == WHITE_BOX else None
+        if blocked is None and premise is not None and "paper" not in rules:
+            blocked = premise  # nothing to measure: no query is sent
         if blocked is not None:
             return verdicts(None, competence=measured, blocked=blocked)
         pool = self.pool_size(opened, config, setting)
@@ -414,8 +433,9 @@ class OwnershipMethod:
             for r in rules:  # each rule judged on the rows its own test read
                 mine = sequential.evidence.get(r)
                 plan = sequential.plan if r == "panel" else None
-                calibration = (plan.calibration if plan is not None and mine is not None else
-                               stored.view(mine, r == "paper") if stored is not None and mine is not None else None)
+                calibration = judged(plan.calibration if plan is not None and mine is not None else
+                                     stored.view(mine, r == "paper") if stored is not None and mine is not None
+                                     else None, r)
                 out[r] = build_verdict(mine, decision_rules[r], suspect=name, alpha=alpha, seed=seed, start=start,
                                        provenance=provenance, method=self.name, setting=setting,
                                        calibration=calibration, blocked=sequential.blocked.get(r),

@@ -8,7 +8,11 @@ Before any rule is applied, the gates that make "inconclusive" an answer (DESIGN
    called stolen only if it stands out from each: its architecture could be any of them);
 3. the victim itself must stand out from that panel on the same rows (the self-test): if honest
    models of that architecture already score like the victim, the feature is not external to it and
-   the method has no power there.
+   the method has no power there;
+4. the victim must carry what the method measures at all (the method's premise,
+   ``OwnershipMethod.premise``: a trigger watermark whose victim never learned its trigger): a victim can
+   pass the self-test on a sliver of an effect that honest models of a recipe the panel lacks also show,
+   and a suspect then "stands out" for reasons that have nothing to do with the victim.
 
 A method may ask for **corroboration** (``OwnershipMethod.corroborated_by``): a null-panel "stolen" in one setting
 stands only if the same suspect is also stolen in another setting its access allows (MOVE white-box: the
@@ -36,12 +40,14 @@ class Calibration:
 
     ``panels``: the null panel per architecture; ``victim_statistic``: the victim's own statistic (its
     direct copy) on the same rows; ``paper_self_test``: the paper rule's result on the victim, when the
-    rule is a paper's (computed at protection time).
+    rule is a paper's (computed at protection time); ``premise``: why the victim does not carry what the
+    method measures (gate 4 above: the null-panel rule is then inconclusive).
     """
 
     panels: dict[str, PanelStatistics] = field(default_factory=dict)
     victim_statistic: float | None = None
     paper_self_test: dict[str, Any] | None = None
+    premise: str | None = None  # why the victim does not carry the feature (None: it does, or the method has no check)
 
 
 @dataclass
@@ -174,6 +180,8 @@ def _panel_decision(evidence: Evidence, rule: DecisionRule, alpha: float,
             f"no null panel of architecture {arch} for {evidence.setting} verification (panels: "
             f"{', '.join(sorted(panels))}): honest {arch} models were never measured, so nothing says what they score."
         ), None, None
+    if calibration.premise is not None:
+        return _inconclusive(calibration.premise), None, None
     candidates = [panels[arch]] if arch is not None else [panels[a] for a in sorted(panels)]
     victim = calibration.victim_statistic
 
