@@ -232,6 +232,7 @@ def test_cli_protects_and_verifies_through_the_registry(tmp_path, bars_task, tin
                                  "--panel-store", tiny_panel.store])
     assert result.exit_code == 0, result.output
     assert "victim test accuracy" in result.output
+    assert "did not learn its trigger" not in result.output  # the premise holds: no warning
     result = runner.invoke(app, ["verify", "--protection", str(tmp_path / "prot"), "--access", "black-box",
                                  "--suspect", str(tmp_path / "prot" / "victim.safetensors"), "--m", "50",
                                  "--json", str(tmp_path / "v.json")])

@@ -132,6 +132,8 @@ def protect(
         )
         result = spec.protect(splits.defender, splits.test, out_dir, config, force=force, panel=panel, **inputs)
         protection_id = Protection.open(out_dir).protection_id
+        opened = spec.open(out_dir)
+        premise = spec.premise(opened, opened.config)
     except ModelproveError as error:
         _fail(error)
     table = Table(title=f"protection written to {out_dir}")
@@ -144,6 +146,9 @@ def protect(
         table.add_row(f"seconds: {key}", f"{value:.1f}")
     out.print(table)
     out.print(self_test_table(result.results["calibration"]))
+    if premise is not None:
+        out.print(f"[bold yellow]warning:[/] {premise} Every null-panel verdict of this protection will be "
+                  "inconclusive: protect again with settings under which the victim learns it.", soft_wrap=True)
     out.print(f"protection id: {protection_id}", highlight=False, soft_wrap=True)
     out.print("Register this id now (e.g. with a timestamping service or a notary), before anyone sees a "
               "suspect: every verdict states the id it checked, and `modelprove verify --protection-id ID` "
