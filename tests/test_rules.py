@@ -125,6 +125,7 @@ def test_a_failed_premise_makes_the_panel_rule_inconclusive_and_leaves_the_paper
     calibration = Calibration(panels=HONEST, victim_statistic=0.97, premise=why)
     v = verdict(high, calibration)
     assert v.outcome == INCONCLUSIVE and v.reason == why and v.p_value is None
+    assert v.panel["architecture"] == "cnn_small" and v.self_test["detected"]  # what it was compared with, still said
     assert verdict(high, dataclasses.replace(calibration, premise=None)).outcome == STOLEN
     paper = build_verdict(high, PairedTTestRule(), suspect="s", alpha=0.01, seed=0, start=time.perf_counter(),
                           calibration=calibration)

@@ -239,7 +239,9 @@ class TriggerMethod(OwnershipMethod):
 
     access = ACCESS
     verify_options = VERIFY_OPTIONS
-    verdict_version = 1  # 1: the premise check below (bench cells verified before it are verified again)
+    # 1: the premise check below; 2: its verdicts also report the panel and the self-test (bench cells of an
+    # older version are verified again)
+    verdict_version = 2
 
     def premise(self, opened, config) -> str | None:
         """The victim must answer its own trigger. On the verification pool (held-out images of other classes):

@@ -180,8 +180,6 @@ def _panel_decision(evidence: Evidence, rule: DecisionRule, alpha: float,
             f"no null panel of architecture {arch} for {evidence.setting} verification (panels: "
             f"{', '.join(sorted(panels))}): honest {arch} models were never measured, so nothing says what they score."
         ), None, None
-    if calibration.premise is not None:
-        return _inconclusive(calibration.premise), None, None
     candidates = [panels[arch]] if arch is not None else [panels[a] for a in sorted(panels)]
     victim = calibration.victim_statistic
 
@@ -196,6 +194,11 @@ def _panel_decision(evidence: Evidence, rule: DecisionRule, alpha: float,
                                           "detected": test.p_value < alpha}
         if test.p_value >= alpha:
             powerless.append((panel, test))
+    if calibration.premise is not None:  # before "no power": the more basic reason (the panel is still reported)
+        panel = candidates[0]
+        test = panel_test(evidence.statistic, panel, evidence.m, evidence.binary)
+        return (_inconclusive(calibration.premise), _panel_record(panel, evidence, alpha, test),
+                self_tests.get(panel.architecture))
     if powerless:
         panel, test = powerless[0]
         which = "its architecture" if arch is not None else "the suspect's architecture is unknown, and that"
