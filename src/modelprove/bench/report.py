@@ -137,7 +137,8 @@ def markdown(run) -> str:
               "paired t-test against the benign model B or the clean images, DI's Welch test, the watermarks' "
               "T_acc threshold, CAE's rho with a binomial test). x/n counts seeds; *inconclusive* verdicts (the "
               "suspect is not a competent model, its architecture has no panel or no power, the protection's self-"
-              "test failed) are counted apart, never as detections or accusations."]
+              "test failed, its victim does not carry what the method measures — a trigger it never learned) are "
+              "counted apart, never as detections or accusations."]
     for setting in config.settings:
         labels = [label for label in methods if any(r["method"] == label and r["setting"] == setting for r in records)]
         if not labels:
