@@ -36,7 +36,7 @@ from modelprove.core.progress import console
 from modelprove.data import DataSplits, ImageDataset, load_splits, make_splits
 from modelprove.methods import METHODS, MethodSpec
 from modelprove.methods.common import fresh_model
-from modelprove.methods.panel import PanelConfig, member_data, member_recipe, panel_members, train_member
+from modelprove.methods.panel import member_data, member_recipe, panel_members, train_member
 from modelprove.methods.protection import Protection
 from modelprove.models import Classifier, load_model
 from modelprove.training import TrainConfig, agreement, evaluate, train
@@ -167,11 +167,6 @@ def benign_recipe(config: BenchConfig, data: dict[str, Any], seed: int) -> dict[
     defender_data = {k: v for k, v in data.items() if k not in ("attacker", "attacker_limit")}
     return {"kind": "benign", "arch": config.training.arch, "seed": seed, "part": "defender",
             "training": dataclasses.asdict(config.training), "data": defender_data}
-
-
-def panel_config(config: BenchConfig) -> PanelConfig:
-    """The grid's panel (:meth:`PanelSpec.panel_config`; a grid opts into recipes by naming them)."""
-    return config.panel.panel_config()
 
 
 def plan_grid(config: BenchConfig, data: dict[str, Any]):
@@ -328,13 +323,13 @@ class _Grid:
 
     def panel_members(self) -> list[tuple[dict[str, Any], Any]]:
         """(store recipe, member) of every shared null-panel model (a method may add its own, e.g. DI's)."""
-        config = panel_config(self.config)
+        config = self.config.panel.panel_config()
         defender = self.splits.defender
         return [(member_recipe(member, config, member_data(member, defender, None), None), member)
                 for member in panel_members(config, self.config.training.arch)]
 
     def panel_member(self, key: str) -> None:
-        config = panel_config(self.config)
+        config = self.config.panel.panel_config()
         recipe, member = next((r, m) for r, m in self.panel_members() if recipe_key(r) == key)
         self.panel_store(recipe, lambda: train_member(member, config, self.splits.defender, self.splits.test, None))
 
@@ -348,7 +343,7 @@ class _Grid:
             inputs = {"model": source} if "model" in spec.inputs else {}
 
             def build(out: Path) -> dict[str, Any]:
-                result = spec.protect(owner_data, splits.test, out, prot["config"], panel=panel_config(self.config),
+                result = spec.protect(owner_data, splits.test, out, prot["config"], panel=self.config.panel.panel_config(),
                                       store=self.panel_store, **inputs)
                 victim, _ = load_model(out / spec.model_file)
                 return {"victim_test_accuracy": round(evaluate(victim, splits.test), 4),
