@@ -302,7 +302,8 @@ def test_studies_measure_the_protection(protection, unwatermarked, bars_task, si
     detector = run("key-detector", detector_seeds=1, epochs=2, held_out=100)
     assert [row["generator"] for row in detector["rows"]] == ["the owner's encoder",
                                                               "its own encoder (another seed's protection)"]
-    assert all(0 <= auc <= 1 for row in detector["rows"] for auc in row["dense"] + row["feature"])
+    assert all(0 <= auc <= 1 for row in detector["rows"] for auc in row["dense"] + row["feature"] + row["reference"])
+    assert all(len(row["reference"]) == 1 for row in detector["rows"])  # the benign model's features, one seed
     forgery = run("key-forgery", images=100)
     assert forgery["real"] > 0.8 and forgery["host"] < 0.6  # transplanted differences do not carry the labels
     transfer = run("key-transfer")

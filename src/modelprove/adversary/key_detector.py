@@ -17,7 +17,7 @@ by ROC AUC on held-out ordinary images vs key samples.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -174,25 +174,32 @@ class EvasionResult:
     dense: list[float]
     feature: list[float]
     scores: dict[str, tuple[list[float], list[float]]]  # detector -> (key samples', ordinary images')
+    # The same feature detector on a model that never saw the key samples (``reference``): what the
+    # watermarked host's own features add to what the images carry.
+    reference: list[float] = field(default_factory=list)
 
 
 def evasion_aucs(opened, host: Classifier, thief_clean: torch.Tensor, thief_keys: torch.Tensor,
-                 held_out: torch.Tensor, seeds: list[int], config: DetectorConfig | None = None) -> EvasionResult:
+                 held_out: torch.Tensor, seeds: list[int], config: DetectorConfig | None = None,
+                 reference: Classifier | None = None) -> EvasionResult:
     """Train the dense and the feature detector on the thief's ordinary images and key samples, once per seed
     (initialisation and data order), and score each by ROC AUC on the protection's real key samples against
-    ``held_out`` ordinary images (Sec. 6.3, Figs. 6-7)."""
+    ``held_out`` ordinary images (Sec. 6.3, Figs. 6-7). With ``reference`` (a model of the same task that
+    never saw the keys), the feature detector on its features too."""
     data = detector_data(thief_clean, thief_keys, "evasion detector data")
     base = config or DetectorConfig()
-    dense, feature, scores = [], [], {}
+    dense, feature, unseen, scores = [], [], [], {}
     shape = tuple(thief_clean.shape[1:])
+    detectors = [("dense", lambda: DenseDetector(shape), dense), ("feature", lambda: FeatureDetector(host), feature)]
+    if reference is not None:
+        detectors.append(("reference", lambda: FeatureDetector(reference), unseen))
     for seed in seeds:
         detector_config = DetectorConfig(epochs=base.epochs, lr=base.lr, batch_size=base.batch_size, seed=seed)
-        for name, make, into in (("dense", lambda: DenseDetector(shape), dense),
-                                 ("feature", lambda: FeatureDetector(host), feature)):
+        for name, make, into in detectors:
             torch.manual_seed(seed)
             detector = train_detector(make(), data, detector_config)
             auc, positive, negative = detection_auc(detector, held_out, opened.keys.images)
             into.append(auc)
             if seed == seeds[0]:
                 scores[name] = (positive.tolist(), negative.tolist())
-    return EvasionResult(len(thief_keys), dense, feature, scores)
+    return EvasionResult(len(thief_keys), dense, feature, scores, unseen)

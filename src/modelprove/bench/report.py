@@ -903,7 +903,7 @@ def _blind_watermark_summary(run) -> list[str]:
                      _range([r["key_accuracy"] for r in of("key-samples")])))
         rows.append(("integrity: key accuracy of unwatermarked models", "9-13%",
                      f"benign model {_range([r.get('benign_key_accuracy') for r in of('key-samples')])}"))
-    for generator, dense, feature in _detector_aucs([r for r in studies if r["study"] == "key-detector"]):
+    for generator, dense, feature, _ in _detector_aucs([r for r in studies if r["study"] == "key-detector"]):
         rows.append((f"security: detector AUC, dense / features (thief's keys by {generator})",
                      f"{BLIND_WATERMARK_DETECTORS['dense'][0]:.2f} / {BLIND_WATERMARK_DETECTORS['feature'][0]:.2f}",
                      f"{dense} / {feature}"))
@@ -1032,18 +1032,29 @@ def _detector_section(run) -> list[str]:
              f"seeds × {len(first['seeds'])} detector seeds. The paper: the blind watermark "
              f"{BLIND_WATERMARK_DETECTORS['dense'][0]:.2f} (dense) and {BLIND_WATERMARK_DETECTORS['feature'][0]:.2f} "
              f"(features), the others above {BLIND_WATERMARK_DETECTORS['dense'][1]:.2f} and "
-             f"{BLIND_WATERMARK_DETECTORS['feature'][1]:.2f}.", "",
-             "| method | the thief's key samples made with | AUC dense | AUC features |", "|---|---|---:|---:|"]
+             f"{BLIND_WATERMARK_DETECTORS['feature'][1]:.2f}.",
+             "", "The last column trains the same feature detector on the seed's benign model, which never saw a key "
+             "sample: the gap between it and the host's column is what the watermarked host's own features add "
+             "(a host that answers key samples with their key labels must represent them apart from their images; "
+             "a linear unit on those features can find them), not what the key samples show in their pixels.", "",
+             "| method | the thief's key samples made with | AUC dense | AUC features (stolen host) "
+             "| AUC features (benign model) |", "|---|---|---:|---:|---:|"]
     for label, mine in _by_method(run, records):
-        lines += [f"| {label} | {generator} | {dense} | {feature} |" for generator, dense, feature in _detector_aucs(mine)]
+        lines += [f"| {label} | {generator} | {dense} | {feature} | {reference} |"
+                  for generator, dense, feature, reference in _detector_aucs(mine)]
     return lines
 
 
-def _detector_aucs(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(how the thief made its key samples, dense AUC, feature AUC) over ``records``' seeds and detector seeds."""
+def _detector_aucs(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(how the thief made its key samples, dense AUC, feature AUC on the host, on the benign model) over
+    ``records``' seeds and detector seeds ("—" where a record has no benign-model detector)."""
     rows = [row for r in records for row in r["result"]["rows"]]
-    return [(generator, _range([a for row in rows if row["generator"] == generator for a in row["dense"]]),
-             _range([a for row in rows if row["generator"] == generator for a in row["feature"]]))
+
+    def of(generator: str, detector: str) -> str:
+        values = [a for row in rows if row["generator"] == generator for a in row.get(detector) or []]
+        return _range(values) if values else "—"
+
+    return [(generator, of(generator, "dense"), of(generator, "feature"), of(generator, "reference"))
             for generator in dict.fromkeys(row["generator"] for row in rows)]
 
 

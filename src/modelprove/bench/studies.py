@@ -161,7 +161,8 @@ def key_detector(data: StudyInput, params: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for what, encoder in generators:
         thief_keys = thief_key_samples(data.opened, source, count, data.seed + 1000, encoder=encoder)
-        result = evasion_aucs(data.opened, data.victim, thief_clean, thief_keys, held_out, seeds, config)
+        reference = data.benign if params.get("reference_features") else None
+        result = evasion_aucs(data.opened, data.victim, thief_clean, thief_keys, held_out, seeds, config, reference)
         rows.append({"generator": what, **dataclasses.asdict(result)})
     return {"thief_clean": count, "held_out": len(held_out), "seeds": seeds, "rows": rows, "params": params}
 
@@ -242,7 +243,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("key-samples", "what the host learned and how far key samples are from their images",
           {"held_out": 1000, "examples": 6}, _key_method, key_samples, other_seeds=False),
     Study("key-detector", "evasion detectors, dense and on the stolen model's features (ROC AUC)",
-          {"detector_seeds": 3, "thief_fraction": 0.1, "held_out": 1000, "epochs": 20, "lr": 0.01}, _key_method,
+          {"detector_seeds": 3, "thief_fraction": 0.1, "held_out": 1000, "epochs": 20, "lr": 0.01,
+           "reference_features": True}, _key_method,
           key_detector, other_seeds=True),
     Study("key-forgery", "forged key samples on the watermarked and the benign model",
           {"images": 1000}, _key_method, key_forgery),
