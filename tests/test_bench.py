@@ -245,6 +245,31 @@ def test_calibration_of_the_null_panel_counts_what_a_hand_count_gives():
     assert calibration_section(run, [pair(0.2, "sgd", "inconclusive")], ["move"], 0.01) == []
 
 
+def test_retained_share_is_the_share_of_the_victims_distance_a_hand_count_gives():
+    """(T - panel mean) / (victim - panel mean) per decided pair: the range over accused honest pairs, the most
+    any decided honest pair kept, the least a detected stolen suspect kept; inconclusive pairs and records
+    without a victim above its panel are left out."""
+    from types import SimpleNamespace
+
+    from modelprove.bench.report import retained_section, retained_share
+
+    def cell(row: str, statistic: float, outcome: str, victim: float = 0.9) -> dict:
+        return {"method": "badnets", "setting": "black-box", "row": row, "statistic": statistic, "outcome": outcome,
+                "panel_mean": 0.1, "self_test": {"statistic": victim}}
+
+    records = [cell("Independent", 0.108, "stolen"), cell("Independent", 0.104, "stolen"),
+               cell("Independent", 0.116, "not stolen"), cell("Independent", 0.9, "inconclusive"),
+               cell("Copy", 0.9, "stolen"), cell("Distillation", 0.1032, "stolen"), cell("Distillation", 0.1, "not stolen"),
+               cell("Independent", 0.5, "stolen", victim=0.05)]
+    assert retained_share(records[0]) == pytest.approx(0.01) and retained_share(records[-1]) is None
+    run = SimpleNamespace(records=records, config=SimpleNamespace(
+        settings=["white-box", "black-box"], attacks=[SimpleNamespace(label="Copy"), SimpleNamespace(label="Distillation")]))
+    text = "\n".join(retained_section(run, ["badnets"]))
+    assert "| badnets | black-box | 2: 0.005 to 0.010 | 0.020 | 0.004 (Distillation) |" in text
+    assert "white-box" not in text.split("|---|")[-1]
+    assert retained_section(SimpleNamespace(records=[], config=run.config), ["badnets"]) == []
+
+
 def test_presets_parse():
     assert {"smoke", "move-fmnist", "multistage", "cae-fmnist"} <= set(preset_names())
     for name in preset_names():

@@ -216,6 +216,7 @@ def markdown(run) -> str:
                 lines.append(f"| {label} | {setting} | {len(verdicts)} | **{len(accused)}** | {len(unsure)} | {paper} "
                              f"| {', '.join(names)} |")
         lines += calibration_section(run, independents, methods, alpha)
+        lines += retained_section(run, methods)
         reasons = _inconclusive_reasons(records)
         if reasons:
             lines += ["", "Why verdicts were inconclusive (count, first words of the reason):", "",
@@ -276,6 +277,48 @@ def calibration_section(run, independents: list[dict[str, Any]], methods: list[s
             "least representative.", "",
             f"| method | setting | decided pairs | {levels} | accused [95% interval] | lowest recipe |",
             "|---|---|---:|" + "---:|" * len(CALIBRATION_LEVELS) + "---:|---|", *rows]
+
+
+def retained_share(record: dict[str, Any]) -> float | None:
+    """How much of the victim's own distance above the null panel's mean a suspect's statistic keeps:
+    (T - panel mean) / (victim - panel mean); None where the record has no panel or the victim does not
+    stand above it."""
+    victim = (record.get("self_test") or {}).get("statistic")
+    mean, statistic = record.get("panel_mean"), record.get("statistic")
+    if victim is None or mean is None or statistic is None or victim <= mean:
+        return None
+    return (statistic - mean) / (victim - mean)
+
+
+def retained_section(run, methods: list[str]) -> list[str]:
+    """How far the accused stood: the share of the victim's distance from the panel that honest models the
+    rule accused kept, beside the least that a detected stolen suspect kept (which attack) and the most any
+    decided honest pair kept. Where accused honest models keep as little as detected students, the rule's
+    detections there are no stronger evidence than its false accusations."""
+    attacks = [a.label for a in run.config.attacks]
+    rows = []
+    for label in methods:
+        for setting in run.config.settings:
+            mine = [r for r in _verdicts(run.records) if r["method"] == label and r["setting"] == setting
+                    and r["outcome"] != "inconclusive" and retained_share(r) is not None]
+            honest = [r for r in mine if r["row"] == "Independent"]
+            accused = [retained_share(r) for r in honest if r["outcome"] == "stolen"]
+            detected = [(retained_share(r), r["row"]) for r in mine if r["row"] in attacks and r["outcome"] == "stolen"]
+            if not honest and not detected:
+                continue
+            kept = [retained_share(r) for r in honest]
+            cells = [f"{len(accused)}: {min(accused):.3f} to {max(accused):.3f}" if accused else "0",
+                     f"{max(kept):.3f}" if kept else "—",
+                     "{:.3f} ({})".format(*min(detected)) if detected else "—"]
+            rows.append(f"| {label} | {setting} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    return ["", "How much of the victim's behaviour a suspect kept: the share of the victim's own distance above "
+            "the panel's mean, (T − panel mean) / (victim − panel mean), over decided pairs (the victim's statistic "
+            "is the self-test's, on the same rows). Honest pairs the rule accused (count: range), the most any "
+            "decided honest pair kept, and the least a detected stolen suspect kept (its attack).", "",
+            "| method | setting | honest pairs accused: share kept | honest pairs: most kept | detected stolen: "
+            "least kept |", "|---|---|---|---:|---:|", *rows]
 
 
 def roc_auc_section(run) -> list[str]:
