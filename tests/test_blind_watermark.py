@@ -299,7 +299,7 @@ def test_studies_measure_the_protection(protection, unwatermarked, bars_task, si
     assert samples["key_accuracy"] > 0.8 and samples["benign_key_accuracy"] < 0.6
     assert samples["psnr_db"] > 15 and 0.5 < samples["ssim"] <= 1 and len(samples["examples"]["keys"]) == 2
     assert 0.3 < samples["discriminator"]["auc"] < 0.7 and samples["embedding"]["key_exposures"] > 0
-    detector = run("key-detector", detector_seeds=1, epochs=2, held_out=100)
+    detector = run("key-detector", detector_seeds=1, epochs=2, held_out=100, reference_features=True)
     assert [row["generator"] for row in detector["rows"]] == ["the owner's encoder",
                                                               "its own encoder (another seed's protection)"]
     assert all(0 <= auc <= 1 for row in detector["rows"] for auc in row["dense"] + row["feature"] + row["reference"])

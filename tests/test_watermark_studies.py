@@ -79,6 +79,13 @@ def test_studies_are_planned_per_protection_of_the_methods_they_apply_to():
     changed = parse_bench_config(grid(studies=[{"name": "key-detector", "methods": ["adi"], "set": {"detector_seeds": 3}}]))
     assert {p["key"] for p in plan_studies(changed, protections, None)}.isdisjoint({detector["key"]})
     assert plan_studies(config, protections, ["adi"]) == [p for p in plans if p["method"] == "adi"]
+    # a parameter added later leaves the key of records made before it alone at its default, not otherwise
+    def keys(**more):
+        entry = {"name": "key-detector", "methods": ["adi"], "set": {"detector_seeds": 2, **more}}
+        return {p["key"] for p in plan_studies(parse_bench_config(grid(studies=[entry])), protections, None)}
+    assert "reference_features" in STUDIES["key-detector"].later
+    assert keys(reference_features=False) == {p["key"] for p in plans if p["study"] == "key-detector"}
+    assert keys(reference_features=True).isdisjoint(keys(reference_features=False))
 
 
 def test_study_jobs_come_after_the_protections_they_measure():

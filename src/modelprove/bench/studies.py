@@ -48,6 +48,9 @@ class Study:
     applies: Callable[[Any], bool]  # to a method (registry entry)
     measure: Callable[["StudyInput", dict[str, Any]], dict[str, Any]]
     other_seeds: bool = False  # needs the same method's protections of the grid's other seeds
+    # Parameters added after records were made whose default reproduces what those records measured: at
+    # the default they stay out of the record's key, so the records stay valid.
+    later: tuple[str, ...] = ()
 
     def parameters(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.defaults))
@@ -244,8 +247,8 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
           {"held_out": 1000, "examples": 6}, _key_method, key_samples, other_seeds=False),
     Study("key-detector", "evasion detectors, dense and on the stolen model's features (ROC AUC)",
           {"detector_seeds": 3, "thief_fraction": 0.1, "held_out": 1000, "epochs": 20, "lr": 0.01,
-           "reference_features": True}, _key_method,
-          key_detector, other_seeds=True),
+           "reference_features": False}, _key_method,
+          key_detector, other_seeds=True, later=("reference_features",)),
     Study("key-forgery", "forged key samples on the watermarked and the benign model",
           {"images": 1000}, _key_method, key_forgery),
     Study("key-transfer", "other owners' watermarked models against this protection",
@@ -269,7 +272,8 @@ def plan_studies(config, protections: dict[tuple[int, str], dict[str, Any]], onl
             if not study.applies(prot["spec"]):
                 continue
             others = [protections[(s, label)] for s in config.seeds if s != seed] if study.other_seeds else []
-            key = recipe_key({"study": entry.name, "version": STUDY_VERSION, "params": params, "seed": seed,
+            keyed = {k: v for k, v in params.items() if not (k in study.later and v == study.defaults[k])}
+            key = recipe_key({"study": entry.name, "version": STUDY_VERSION, "params": keyed, "seed": seed,
                               "protection": prot["key"], "others": [o["key"] for o in others]})
             plans.append({"key": key, "study": entry.name, "seed": seed, "method": label, "params": params,
                           "protection": prot, "others": others})
