@@ -296,17 +296,17 @@ def retained_section(run, methods: list[str]) -> list[str]:
     decided honest pair kept. Where accused honest models keep as little as detected students, the rule's
     detections there are no stronger evidence than its false accusations."""
     attacks = [a.label for a in run.config.attacks]
+    decided = [(r, retained_share(r)) for r in _verdicts(run.records) if r["outcome"] != "inconclusive"]
     rows = []
     for label in methods:
         for setting in run.config.settings:
-            mine = [r for r in _verdicts(run.records) if r["method"] == label and r["setting"] == setting
-                    and r["outcome"] != "inconclusive" and retained_share(r) is not None]
-            honest = [r for r in mine if r["row"] == "Independent"]
-            accused = [retained_share(r) for r in honest if r["outcome"] == "stolen"]
-            detected = [(retained_share(r), r["row"]) for r in mine if r["row"] in attacks and r["outcome"] == "stolen"]
-            if not honest and not detected:
+            mine = [(r, share) for r, share in decided
+                    if r["method"] == label and r["setting"] == setting and share is not None]
+            kept = [share for r, share in mine if r["row"] == "Independent"]
+            accused = [share for r, share in mine if r["row"] == "Independent" and r["outcome"] == "stolen"]
+            detected = [(share, r["row"]) for r, share in mine if r["row"] in attacks and r["outcome"] == "stolen"]
+            if not kept and not detected:
                 continue
-            kept = [retained_share(r) for r in honest]
             cells = [f"{len(accused)}: {min(accused):.3f} to {max(accused):.3f}" if accused else "0",
                      f"{max(kept):.3f}" if kept else "—",
                      "{:.3f} ({})".format(*min(detected)) if detected else "—"]

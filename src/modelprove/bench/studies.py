@@ -161,10 +161,10 @@ def key_detector(data: StudyInput, params: dict[str, Any]) -> dict[str, Any]:
     if data.opened.method == "blind-watermark":
         generators = [("the owner's encoder", None)]
         generators += [("its own encoder (another seed's protection)", other.encoder()) for _, other, _ in data.others[:1]]
+    reference = data.benign if params["reference_features"] else None
     rows = []
     for what, encoder in generators:
         thief_keys = thief_key_samples(data.opened, source, count, data.seed + 1000, encoder=encoder)
-        reference = data.benign if params.get("reference_features") else None
         result = evasion_aucs(data.opened, data.victim, thief_clean, thief_keys, held_out, seeds, config, reference)
         rows.append({"generator": what, **dataclasses.asdict(result)})
     return {"thief_clean": count, "held_out": len(held_out), "seeds": seeds, "rows": rows, "params": params}
